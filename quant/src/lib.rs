@@ -1,0 +1,71 @@
+//! GGUF block formats: every ggml type llama.cpp writes today, exactly as ggml computes it.
+//!
+//! Each format owns one file (`q4_0.rs`, `k_quants/q4_k.rs`, ...): its `#[repr(C)]` block
+//! struct with a compile-time size check, a scalar `dequantize_row`, a reference quantizer where
+//! one exists, and the fused `vec_dot` against the activation format ggml pairs it with (see
+//! [`GgmlType::vec_dot_type`]), as a scalar reference plus AVX2, AVX-512 and NEON versions that
+//! must agree with it. A new format is a new file plus one line in the dispatch table
+//! ([`row`]). This crate knows nothing of models.
+
+#![allow(non_camel_case_types)]
+
+pub mod error;
+pub mod float;
+pub mod iq4_nl;
+pub mod iq4_xs;
+pub mod k_quants;
+pub mod matmul;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q8_0;
+pub mod q8_1;
+pub mod row;
+pub mod simd;
+pub mod types;
+#[cfg(target_arch = "x86_64")]
+mod x86_util;
+#[cfg(target_arch = "aarch64")]
+mod neon_util;
+
+pub use error::QuantError;
+pub use matmul::{matmul, matvec, QMatrix};
+pub use row::{dequantize_row, quantize_row, vec_dot};
+pub use simd::SimdLevel;
+pub use types::{GgmlType, QK_K};
+
+/// One block of a ggml format: `QK` elements stored in `size_of::<Self>()` bytes.
+///
+/// Implemented by the `#[repr(C)]` block structs (and by `f32`, `half::f16`, `half::bf16`
+/// for the plain float types, whose "block" is one element).
+pub trait Block: bytemuck::Pod + Send + Sync + 'static {
+    /// The ggml type this block belongs to.
+    const TYPE: GgmlType;
+    /// Elements per block (`QK4_0`, `QK_K`, ...).
+    const QK: usize;
+
+    /// Dequantize `src` into `dst` (`dequantize_row_*`, ggml-quants.c).
+    ///
+    /// Contract: `dst.len() == src.len() * Self::QK` (the dispatch layer [`row`] checks it).
+    fn dequantize_row(src: &[Self], dst: &mut [f32]);
+}
+
+/// A format with a reference quantizer (`quantize_row_*_ref`, ggml-quants.c), reproduced bit
+/// for bit.
+pub trait QuantizeRef: Block {
+    /// Quantize `src` into `dst`. Contract: `src.len() == dst.len() * Self::QK`.
+    fn quantize_row_ref(src: &[f32], dst: &mut [Self]);
+}
+
+/// A weight format with ggml's fused dot product against its activation format.
+pub trait VecDot: Block {
+    /// The activation block type (`vec_dot_type`, ggml-cpu.c).
+    type Act: QuantizeRef;
+
+    /// `sum_i dequant(x)_i * dequant(y)_i` as ggml's `ggml_vec_dot_*` computes it, with the
+    /// kernel for `level` (the scalar reference when `level` is not available on this CPU).
+    ///
+    /// Contract: `x.len() * Self::QK == y.len() * Self::Act::QK`.
+    fn vec_dot(level: SimdLevel, x: &[Self], y: &[Self::Act]) -> f32;
+}

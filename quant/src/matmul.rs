@@ -1,0 +1,133 @@
+//! Matrix×vector and matrix×matrix products of a quantized weight with f32 activations,
+//! parallel over output rows with rayon.
+//!
+//! As ggml's `mul_mat`: the activations are first quantized to the weight type's
+//! `vec_dot_type` (Q8_0, Q8_1, Q8_K, or the float type itself), then every output element is
+//! one fused `vec_dot` of a weight row with an activation row.
+
+use rayon::prelude::*;
+
+use crate::row::{cast_blocks, check_row};
+use crate::{with_weight_block, Block, GgmlType, QuantError, QuantizeRef, SimdLevel, VecDot};
+
+/// A quantized weight matrix over borrowed bytes (e.g. a memory-mapped GGUF tensor).
+///
+/// Shape `[n_out, n_in]` row-major: each of the `n_out` rows holds `n_in` elements of `ty`.
+/// In ggml's dims order this is `ne = [n_in, n_out]`.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub data: &'a [u8],
+    pub n_out: usize,
+    pub n_in: usize,
+}
+
+impl<'a> QMatrix<'a> {
+    /// Wrap `data` as a `[n_out, n_in]` matrix of `ty`.
+    ///
+    /// Errors: [`QuantError::UnsupportedType`] when `ty` has no `vec_dot` here,
+    /// [`QuantError::NotBlockMultiple`] when `n_in` is not a whole number of blocks,
+    /// [`QuantError::LengthMismatch`] when `data` is not exactly `n_out` rows.
+    pub fn new(ty: GgmlType, data: &'a [u8], n_out: usize, n_in: usize) -> Result<Self, QuantError> {
+        if ty.vec_dot_type().is_none() {
+            return Err(QuantError::UnsupportedType { ty, op: "matmul" });
+        }
+        let row = ty.row_bytes(n_in).ok_or(QuantError::NotBlockMultiple { ty, n: n_in, block: ty.block_size() })?;
+        let expected = row.checked_mul(n_out).unwrap_or(usize::MAX);
+        if expected != data.len() {
+            return Err(QuantError::LengthMismatch { what: "QMatrix data", expected, got: data.len(), unit: "bytes" });
+        }
+        Ok(QMatrix { ty, data, n_out, n_in })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.n_out.max(1)
+    }
+}
+
+/// Output rows handed to one rayon task.
+const ROWS_PER_TASK: usize = 16;
+
+/// `y = W·x`: `x` has `n_in` elements, `y` has `n_out`.
+///
+/// Errors: [`QuantError::LengthMismatch`] when `x` or `y` has the wrong length.
+pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32]) -> Result<(), QuantError> {
+    matmul(w, x, 1, y)
+}
+
+/// `Y = X·Wᵀ` for `n_tok` activation rows: `x` is `[n_tok, n_in]`, `y` is `[n_tok, n_out]`,
+/// both row-major.
+///
+/// Errors: [`QuantError::LengthMismatch`] when `x` or `y` has the wrong length.
+pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result<(), QuantError> {
+    matmul_at(SimdLevel::detect(), w, x, n_tok, y)
+}
+
+/// [`matmul`] with an explicit kernel level (for tests and benchmarks).
+pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result<(), QuantError> {
+    let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
+    if x.len() != expect_x {
+        return Err(QuantError::LengthMismatch { what: "matmul input", expected: expect_x, got: x.len(), unit: "floats" });
+    }
+    let expect_y = n_tok.checked_mul(w.n_out).unwrap_or(usize::MAX);
+    if y.len() != expect_y {
+        return Err(QuantError::LengthMismatch { what: "matmul output", expected: expect_y, got: y.len(), unit: "floats" });
+    }
+    check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row")?;
+    let ty = w.ty;
+    with_weight_block!(ty, B => matmul_typed::<B>(level, w, x, n_tok, y),
+        else return Err(QuantError::UnsupportedType { ty, op: "matmul" }));
+    Ok(())
+}
+
+/// Quantize `n_tok` rows of `n_in` activations into `B::Act` blocks, row after row.
+pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
+    let per_row = n_in / A::QK;
+    let n_tok = x.len() / n_in.max(1);
+    let mut act = vec![A::zeroed(); per_row * n_tok];
+    if per_row > 0 {
+        act.par_chunks_mut(per_row)
+            .zip(x.par_chunks(n_in))
+            .for_each(|(a, xr)| A::quantize_row_ref(xr, a));
+    }
+    act
+}
+
+fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) {
+    let (n_in, n_out) = (w.n_in, w.n_out);
+    if n_out == 0 || n_tok == 0 {
+        return;
+    }
+    let wb = cast_blocks::<B>(w.data);
+    let w_per_row = n_in / B::QK;
+    let a_per_row = n_in / <B::Act as Block>::QK;
+    let act = quantize_activations::<B::Act>(x, n_in);
+    let dot = |o: usize, t: usize| -> f32 {
+        B::vec_dot(level, &wb[o * w_per_row..][..w_per_row], &act[t * a_per_row..][..a_per_row])
+    };
+    if n_tok == 1 {
+        y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
+            for (i, yo) in ys.iter_mut().enumerate() {
+                *yo = dot(c * ROWS_PER_TASK + i, 0);
+            }
+        });
+        return;
+    }
+    // tmp: [n_out, n_tok], so each task owns a contiguous run of output rows; each weight row
+    // is read once and dotted with every token while it is in cache.
+    let mut tmp = vec![0f32; n_out * n_tok];
+    tmp.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(c, chunk)| {
+        for (i, row) in chunk.chunks_mut(n_tok).enumerate() {
+            let o = c * ROWS_PER_TASK + i;
+            for (t, v) in row.iter_mut().enumerate() {
+                *v = dot(o, t);
+            }
+        }
+    });
+    for o in 0..n_out {
+        for t in 0..n_tok {
+            y[t * n_out + o] = tmp[o * n_tok + t];
+        }
+    }
+}
