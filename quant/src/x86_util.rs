@@ -70,3 +70,57 @@ pub fn mul_sum_i8_pairs_float_512(x: __m512i, y: __m512i) -> __m512 {
 pub fn scales_2x8(a: f32, b: f32) -> __m512 {
     _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1)
 }
+
+/// The 32 nibbles of a 16-byte legacy-quant `qs` as 32 bytes 0..=15: the low nibbles
+/// (elements 0..16) in the low 128 bits, the high nibbles (elements 16..32) in the high 128
+/// (`bytes_from_nibbles_32`, ggml-cpu/arch/x86/quants.c). That puts element j in byte j, the
+/// order the Q8 activation stores its quants in.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn bytes_from_nibbles_32(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes; `loadu` has no alignment requirement.
+    let tmp = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// The 32 bits of `x` as 32 bytes: 0xFF in byte j where bit j is set, 0 elsewhere
+/// (`bytes_from_bits_32`, ggml-cpu/arch/x86/quants.c): the fifth bits of Q5_0 / Q5_1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn bytes_from_bits_32(x: u32) -> __m256i {
+    // Byte j of the broadcast picks source byte j / 8 of `x`; OR-ing every bit but bit j % 8
+    // then comparing with all-ones leaves 0xFF exactly where bit j was set.
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0x0000_0000_0000_0000,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Unsigned bytes `ax` times signed bytes `sy`, 4 adjacent products per lane, as 8 floats
+/// (`mul_sum_us8_pairs_float`, ggml-cpu). Exact when `ax` ≤ 127 (no `maddubs` saturation).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(mul_sum_us8_pairs_i32(ax, sy))
+}
+
+/// `lo` in the low 256 bits, `hi` in the high 256 bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub fn join_256(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+}
+
+/// 32 bytes from `p` (a Q8 block's quants).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn load_i8_32(p: &[i8; 32]) -> __m256i {
+    // SAFETY: `p` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) }
+}

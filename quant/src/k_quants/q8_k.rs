@@ -1,10 +1,11 @@
 //! Q8_K: 256 int8 activations with an f32 scale and 16 partial sums (`block_q8_K`, ggml-common.h); the activation format of the K-quants and IQ4_XS.
+//!
+//! x = d · q. `bsums[j]` is the sum of `qs[16j..16j+16]`; the K-quant dot products use it to
+//! apply a sub-block's min (or Q6_K's -32 offset) without touching the quants, so every
+//! kernel assumes it is consistent with `qs`, as [`QuantizeRef::quantize_row_ref`] makes it.
 
-#[allow(unused_imports)]
-use half::f16;
-
-#[allow(unused_imports)]
-use crate::{Block, GgmlType, QuantizeRef, SimdLevel, VecDot, QK_K};
+use crate::k_quants::common::nearest_int;
+use crate::{Block, GgmlType, QuantizeRef, QK_K};
 
 /// `blockQ8_K` (Q8_K, ggml-common.h): 292 bytes.
 #[repr(C)]
@@ -23,13 +24,123 @@ impl Block for BlockQ8_K {
     const TYPE: GgmlType = GgmlType::Q8_K;
     const QK: usize = QK_K;
 
-    fn dequantize_row(_src: &[Self], _dst: &mut [f32]) {
-        todo!("Q8_K dequantize_row")
+    /// `dequantize_row_q8_K`, ggml-quants.c: `d * q`.
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            for (y, &q) in y.iter_mut().zip(b.qs.iter()) {
+                *y = b.d * q as f32;
+            }
+        }
     }
 }
 
 impl QuantizeRef for BlockQ8_K {
-    fn quantize_row_ref(_src: &[f32], _dst: &mut [Self]) {
-        todo!("Q8_K quantize_row_ref")
+    /// `quantize_row_q8_K_ref`, ggml-quants.c: the value of largest magnitude `max` maps to
+    /// -127 (`iscale = -127/max`), `q = min(127, nearest_int(iscale · x))`, `d = 1/iscale`.
+    ///
+    /// An all-zero block gets `d = 0` and zero quants; ggml leaves its `bsums` untouched
+    /// there, we zero them (the sums of the zero quants), so the output never depends on what
+    /// `dst` held before.
+    fn quantize_row_ref(src: &[f32], dst: &mut [Self]) {
+        for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
+            let mut max = 0f32;
+            let mut amax = 0f32;
+            for &v in x {
+                let ax = v.abs();
+                if ax > amax {
+                    amax = ax;
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                y.d = 0.0;
+                y.qs = [0; QK_K];
+                y.bsums = [0; 16];
+                continue;
+            }
+            // -127 rather than -128 keeps every quant in -127..=127 (ggml: "We need this change
+            // for IQ2_XXS, else the AVX implementation becomes very awkward").
+            let iscale = -127.0f32 / max;
+            for (q, &v) in y.qs.iter_mut().zip(x) {
+                let v = nearest_int(iscale * v);
+                // `y[i].qs[j] = MIN(127, v)`: int -> int8_t keeps the low byte.
+                *q = v.min(127) as i8;
+            }
+            for (s, q) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
+                let sum: i32 = q.iter().map(|&q| q as i32).sum();
+                *s = sum as i16;
+            }
+            y.d = 1.0 / iscale;
+        }
+    }
+}
+
+/// Recompute `bsums` from `qs` (test and benchmark helper for hand-built activation blocks).
+pub fn fill_bsums(b: &mut BlockQ8_K) {
+    for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+        *s = q.iter().map(|&q| q as i16).sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn quantize(x: &[f32]) -> Vec<BlockQ8_K> {
+        let mut out = vec![BlockQ8_K { d: 1.0, qs: [5; QK_K], bsums: [7; 16] }; x.len() / QK_K];
+        BlockQ8_K::quantize_row_ref(x, &mut out);
+        out
+    }
+
+    #[test]
+    fn zero_block_is_all_zero() {
+        let q = quantize(&[0.0; QK_K]);
+        assert_eq!(q[0].d, 0.0);
+        assert!(q[0].qs.iter().all(|&v| v == 0));
+        assert!(q[0].bsums.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn largest_magnitude_maps_to_minus_127() {
+        // iscale = -127/max: the extreme value always lands on -127 and d takes the sign.
+        for m in [-3.0f32, 3.0] {
+            let mut x = [0.25f32; QK_K];
+            x[17] = m;
+            let q = quantize(&x);
+            assert_eq!(q[0].qs[17], -127);
+            assert_eq!(q[0].d, 1.0 / (-127.0f32 / m));
+            assert_eq!(q[0].d < 0.0, m > 0.0);
+        }
+    }
+
+    #[test]
+    fn non_finite_input_does_not_panic() {
+        let mut x = [1.0f32; QK_K];
+        x[3] = f32::NAN;
+        x[9] = f32::INFINITY;
+        let _ = quantize(&x);
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip_error_is_within_half_a_step(
+            x in proptest::collection::vec(-100.0f32..100.0, QK_K * 3)
+        ) {
+            let q = quantize(&x);
+            let mut back = vec![0f32; x.len()];
+            BlockQ8_K::dequantize_row(&q, &mut back);
+            for (b, (xs, ys)) in q.iter().zip(x.chunks(QK_K).zip(back.chunks(QK_K))) {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let step = amax / 127.0;
+                for (a, r) in xs.iter().zip(ys) {
+                    prop_assert!((a - r).abs() <= 0.5 * step * 1.0001 + 1e-30, "{a} vs {r}");
+                }
+                for j in 0..16 {
+                    let s: i32 = b.qs[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
+                    prop_assert_eq!(s, b.bsums[j] as i32);
+                }
+            }
+        }
     }
 }

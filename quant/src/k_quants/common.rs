@@ -1,0 +1,440 @@
+//! Helpers shared by the K-quant reference quantizers and kernels (ggml-quants.c, "Helper
+//! functions" section, and the scale unpacking of ggml-cpu/quants.c).
+//!
+//! Every function mirrors its C counterpart operation for operation, in f32, in the same order:
+//! the reference quantizers built on them must reproduce ggml's bytes exactly, and a single
+//! reassociated sum or a fused multiply-add would change a rounding and, through `nearest_int`,
+//! a quant. The C is compiled as ISO C without contraction (`-ffp-contract=off`, or a target
+//! without FMA); that is the arithmetic mirrored here.
+
+/// Magic constant of `nearest_int`: 1.5 · 2^23. Adding it to |x| < 2^22 leaves round(x) in the
+/// low mantissa bits.
+const MAGIC: f32 = 12582912.0;
+
+/// `nearest_int` (ggml-quants.c): round to nearest, ties to even, by adding 1.5 · 2^23 and
+/// reading the mantissa bits.
+///
+/// ggml asserts |x| <= 4194303 in debug builds only; in release builds an out-of-range or
+/// non-finite input yields whatever the bit trick gives. This function reproduces those bits
+/// (with wrapping integer ops), so it never panics and agrees with ggml on every input.
+#[inline(always)]
+pub(crate) fn nearest_int(fval: f32) -> i32 {
+    let val = fval + MAGIC;
+    let i = val.to_bits() as i32;
+    (i & 0x007f_ffff).wrapping_sub(0x0040_0000)
+}
+
+/// Groups whose largest magnitude is below this are treated as all zero (`GROUP_MAX_EPS`,
+/// ggml-quants.c).
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// `make_qx_quants` (ggml-quants.c): symmetric quantization of `x` to `L[i] = l + nmax` with
+/// `l` in `-nmax..nmax`, returning the scale. `n = x.len()`; `l` must be at least as long.
+///
+/// `rmse_type` and `qw` select the weighting exactly as in the C: `qw` if given, else
+/// `x²` (1), `1` (2), `|x|` (3) or `sqrt|x|` (other); `rmse_type == 0` is plain rounding and a
+/// negative value returns early after the first fit.
+pub(crate) fn make_qx_quants(
+    nmax: i32,
+    x: &[f32],
+    l_out: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
+    let n = x.len();
+    let l_out = &mut l_out[..n];
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    // `-nmax / max`: int negation, then int -> float for the division.
+    let mut iscale = (-nmax) as f32 / max;
+    if rmse_type == 0 {
+        for (li, &v) in l_out.iter_mut().zip(x) {
+            let l = nearest_int(iscale * v);
+            *li = (nmax + (-nmax).max((nmax - 1).min(l))) as i8;
+        }
+        return 1.0 / iscale;
+    }
+    let mut rmse_type = rmse_type;
+    let mut return_early = false;
+    if rmse_type < 0 {
+        rmse_type = -rmse_type;
+        return_early = true;
+    }
+    // The weight of element i, as the C's nested conditional picks it.
+    let weight = |i: usize| -> f32 {
+        let xi = x[i];
+        match qw {
+            Some(w) => w[i],
+            None => match rmse_type {
+                1 => xi * xi,
+                2 => 1.0,
+                3 => xi.abs(),
+                _ => xi.abs().sqrt(),
+            },
+        }
+    };
+    let mut sumlx = 0f32;
+    let mut suml2 = 0f32;
+    for i in 0..n {
+        let mut l = nearest_int(iscale * x[i]);
+        l = (-nmax).max((nmax - 1).min(l));
+        l_out[i] = (l + nmax) as i8;
+        let w = weight(i);
+        let lf = l as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    if return_early {
+        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+    }
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        // `-(nmax + 0.1f*is) / max`: 0.1f*is and the sum are f32.
+        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for i in 0..n {
+            let mut l = nearest_int(iscale * x[i]);
+            l = (-nmax).max((nmax - 1).min(l));
+            let w = weight(i);
+            let lf = l as f32;
+            sumlx += w * x[i] * lf;
+            suml2 += w * lf * lf;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]);
+                l_out[i] = (nmax + (-nmax).max((nmax - 1).min(l))) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// `make_qkx2_quants` (ggml-quants.c): asymmetric quantization `x ≈ scale · L - the_min` with
+/// `L` in `0..=nmax`, searching `nstep + 1` candidate scales around the min-max one and keeping
+/// the fit with the least weighted error (squared, or absolute with `use_mad`).
+///
+/// `n = x.len()` (at least 1); `weights`, `l_out` and `laux` must be at least as long.
+/// Returns `(scale, the_min)`, where `the_min` is the C's `*the_min` (the negated offset).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l_out: &mut [u8],
+    laux: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let n = x.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let weights = &weights[..n];
+    let l_out = &mut l_out[..n];
+    let laux = &mut laux[..n];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out.fill(0);
+        return (0.0, -min);
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min));
+        l_out[i] = 0.max(nmax.min(l)) as u8;
+        let mut diff = scale * l_out[i] as f32 + min - x[i];
+        diff = if use_mad { diff.abs() } else { diff * diff };
+        best_error += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        // `(rmin + rdelta*is + nmax)/(max - min)`, left to right in f32.
+        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        let mut sum_l = 0f32;
+        let mut sum_l2 = 0f32;
+        let mut sum_xl = 0f32;
+        for i in 0..n {
+            let mut l = nearest_int(iscale * (x[i] - min));
+            l = 0.max(nmax.min(l));
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = if use_mad { diff.abs() } else { diff * diff };
+                cur_error += weights[i] * diff;
+            }
+            if cur_error < best_error {
+                l_out.copy_from_slice(laux);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `get_scale_min_k4` (ggml-quants.c): the 6-bit scale and min of sub-block `j` (0..8) from
+/// the 12 packed bytes of a Q4_K / Q5_K block.
+#[inline(always)]
+pub(crate) fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Pack the 6-bit scales `ls` and mins `lm` of 8 sub-blocks into the 12-byte layout that
+/// [`get_scale_min_k4`] reads (the packing loop of `quantize_row_q4_K_ref`, ggml-quants.c).
+/// Values must be below 64.
+#[inline]
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..8 {
+        let (ls, lm) = (ls[j], lm[j]);
+        if j < 4 {
+            s[j] = ls;
+            s[j + 4] = lm;
+        } else {
+            s[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            s[j - 4] |= (ls >> 4) << 6;
+            s[j] |= (lm >> 4) << 6;
+        }
+    }
+    s
+}
+
+/// The 8 scales and 8 mins of a Q4_K / Q5_K block unpacked to one byte each, as the `utmp`
+/// shuffle of `ggml_vec_dot_q4_K_q8_K` (kmask1/2/3) produces them: bytes 0..8 are the scales,
+/// bytes 8..16 the mins. Equal to [`get_scale_min_k4`] for each `j`.
+#[inline(always)]
+pub(crate) fn unpack_scales_mins_k4(scales: &[u8; 12]) -> [u8; 16] {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let w = |i: usize| u32::from_le_bytes([scales[4 * i], scales[4 * i + 1], scales[4 * i + 2], scales[4 * i + 3]]);
+    let (u0, u1, u2) = (w(0), w(1), w(2));
+    let t3 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let t2 = u1 & KMASK1;
+    let t1 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let t0 = u0 & KMASK1;
+    let mut out = [0u8; 16];
+    out[0..4].copy_from_slice(&t0.to_le_bytes());
+    out[4..8].copy_from_slice(&t1.to_le_bytes());
+    out[8..12].copy_from_slice(&t2.to_le_bytes());
+    out[12..16].copy_from_slice(&t3.to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (x, want) in [(0.0, 0), (0.4, 0), (0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.6, -3), (7.49, 7)] {
+            assert_eq!(nearest_int(x), want, "{x}");
+        }
+        // Out of range and non-finite inputs must not panic.
+        let _ = nearest_int(f32::NAN);
+        let _ = nearest_int(f32::INFINITY);
+        let _ = nearest_int(-1e30);
+    }
+
+    #[test]
+    fn scale_min_pack_roundtrip_and_unpack_agree() {
+        let mut seed = 12345u32;
+        for _ in 0..1000 {
+            let mut ls = [0u8; 8];
+            let mut lm = [0u8; 8];
+            for j in 0..8 {
+                seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                ls[j] = (seed >> 10) as u8 & 63;
+                lm[j] = (seed >> 20) as u8 & 63;
+            }
+            let packed = pack_scale_min_k4(&ls, &lm);
+            let un = unpack_scales_mins_k4(&packed);
+            for j in 0..8 {
+                assert_eq!(get_scale_min_k4(j, &packed), (ls[j], lm[j]));
+                assert_eq!((un[j], un[8 + j]), (ls[j], lm[j]));
+            }
+        }
+        // Arbitrary bytes: the unpacking must agree with get_scale_min_k4 too.
+        for b in 0..=255u8 {
+            let s: [u8; 12] = std::array::from_fn(|i| b.wrapping_mul(31).wrapping_add((i as u8).wrapping_mul(57)));
+            let un = unpack_scales_mins_k4(&s);
+            for j in 0..8 {
+                assert_eq!(get_scale_min_k4(j, &s), (un[j], un[8 + j]));
+            }
+        }
+    }
+}
+
+/// Shared proptest strategies and checks for the K-quant kernels against Q8_K activations.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use half::f16;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    use crate::k_quants::q8_k::{fill_bsums, BlockQ8_K};
+    use crate::{Block, SimdLevel, VecDot, QK_K};
+
+    /// A finite f16 scale of sane size, either sign (including zero and subnormals).
+    pub fn f16_scale() -> impl Strategy<Value = f16> {
+        prop_oneof![
+            8 => (-2.0f32..2.0).prop_map(f16::from_f32),
+            1 => Just(f16::ZERO),
+            1 => (-1e-6f32..1e-6).prop_map(f16::from_f32),
+        ]
+    }
+
+    /// `1..=5` weight blocks of `B` built from random bytes, with `fix(block, d, dmin)` writing
+    /// sane f16 scales over the random ones, and as many Q8_K blocks with random quants, a
+    /// random scale and consistent `bsums`.
+    pub fn blocks_and_act<B: bytemuck::Pod + std::fmt::Debug>(
+        fix: fn(&mut B, f16, f16),
+    ) -> impl Strategy<Value = (Vec<B>, Vec<BlockQ8_K>)> {
+        (1usize..=5).prop_flat_map(move |n| {
+            (
+                proptest::collection::vec(any::<u8>(), n * std::mem::size_of::<B>()),
+                proptest::collection::vec((f16_scale(), f16_scale()), n),
+                proptest::collection::vec(any::<i8>(), n * QK_K),
+                proptest::collection::vec(-4.0f32..4.0, n),
+            )
+                .prop_map(move |(bytes, scales, q8, dy)| {
+                    let mut xs: Vec<B> = bytemuck::pod_collect_to_vec(&bytes);
+                    for (b, (d, m)) in xs.iter_mut().zip(scales) {
+                        fix(b, d, m);
+                    }
+                    let ys = act_blocks(&q8, &dy);
+                    (xs, ys)
+                })
+        })
+    }
+
+    /// Q8_K blocks with the given quants and scales and consistent `bsums`.
+    pub fn act_blocks(q8: &[i8], d: &[f32]) -> Vec<BlockQ8_K> {
+        q8.chunks_exact(QK_K)
+            .zip(d)
+            .map(|(q, &d)| {
+                let mut b = BlockQ8_K { d, qs: [0; QK_K], bsums: [0; 16] };
+                for (o, &v) in b.qs.iter_mut().zip(q) {
+                    *o = v;
+                }
+                fill_bsums(&mut b);
+                b
+            })
+            .collect()
+    }
+
+    /// Every available level agrees with `scalar` within `1e-5 · magnitude` (summation order
+    /// differs between kernels), and `scalar` agrees with the f64 dot of the dequantized rows.
+    /// `magnitude` bounds the sum of the absolute values of the terms the kernels add.
+    pub fn check_vec_dot<B: VecDot<Act = BlockQ8_K>>(
+        x: &[B],
+        y: &[BlockQ8_K],
+        scalar: fn(&[B], &[BlockQ8_K]) -> f32,
+        magnitude: f64,
+    ) -> Result<(), TestCaseError> {
+        let want = scalar(x, y);
+        let tol = 1e-5 * magnitude + 1e-30;
+        for level in SimdLevel::available() {
+            let got = B::vec_dot(level, x, y);
+            prop_assert!(
+                ((got as f64) - (want as f64)).abs() <= tol,
+                "{level:?}: got {got}, scalar {want}, tol {tol}"
+            );
+        }
+        let mut xf = vec![0f32; x.len() * B::QK];
+        B::dequantize_row(x, &mut xf);
+        let mut yf = vec![0f32; y.len() * QK_K];
+        BlockQ8_K::dequantize_row(y, &mut yf);
+        let dot: f64 = xf.iter().zip(&yf).map(|(&a, &b)| a as f64 * b as f64).sum();
+        prop_assert!(
+            ((want as f64) - dot).abs() <= tol,
+            "scalar {want} vs dequantized dot {dot}, tol {tol}"
+        );
+        Ok(())
+    }
+
+    /// Inputs for the quantizer round-trip tests: 1..=4 super-blocks of one of several shapes
+    /// (uniform, offset so every value has one sign, tiny, with an outlier, or all equal).
+    pub fn quant_input() -> impl Strategy<Value = Vec<f32>> {
+        (1usize..=4, 0u8..6, -3.0f32..3.0, 0.001f32..10.0).prop_flat_map(|(n, shape, offset, scale)| {
+            proptest::collection::vec(-1.0f32..1.0, n * QK_K).prop_map(move |mut v| {
+                for (i, x) in v.iter_mut().enumerate() {
+                    *x = match shape {
+                        0 => *x * scale,
+                        1 => (*x + offset) * scale,
+                        2 => *x * 1e-20,
+                        3 => if i % 97 == 5 { *x * scale * 50.0 } else { *x * scale },
+                        4 => offset * scale,
+                        _ => (*x).abs() * scale,
+                    };
+                }
+                v
+            })
+        })
+    }
+}
