@@ -43,15 +43,30 @@ fn main() -> ExitCode {
 
 fn inspect(file: &std::path::Path, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let ins = Inspection::of_path(file)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&ins)?);
-        return Ok(());
-    }
-    print_inspection(&ins);
-    Ok(())
+    let text = if json { serde_json::to_string_pretty(&ins)? + "\n" } else { format_inspection(&ins) };
+    write_stdout(&text)
 }
 
-fn print_inspection(ins: &Inspection) {
+/// Write to stdout; a closed pipe (`lora-run inspect M | head`) is not an error.
+fn write_stdout(text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Human-readable form of an inspection.
+fn format_inspection(ins: &Inspection) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    macro_rules! println {
+        ($($t:tt)*) => { let _ = writeln!(s, $($t)*); };
+    }
+    macro_rules! print {
+        ($($t:tt)*) => { let _ = write!(s, $($t)*); };
+    }
     println!("{}", ins.path);
     println!(
         "  GGUF v{}, {} ({} bytes), {} metadata keys, {} tensors, {} parameters",
@@ -99,4 +114,5 @@ fn print_inspection(ins: &Inspection) {
         let shape = format!("{:?}", t.shape);
         println!("  {:<w$}  {:<7}  {:<22}  {:>12}  {:>12}", t.name, t.ty, shape, t.offset, t.size);
     }
+    s
 }

@@ -253,6 +253,18 @@ mod tests {
     }
 
     #[test]
+    fn extreme_activations_are_exact() {
+        // −128 activations, every level: the integer sums must not wrap or saturate, so with
+        // unit scales every level gives the scalar result exactly.
+        let x = vec![BlockQ4_1 { d: f16::ONE, m: f16::ONE, qs: [0x0F; 16] }; 3];
+        let y = vec![BlockQ8_1 { d: f16::ONE, s: f16::from_f32(-4096.0), qs: [-128; 32] }; 3];
+        let want = vec_dot_scalar(&x, &y);
+        for level in SimdLevel::available() {
+            assert_eq!(BlockQ4_1::vec_dot(level, &x, &y), want, "{level:?}");
+        }
+    }
+
+    #[test]
     fn empty_rows() {
         for level in SimdLevel::available() {
             assert_eq!(BlockQ4_1::vec_dot(level, &[], &[]), 0.0);
