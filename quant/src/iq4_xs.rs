@@ -142,7 +142,7 @@ pub(crate) mod x86 {
                     _mm_shuffle_epi8(values128, _mm_and_si128(q4bits_2, m4b)),
                 );
                 let p16_1 = _mm256_maddubs_epi16(_mm256_abs_epi8(q8b_1), _mm256_sign_epi8(q4b_1, q8b_1));
-                let p16_2 = _mm256_maddubs_epi16(_mm256_abs_epi8(q8b_2), _mm256_sign_epi8(q4b_1, q8b_2));
+                let p16_2 = _mm256_maddubs_epi16(_mm256_abs_epi8(q8b_2), _mm256_sign_epi8(q4b_2, q8b_2));
                 let ls1 = sub_scale(bx, 2 * p) as i16;
                 let ls2 = sub_scale(bx, 2 * p + 1) as i16;
                 sumi1 = _mm256_add_epi32(_mm256_madd_epi16(p16_1, _mm256_set1_epi16(ls1)), sumi1);
@@ -171,7 +171,7 @@ pub(crate) mod x86 {
         let values = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i) });
         let m4b = _mm512_set1_epi8(0x0F);
         // Shift the odd 128-bit lanes (the high-nibble copies) by 4.
-        let counts = _mm512_set_epi64(4, 4, 0, 0, 0, 0, 4, 4);
+        let counts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
         let zero = _mm512_setzero_si512();
         let mut acc = _mm512_setzero_ps();
         for (bx, by) in x.iter().zip(y) {

@@ -70,6 +70,7 @@ impl QuantizeRef for BlockQ8_1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytemuck::Zeroable;
     use proptest::prelude::*;
 
     proptest! {
@@ -114,6 +115,4 @@ mod tests {
         BlockQ8_1::quantize_row_ref(&[0.0; 32], &mut b);
         assert_eq!(b[0], BlockQ8_1::zeroed());
     }
-
-    use bytemuck::Zeroable;
 }

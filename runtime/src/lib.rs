@@ -3,5 +3,6 @@
 
 pub mod gguf;
 pub mod inspect;
+pub mod model;
 
 pub use gguf::{GgufError, GgufFile};

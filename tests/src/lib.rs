@@ -41,3 +41,28 @@ pub fn fixtures_dir() -> PathBuf {
     assert!(p.is_dir(), "reference fixtures not found at {}", p.display());
     p
 }
+
+/// Parse `../shared/fixtures/reference/<name>`.
+pub fn reference(name: &str) -> serde_json::Value {
+    let p = fixtures_dir().join("reference").join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Ids of the `k` largest logits, largest first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Ids of a reference `top20` list (`[[id, logit], ...]`).
+pub fn reference_top(top20: &serde_json::Value) -> Vec<(u32, f32)> {
+    top20
+        .as_array()
+        .expect("top20 is an array")
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
+        .collect()
+}

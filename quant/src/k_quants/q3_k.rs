@@ -257,7 +257,7 @@ pub(crate) mod x86 {
                 // Step t covers the 32-element slices 2t and 2t + 1: high bits 2t and 2t + 1.
                 let sel = _mm512_inserti64x4(
                     _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << (2 * t)) as i8)),
-                    _mm256_set1_epi8((1u8 << (2 * t)) as i8),
+                    _mm256_set1_epi8((1u8 << (2 * t + 1)) as i8),
                     1,
                 );
                 let clear = _mm512_testn_epi8_mask(hm, sel);

@@ -1,0 +1,37 @@
+//! Llama 2/3, Mistral, TinyLlama, SmolLM (llama.cpp `llm_build_llama`).
+//!
+//! embed → per layer: RMS norm → attention (normal rope, divided by `rope_freqs` for llama3,
+//! scores · 1/√head_dim) → residual → RMS norm → SwiGLU FFN (`down(silu(gate·x) ⊙ up·x)`) →
+//! residual; final norm; `output` head (or `token_embd` when tied).
+
+use super::{ops, AttnParams, KvCache, Model, ModelError};
+
+/// Hidden states `[n_tok, n_embd]` after the last block.
+pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    pre_norm_forward(m, kv, tokens)
+}
+
+/// The pre-norm SwiGLU decoder shared by llama, qwen2 and qwen3; what differs between them
+/// (rope layout, Q/K/V biases, Q/K norms) is in the loaded weights and the config.
+pub(super) fn pre_norm_forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    let c = &m.config;
+    let n = tokens.len();
+    let mut x = m.embed(tokens)?; // [n_tok, n_embd]
+    let params = AttnParams {
+        rope_base: c.rope_freq_base,
+        rope_scale: c.rope_freq_scale,
+        q_scale: 1.0,
+        kq_scale: 1.0 / (c.head_dim as f32).sqrt(),
+        window: None,
+    };
+    for (il, layer) in m.layers.iter().enumerate() {
+        let xn = ops::rms_norm_to(&x, &layer.attn_norm, c.rms_eps);
+        let attn = m.self_attention(kv, il, &xn, n, &params)?;
+        ops::add_assign(&mut x, &attn);
+
+        let xn = ops::rms_norm_to(&x, &layer.ffn_norm, c.rms_eps);
+        let ffn = m.gated_ffn(il, &xn, n, ops::swiglu)?;
+        ops::add_assign(&mut x, &ffn);
+    }
+    Ok(x)
+}

@@ -1,0 +1,375 @@
+//! Models: typed weights built from GGUF tensor names, and one readable forward pass per
+//! architecture (`llama.rs`, `qwen2.rs`, `qwen3.rs`, `gemma3.rs`).
+//!
+//! Loading is a total function from a [`GgufFile`] to a [`Model`] or a [`ModelError`] naming
+//! the missing key or tensor; the forward pass never looks a name up. Weights stay in the
+//! memory map: a [`WeightRef`] is a typed byte range of the file.
+
+pub mod config;
+mod gemma3;
+pub mod kv_cache;
+mod llama;
+pub mod ops;
+mod qwen2;
+mod qwen3;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quant::{GgmlType, QMatrix, QuantError};
+
+pub use config::{Arch, ModelConfig, RopeType, SUPPORTED_ARCHITECTURES};
+pub use kv_cache::KvCache;
+
+use crate::gguf::{GgufError, GgufFile, TensorInfo};
+
+/// Errors loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture `{arch}` (supported: {})", SUPPORTED_ARCHITECTURES.join(", "))]
+    UnsupportedArchitecture { arch: String },
+    #[error("model is missing tensor `{name}`")]
+    MissingTensor { name: String },
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    TensorShape { name: String, expected: Vec<u64>, got: Vec<u64> },
+    #[error("tensor `{name}` has type {ty}, which cannot be multiplied here")]
+    UnsupportedTensorType { name: String, ty: GgmlType },
+    #[error("token id {id} is outside the vocabulary (n_vocab {n_vocab})")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
+    #[error("context full: {needed} positions needed, the context holds {n_ctx} (raise --ctx, at most the model's {n_ctx_train})")]
+    ContextOverflow { needed: usize, n_ctx: usize, n_ctx_train: usize },
+    #[error("quantized kernel: {0}")]
+    Quant(#[from] QuantError),
+}
+
+/// A weight matrix `[n_out, n_in]` (ggml shape `[n_in, n_out]`) living in the mapped file.
+#[derive(Clone, Debug)]
+pub struct WeightRef {
+    /// llama.cpp tensor name.
+    pub name: String,
+    pub ty: GgmlType,
+    pub n_out: usize,
+    pub n_in: usize,
+    start: usize,
+    len: usize,
+}
+
+/// A linear layer: weight and optional bias (`[n_out]`).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub w: WeightRef,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// One transformer block's weights. Optional fields exist only in some architectures.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    /// Per-head RMS norm of q and k (`[head_dim]`; qwen3, gemma3).
+    pub attn_q_norm: Option<Vec<f32>>,
+    pub attn_k_norm: Option<Vec<f32>>,
+    /// RMS norm of the attention output before the residual (gemma3).
+    pub attn_post_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub ffn_gate: Linear,
+    pub ffn_up: Linear,
+    pub ffn_down: Linear,
+    /// RMS norm of the FFN output before the residual (gemma3).
+    pub ffn_post_norm: Option<Vec<f32>>,
+}
+
+/// A loaded model: configuration plus typed weights over the memory-mapped GGUF file.
+/// `Send + Sync`: share it through `Arc` and open any number of sessions.
+pub struct Model {
+    file: Arc<GgufFile>,
+    pub config: ModelConfig,
+    /// `token_embd` `[n_vocab, n_embd]`.
+    pub tok_embd: WeightRef,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// `output`, or `token_embd` when the head is tied.
+    pub output: WeightRef,
+    /// llama3 `rope_freqs` (`[n_rot / 2]`), dividing the rope frequencies.
+    pub rope_freqs: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("config", &self.config).finish()
+    }
+}
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (prompt prefill whose logits nobody reads).
+    None,
+    /// The last position only: `[n_vocab]`.
+    Last,
+    /// Every position: `[n_tok, n_vocab]`.
+    All,
+}
+
+impl Model {
+    /// Memory-map and load the GGUF model at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        Self::from_file(Arc::new(GgufFile::open(path)?))
+    }
+
+    /// Build the model from an open file.
+    ///
+    /// Errors: [`ModelError::UnsupportedArchitecture`], a missing key
+    /// ([`GgufError::MissingKey`]), [`ModelError::MissingTensor`], [`ModelError::TensorShape`],
+    /// [`ModelError::UnsupportedTensorType`].
+    pub fn from_file(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        let arch_name = file.metadata().get_str("general.architecture")?.to_string();
+        let arch = Arch::from_name(&arch_name).ok_or(ModelError::UnsupportedArchitecture { arch: arch_name })?;
+        let l = Loader { file: &file };
+        let emb = l.info("token_embd.weight")?;
+        let n_vocab = *emb.shape.get(1).unwrap_or(&0) as usize;
+        let config = ModelConfig::from_metadata(arch, file.metadata(), n_vocab)?;
+        let c = &config;
+        let tok_embd = l.weight("token_embd.weight", c.n_embd, n_vocab)?;
+        let q_out = c.n_head * c.head_dim;
+        let k_out = c.n_head_kv * c.head_dim;
+        let v_out = c.n_head_kv * c.head_dim_v;
+        let with_bias = arch == Arch::Qwen2;
+        let with_qk_norm = matches!(arch, Arch::Qwen3 | Arch::Gemma3);
+        let with_post_norms = arch == Arch::Gemma3;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let lin = |s: &str, n_in, n_out| -> Result<Linear, ModelError> {
+                let w = l.weight(&n(&format!("{s}.weight")), n_in, n_out)?;
+                let bias = if with_bias && matches!(s, "attn_q" | "attn_k" | "attn_v") {
+                    Some(l.vector(&n(&format!("{s}.bias")), n_out)?)
+                } else {
+                    None
+                };
+                Ok(Linear { w, bias })
+            };
+            let opt = |s: &str, len, present| -> Result<Option<Vec<f32>>, ModelError> {
+                if present { l.vector(&n(s), len).map(Some) } else { Ok(None) }
+            };
+            layers.push(Layer {
+                attn_norm: l.vector(&n("attn_norm.weight"), c.n_embd)?,
+                wq: lin("attn_q", c.n_embd, q_out)?,
+                wk: lin("attn_k", c.n_embd, k_out)?,
+                wv: lin("attn_v", c.n_embd, v_out)?,
+                wo: lin("attn_output", c.n_head * c.head_dim_v, c.n_embd)?,
+                attn_q_norm: opt("attn_q_norm.weight", c.head_dim, with_qk_norm)?,
+                attn_k_norm: opt("attn_k_norm.weight", c.head_dim, with_qk_norm)?,
+                attn_post_norm: opt("post_attention_norm.weight", c.n_embd, with_post_norms)?,
+                ffn_norm: l.vector(&n("ffn_norm.weight"), c.n_embd)?,
+                ffn_gate: lin("ffn_gate", c.n_embd, c.n_ff)?,
+                ffn_up: lin("ffn_up", c.n_embd, c.n_ff)?,
+                ffn_down: lin("ffn_down", c.n_ff, c.n_embd)?,
+                ffn_post_norm: opt("post_ffw_norm.weight", c.n_embd, with_post_norms)?,
+            });
+        }
+        let output_norm = l.vector("output_norm.weight", c.n_embd)?;
+        let output = match file.header().tensor_info("output.weight") {
+            Some(_) => l.weight("output.weight", c.n_embd, n_vocab)?,
+            None => tok_embd.clone(),
+        };
+        let rope_freqs = match file.header().tensor_info("rope_freqs.weight") {
+            Some(_) if arch == Arch::Llama => Some(l.vector("rope_freqs.weight", c.n_rot / 2)?),
+            _ => None,
+        };
+        Ok(Model { file: file.clone(), config, tok_embd, layers, output_norm, output, rope_freqs })
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// The matrix view of a weight.
+    pub fn matrix(&self, w: &WeightRef) -> QMatrix<'_> {
+        QMatrix { ty: w.ty, data: &self.file.bytes()[w.start..w.start + w.len], n_out: w.n_out, n_in: w.n_in }
+    }
+
+    /// `y = W·x (+ b)` for `n_tok` rows of `x` (`[n_tok, n_in]` → `[n_tok, n_out]`).
+    pub fn linear(&self, lin: &Linear, x: &[f32], n_tok: usize) -> Result<Vec<f32>, ModelError> {
+        let mut y = vec![0f32; n_tok * lin.w.n_out];
+        quant::matmul(&self.matrix(&lin.w), x, n_tok, &mut y)?;
+        if let Some(b) = &lin.bias {
+            ops::add_bias(&mut y, b);
+        }
+        Ok(y)
+    }
+
+    /// Embedding rows of `tokens`: `[n_tok, n_embd]` (ggml `get_rows`: dequantized rows).
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let n_embd = self.config.n_embd;
+        let m = self.matrix(&self.tok_embd);
+        let rb = m.row_bytes();
+        let mut x = vec![0f32; tokens.len() * n_embd];
+        for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
+            if t as usize >= self.config.n_vocab {
+                return Err(ModelError::TokenOutOfRange { id: t, n_vocab: self.config.n_vocab });
+            }
+            quant::dequantize_row(m.ty, &m.data[t as usize * rb..][..rb], row)?;
+        }
+        Ok(x)
+    }
+
+    /// Run `tokens` at positions `kv.len()..` through the model, appending their keys and
+    /// values to `kv`; returns the requested logits.
+    ///
+    /// Errors: [`ModelError::ContextOverflow`] when the cache cannot hold the tokens,
+    /// [`ModelError::TokenOutOfRange`] for an id past the vocabulary.
+    pub fn forward(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, ModelError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let needed = kv.len() + tokens.len();
+        if needed > kv.n_ctx() {
+            return Err(ModelError::ContextOverflow { needed, n_ctx: kv.n_ctx(), n_ctx_train: self.config.n_ctx_train });
+        }
+        let x = match self.config.arch {
+            Arch::Llama => llama::forward(self, kv, tokens)?,
+            Arch::Qwen2 => qwen2::forward(self, kv, tokens)?,
+            Arch::Qwen3 => qwen3::forward(self, kv, tokens)?,
+            Arch::Gemma3 => gemma3::forward(self, kv, tokens)?,
+        };
+        kv.advance(tokens.len());
+        self.head(x, tokens.len(), logits)
+    }
+
+    /// Final norm and output head over the hidden states `x` (`[n_tok, n_embd]`).
+    fn head(&self, mut x: Vec<f32>, n_tok: usize, logits: Logits) -> Result<Vec<f32>, ModelError> {
+        let n_embd = self.config.n_embd;
+        let (x, n) = match logits {
+            Logits::None => return Ok(Vec::new()),
+            Logits::Last => (x.split_off((n_tok - 1) * n_embd), 1),
+            Logits::All => (x, n_tok),
+        };
+        let xn = ops::rms_norm_to(&x, &self.output_norm, self.config.rms_eps);
+        let mut out = vec![0f32; n * self.config.n_vocab];
+        quant::matmul(&self.matrix(&self.output), &xn, n, &mut out)?;
+        Ok(out)
+    }
+
+    /// A new KV cache for `n_ctx` positions (at most the training context).
+    pub fn new_kv_cache(&self, n_ctx: usize) -> KvCache {
+        let c = &self.config;
+        KvCache::new(c.n_layer, n_ctx.min(c.n_ctx_train), c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v)
+    }
+}
+
+/// Looks tensors up by name and checks their shapes while loading.
+struct Loader<'a> {
+    file: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
+        self.file.header().tensor_info(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })
+    }
+
+    /// A `[n_out, n_in]` weight (ggml shape `[n_in, n_out]`).
+    fn weight(&self, name: &str, n_in: usize, n_out: usize) -> Result<WeightRef, ModelError> {
+        let t = self.info(name)?;
+        let expected = vec![n_in as u64, n_out as u64];
+        if t.shape != expected {
+            return Err(ModelError::TensorShape { name: name.to_string(), expected, got: t.shape.clone() });
+        }
+        if t.ty.vec_dot_type().is_none() {
+            return Err(ModelError::UnsupportedTensorType { name: name.to_string(), ty: t.ty });
+        }
+        Ok(WeightRef {
+            name: name.to_string(),
+            ty: t.ty,
+            n_out,
+            n_in,
+            start: (self.file.header().data_offset + t.offset) as usize,
+            len: t.size as usize,
+        })
+    }
+
+    /// A 1-D tensor of `len` elements, dequantized to f32.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.info(name)?;
+        if t.shape != [len as u64] {
+            return Err(ModelError::TensorShape { name: name.to_string(), expected: vec![len as u64], got: t.shape.clone() });
+        }
+        Ok(self.file.view(t).to_f32()?)
+    }
+}
+
+/// How one layer's attention is set up; the architecture files fill it in.
+pub(crate) struct AttnParams {
+    /// Rope base and linear frequency scale of this layer.
+    pub rope_base: f32,
+    pub rope_scale: f32,
+    /// Factor applied to q before attention (gemma3 scales q), else 1.
+    pub q_scale: f32,
+    /// Factor applied to the scores (1/√head_dim for most models).
+    pub kq_scale: f32,
+    /// Sliding window, for local layers.
+    pub window: Option<usize>,
+}
+
+impl Model {
+    /// Self-attention of layer `il` on the normed input `xn` (`[n_tok, n_embd]`): Q/K/V
+    /// projections (with biases where present), per-head Q/K norms where present, rope,
+    /// append K/V to the cache, causal attention, output projection. Returns `[n_tok, n_embd]`.
+    pub(crate) fn self_attention(
+        &self,
+        kv: &mut KvCache,
+        il: usize,
+        xn: &[f32],
+        n_tok: usize,
+        p: &AttnParams,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let layer = &self.layers[il];
+        let mut q = self.linear(&layer.wq, xn, n_tok)?; // [n_tok, n_head, head_dim]
+        let mut k = self.linear(&layer.wk, xn, n_tok)?; // [n_tok, n_head_kv, head_dim]
+        let v = self.linear(&layer.wv, xn, n_tok)?; // [n_tok, n_head_kv, head_dim_v]
+        if let Some(w) = &layer.attn_q_norm {
+            ops::rms_norm(&mut q, w, c.rms_eps);
+        }
+        if let Some(w) = &layer.attn_k_norm {
+            ops::rms_norm(&mut k, w, c.rms_eps);
+        }
+        let pos0 = kv.len();
+        let rope_type = c.arch.rope_type();
+        for t in 0..n_tok {
+            let cache = ops::rope_cache(pos0 + t, c.n_rot, p.rope_base, p.rope_scale, self.rope_freqs.as_deref());
+            ops::rope(&mut q[t * c.n_head * c.head_dim..][..c.n_head * c.head_dim], c.head_dim, &cache, rope_type);
+            ops::rope(&mut k[t * c.n_head_kv * c.head_dim..][..c.n_head_kv * c.head_dim], c.head_dim, &cache, rope_type);
+        }
+        if p.q_scale != 1.0 {
+            q.iter_mut().for_each(|v| *v *= p.q_scale);
+        }
+        let (k_cache, v_cache) = kv.append(il, &k, &v);
+        let attn = ops::attention(
+            &q, k_cache, v_cache, n_tok, pos0, c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, p.kq_scale, p.window,
+        ); // [n_tok, n_head, head_dim_v]
+        self.linear(&layer.wo, &attn, n_tok)
+    }
+
+    /// The gated feed-forward block on the normed input `xn`: `down(act(gate·x) ⊙ up·x)`.
+    pub(crate) fn gated_ffn(
+        &self,
+        il: usize,
+        xn: &[f32],
+        n_tok: usize,
+        act: fn(&[f32], &[f32], &mut [f32]),
+    ) -> Result<Vec<f32>, ModelError> {
+        let layer = &self.layers[il];
+        let g = self.linear(&layer.ffn_gate, xn, n_tok)?; // [n_tok, n_ff]
+        let u = self.linear(&layer.ffn_up, xn, n_tok)?; // [n_tok, n_ff]
+        let mut h = vec![0f32; g.len()];
+        act(&g, &u, &mut h);
+        self.linear(&layer.ffn_down, &h, n_tok) // [n_tok, n_embd]
+    }
+}

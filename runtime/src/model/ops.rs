@@ -1,0 +1,195 @@
+//! The element-wise and attention operations of the forward pass, computed as ggml computes
+//! them on the CPU (ggml-cpu/ops.cpp, vec.h) so results agree with llama.cpp to the last bits
+//! where that is cheap.
+
+use std::sync::OnceLock;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::config::RopeType;
+
+/// In-place RMS norm of each `n`-element row of `x`, times `w` (`ggml_rms_norm` then
+/// `ggml_mul`): the sum of squares in f64, mean and scale in f32.
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for row in x.chunks_exact_mut(n) {
+        let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v = (*v * scale) * g;
+        }
+    }
+}
+
+/// [`rms_norm`] into a new buffer.
+pub fn rms_norm_to(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let mut y = x.to_vec();
+    rms_norm(&mut y, w, eps);
+    y
+}
+
+/// `x += y`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
+}
+
+/// Add `bias` (one row) to every row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_assign(row, bias);
+    }
+}
+
+/// GELU with the tanh approximation (`ggml_gelu_f32`, ggml-cpu/vec.h).
+fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_560_802_865_4;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// ggml's GELU table over every f16 input (`ggml_table_gelu_f16`, used under GGML_GELU_FP16).
+fn gelu_table() -> &'static [f16] {
+    static T: OnceLock<Vec<f16>> = OnceLock::new();
+    T.get_or_init(|| (0..=u16::MAX).map(|i| f16::from_f32(gelu_f32(f16::from_bits(i).to_f32()))).collect())
+}
+
+/// `y = gelu(g) * u` element-wise, as ggml's `ggml_vec_geglu_f32` (GELU through the f16 table;
+/// x ≤ -10 gives 0, x ≥ 10 gives x).
+pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32]) {
+    let t = gelu_table();
+    for ((y, &x), &u) in y.iter_mut().zip(g).zip(u) {
+        let gx = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            t[f16::from_f32(x).to_bits() as usize].to_f32()
+        };
+        *y = gx * u;
+    }
+}
+
+/// `y = silu(g) * u` element-wise (`ggml_vec_swiglu_f32`): silu(x) = x / (1 + e^-x).
+pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
+    for ((y, &x), &u) in y.iter_mut().zip(g).zip(u) {
+        *y = x / (1.0 + (-x).exp()) * u;
+    }
+}
+
+/// Rope angles for one position: `(cos, sin)` for each of the `n_rot / 2` pairs, computed as
+/// ggml's `ggml_rope_cache_init`: theta starts at `pos · freq_scale` and is multiplied by
+/// `base^(-2/n_rot)` per pair, in f32; `freq_factors` (llama3's `rope_freqs`) divide it.
+pub fn rope_cache(pos: usize, n_rot: usize, base: f32, freq_scale: f32, freq_factors: Option<&[f32]>) -> Vec<(f32, f32)> {
+    let theta_scale = base.powf(-2.0 / n_rot as f32);
+    let mut theta_extrap = pos as f32;
+    let mut out = Vec::with_capacity(n_rot / 2);
+    for i in 0..n_rot / 2 {
+        let ff = freq_factors.map_or(1.0, |f| f[i]);
+        let theta = freq_scale * (theta_extrap / ff);
+        out.push((theta.cos(), theta.sin()));
+        theta_extrap *= theta_scale;
+    }
+    out
+}
+
+/// Rotate every head of `x` (`[n_head, head_dim]`) in place with the angles of `cache`
+/// (from [`rope_cache`]), the first `2 · cache.len()` dimensions of each head.
+pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) {
+    let n_rot = cache.len() * 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(c, s)) in cache.iter().enumerate() {
+            let (a, b) = match ty {
+                RopeType::Norm => (2 * i, 2 * i + 1),
+                RopeType::Neox => (i, i + n_rot / 2),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * c - x1 * s;
+            head[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// Causal multi-head attention of `n_tok` new queries against a layer's key/value cache.
+///
+/// - `q`: `[n_tok, n_head, head_dim]`, already scaled as the architecture wants,
+/// - `k_cache`: `[n_past + n_tok, n_head_kv, head_dim]`, `v_cache`: `[.., n_head_kv, head_dim_v]`,
+/// - query `t` sits at position `pos0 + t` and sees keys at positions `p` with `p <= pos0 + t`
+///   and, with a sliding `window`, `pos0 + t - p < window` (llama.cpp's standard SWA mask),
+/// - `scale` multiplies the scores before the softmax,
+/// - returns `[n_tok, n_head, head_dim_v]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_tok: usize,
+    pos0: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    head_dim_v: usize,
+    scale: f32,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let group = n_head / n_head_kv;
+    let mut out = vec![0f32; n_tok * n_head * head_dim_v];
+    out.par_chunks_mut(head_dim_v).enumerate().for_each(|(idx, o)| {
+        let (t, h) = (idx / n_head, idx % n_head);
+        let kvh = h / group;
+        let pos = pos0 + t;
+        let first = match window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
+        let mut scores: Vec<f32> = (first..=pos)
+            .map(|p| {
+                let k = &k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim];
+                dot(qh, k) * scale
+            })
+            .collect();
+        softmax(&mut scores);
+        for (p, &w) in (first..=pos).zip(&scores) {
+            let v = &v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v];
+            for (a, &b) in o.iter_mut().zip(v) {
+                *a += w * b;
+            }
+        }
+    });
+    out
+}
+
+/// f32 dot product (4 accumulators so the compiler vectorizes it).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// In-place softmax (`ggml_soft_max`): subtract the max, exponentiate, sum in f64, normalize.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
