@@ -200,10 +200,14 @@ pub(crate) mod x86 {
                 let q3l_3 = _mm256_and_si256(_mm256_srli_epi16(q3bits, 6), m3);
                 let bit = 4 * j;
 
-                let p16_0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q3l_0, q8_0), _mm256_maddubs_epi16(q3h(bit), q8_0));
-                let p16_1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q3l_1, q8_1), _mm256_maddubs_epi16(q3h(bit + 1), q8_1));
-                let p16_2 = _mm256_sub_epi16(_mm256_maddubs_epi16(q3l_2, q8_2), _mm256_maddubs_epi16(q3h(bit + 2), q8_2));
-                let p16_3 = _mm256_sub_epi16(_mm256_maddubs_epi16(q3l_3, q8_3), _mm256_maddubs_epi16(q3h(bit + 3), q8_3));
+                // low·q8 − (4 where the high bit is clear)·q8, in i16 pair sums.
+                let dot = |l: __m256i, h: __m256i, q8: __m256i| {
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(l, q8), _mm256_maddubs_epi16(h, q8))
+                };
+                let p16_0 = dot(q3l_0, q3h(bit), q8_0);
+                let p16_1 = dot(q3l_1, q3h(bit + 1), q8_1);
+                let p16_2 = dot(q3l_2, q3h(bit + 2), q8_2);
+                let p16_3 = dot(q3l_3, q3h(bit + 3), q8_3);
 
                 let p16_0 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_shuffle_q3k(0)), p16_0);
                 let p16_1 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_shuffle_q3k(1)), p16_1);
@@ -405,8 +409,8 @@ mod tests {
             let mut b = BlockQ3_K::zeroed();
             b.scales = std::array::from_fn(|i| seed.wrapping_mul(73).wrapping_add((i as u8).wrapping_mul(29)));
             let un = unpack_scales(&b.scales);
-            for j in 0..16 {
-                assert_eq!(un[j] as i32 - 32, scale(&b, j), "seed {seed} j {j}");
+            for (j, &u) in un.iter().enumerate() {
+                assert_eq!(u as i32 - 32, scale(&b, j), "seed {seed} j {j}");
             }
         }
     }
