@@ -442,16 +442,30 @@ mod tests {
     /// every tail length of every kernel).
     fn rows() -> impl Strategy<Value = (Vec<f32>, Vec<f32>)> {
         (0usize..=300).prop_flat_map(|n| {
-            (prop::collection::vec(-100f32..100.0, n), prop::collection::vec(-100f32..100.0, n))
+            (
+                prop::collection::vec(-100f32..100.0, n),
+                prop::collection::vec(-100f32..100.0, n),
+            )
         })
     }
 
-    fn check<T: VecDot<Act = T>>(x: &[T], y: &[T], scalar: fn(&[T], &[T]) -> f32, abs: f64) -> Result<(), TestCaseError> {
+    fn check<T: VecDot<Act = T>>(
+        x: &[T],
+        y: &[T],
+        scalar: fn(&[T], &[T]) -> f32,
+        abs: f64,
+    ) -> Result<(), TestCaseError> {
         let want = scalar(x, y);
         prop_assert_eq!(want, T::vec_dot(SimdLevel::Scalar, x, y));
         for level in SimdLevel::available() {
             let got = T::vec_dot(level, x, y);
-            prop_assert!(((got - want) as f64).abs() <= 1e-5 * abs + 1e-30, "{:?}: {} vs {}", level, got, want);
+            prop_assert!(
+                ((got - want) as f64).abs() <= 1e-5 * abs + 1e-30,
+                "{:?}: {} vs {}",
+                level,
+                got,
+                want
+            );
         }
         Ok(())
     }
@@ -493,17 +507,58 @@ mod tests {
         // Subnormal, normal, largest finite and signed-zero halves, each repeated n times
         // against ones: every partial sum is exact, so every level must agree bit for bit
         // (a conversion that flushed subnormals or mangled the exponent would not).
-        let vals = [f16::from_bits(0x0001), f16::from_bits(0x8400), f16::MAX, f16::NEG_ZERO, f16::ONE];
+        let vals = [
+            f16::from_bits(0x0001),
+            f16::from_bits(0x8400),
+            f16::MAX,
+            f16::NEG_ZERO,
+            f16::ONE,
+        ];
         for level in SimdLevel::available() {
             for v in vals {
                 for n in [1, 4, 5, 8, 16, 17, 33, 64, 65] {
                     let x = vec![v; n];
                     let y = vec![f16::ONE; n];
-                    assert_eq!(f16::vec_dot(level, &x, &y), n as f32 * v.to_f32(), "{level:?} {v} n={n}");
+                    assert_eq!(
+                        f16::vec_dot(level, &x, &y),
+                        n as f32 * v.to_f32(),
+                        "{level:?} {v} n={n}"
+                    );
                     let b = bf16::from_f32(v.to_f32());
                     let xb = vec![b; n];
                     let yb = vec![bf16::ONE; n];
-                    assert_eq!(bf16::vec_dot(level, &xb, &yb), n as f32 * b.to_f32(), "{level:?} {b} n={n}");
+                    assert_eq!(
+                        bf16::vec_dot(level, &xb, &yb),
+                        n as f32 * b.to_f32(),
+                        "{level:?} {b} n={n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_util_fp16_to_f32_is_exact() {
+        // Every non-NaN half, through the inline conversion the quant kernels use.
+        #[cfg(target_arch = "x86_64")]
+        if SimdLevel::Avx2.is_available() {
+            for bits in 0..=u16::MAX {
+                let h = f16::from_bits(bits);
+                if !h.is_nan() {
+                    // SAFETY: AVX2 + F16C checked above.
+                    let got = unsafe { crate::x86_util::fp16_to_f32(h) };
+                    assert_eq!(got.to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if SimdLevel::Neon.is_available() {
+            for bits in 0..=u16::MAX {
+                let h = f16::from_bits(bits);
+                if !h.is_nan() {
+                    // SAFETY: NEON checked above.
+                    let got = unsafe { crate::neon_util::fp16_to_f32(h) };
+                    assert_eq!(got.to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
                 }
             }
         }

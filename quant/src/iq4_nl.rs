@@ -12,7 +12,9 @@ pub const QK4_NL: usize = 32;
 
 /// The 16 levels a 4-bit IQ4_NL / IQ4_XS index selects (`kvalues_iq4nl`, ggml-common.h).
 /// None is −128, which the SIMD kernels rely on (they negate these values).
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 /// `block_iq4_nl` (ggml-common.h): 18 bytes.
 #[repr(C)]
@@ -99,7 +101,7 @@ pub(crate) mod x86 {
         let values = _mm256_broadcastsi128_si256(values128);
         let mut acc = _mm256_setzero_ps();
         for (bx, by) in x.iter().zip(y) {
-            let d = _mm256_set1_ps(by.d.to_f32() * bx.d.to_f32());
+            let d = _mm256_set1_ps(fp16_to_f32(by.d) * fp16_to_f32(bx.d));
             // Indices are 0..=15 (top bit clear), so `pshufb` returns a table entry.
             let qx = _mm256_shuffle_epi8(values, bytes_from_nibbles_32(&bx.qs));
             let qy = load_i8_32(&by.qs);
@@ -121,12 +123,18 @@ pub(crate) mod x86 {
         let values = _mm512_broadcast_i32x4(values128);
         let mut acc = _mm512_setzero_ps();
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let idx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            let idx = join_256(
+                bytes_from_nibbles_32(&xs[0].qs),
+                bytes_from_nibbles_32(&xs[1].qs),
+            );
             let qx = _mm512_shuffle_epi8(values, idx);
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             // Q8 first, as in the AVX2 kernel: only the table side is ever negated.
             let q = mul_sum_i8_pairs_float_512(qy, qx);
-            let d = scales_2x8(ys[0].d.to_f32() * xs[0].d.to_f32(), ys[1].d.to_f32() * xs[1].d.to_f32());
+            let d = scales_2x8(
+                fp16_to_f32(ys[0].d) * fp16_to_f32(xs[0].d),
+                fp16_to_f32(ys[1].d) * fp16_to_f32(xs[1].d),
+            );
             acc = _mm512_fmadd_ps(d, q, acc);
         }
         let mut sum = _mm512_reduce_add_ps(acc);
@@ -163,7 +171,7 @@ pub(crate) mod neon {
             let y0 = unsafe { vld1q_s8(by.qs.as_ptr()) };
             let y1 = unsafe { vld1q_s8(by.qs.as_ptr().add(16)) };
             let p = vaddq_s32(dot_i8x16(x0, y0), dot_i8x16(x1, y1));
-            acc = fmla_i32(acc, p, by.d.to_f32() * bx.d.to_f32());
+            acc = fmla_i32(acc, p, fp16_to_f32(by.d) * fp16_to_f32(bx.d));
         }
         vaddvq_f32(acc)
     }
@@ -187,7 +195,12 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockIQ4_NL>, Vec<BlockQ8_0>)> {
-        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
+        (1usize..=9).prop_flat_map(|n| {
+            (
+                prop::collection::vec(block(), n),
+                prop::collection::vec(act(), n),
+            )
+        })
     }
 
     fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
@@ -198,7 +211,11 @@ mod tests {
 
     /// Σ|x_i·y_i| over the dequantized rows: the scale of the float rounding error.
     fn abs_terms(x: &[BlockIQ4_NL], y: &[BlockQ8_0]) -> f64 {
-        dequant(x).iter().zip(dequant(y)).map(|(a, b)| (*a as f64 * b as f64).abs()).sum()
+        dequant(x)
+            .iter()
+            .zip(dequant(y))
+            .map(|(a, b)| (*a as f64 * b as f64).abs())
+            .sum()
     }
 
     proptest! {
@@ -223,7 +240,10 @@ mod tests {
     #[test]
     fn dequantize_matches_hand_computed() {
         // Low nibble 0 (−127), high nibble 15 (113).
-        let b = BlockIQ4_NL { d: f16::from_f32(0.5), qs: [0xF0; 16] };
+        let b = BlockIQ4_NL {
+            d: f16::from_f32(0.5),
+            qs: [0xF0; 16],
+        };
         let y = dequant(&[b]);
         assert!(y[..16].iter().all(|&v| v == -63.5));
         assert!(y[16..].iter().all(|&v| v == 56.5));
@@ -233,8 +253,20 @@ mod tests {
     fn extreme_activations_are_exact() {
         // −128 activations against the largest-magnitude table values, every level: the
         // integer sums must not wrap or saturate.
-        let x = vec![BlockIQ4_NL { d: f16::ONE, qs: [0xF0; 16] }; 3];
-        let y = vec![BlockQ8_0 { d: f16::ONE, qs: [-128; 32] }; 3];
+        let x = vec![
+            BlockIQ4_NL {
+                d: f16::ONE,
+                qs: [0xF0; 16]
+            };
+            3
+        ];
+        let y = vec![
+            BlockQ8_0 {
+                d: f16::ONE,
+                qs: [-128; 32]
+            };
+            3
+        ];
         let want = 3.0 * 16.0 * (-128.0 * -127.0 + -128.0 * 113.0);
         for level in SimdLevel::available() {
             assert_eq!(BlockIQ4_NL::vec_dot(level, &x, &y), want, "{level:?}");

@@ -56,6 +56,13 @@ pub trait Block: bytemuck::Pod + Send + Sync + 'static {
 pub trait QuantizeRef: Block {
     /// Quantize `src` into `dst`. Contract: `src.len() == dst.len() * Self::QK`.
     fn quantize_row_ref(src: &[f32], dst: &mut [Self]);
+
+    /// Quantize activations before a fused dot product, as ggml-cpu's x86 `quantize_row_*`
+    /// does (for Q8_0/Q8_1 it differs from the reference: `id = 127 / amax` and round half
+    /// to even). Deterministic on every architecture. Defaults to [`QuantizeRef::quantize_row_ref`].
+    fn quantize_row_act(src: &[f32], dst: &mut [Self]) {
+        Self::quantize_row_ref(src, dst)
+    }
 }
 
 /// A weight format with ggml's fused dot product against its activation format.

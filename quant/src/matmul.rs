@@ -81,7 +81,8 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
     Ok(())
 }
 
-/// Quantize `n_tok` rows of `n_in` activations into `B::Act` blocks, row after row.
+/// Quantize `n_tok` rows of `n_in` activations into `A` blocks, row after row, with ggml-cpu's
+/// activation quantizer ([`QuantizeRef::quantize_row_act`]).
 pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
     let per_row = n_in / A::QK;
     let n_tok = x.len() / n_in.max(1);
@@ -89,7 +90,7 @@ pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
     if per_row > 0 {
         act.par_chunks_mut(per_row)
             .zip(x.par_chunks(n_in))
-            .for_each(|(a, xr)| A::quantize_row_ref(xr, a));
+            .for_each(|(a, xr)| A::quantize_row_act(xr, a));
     }
     act
 }

@@ -44,3 +44,18 @@ pub fn bits_32(qh: &[u8; 4]) -> (uint8x16_t, uint8x16_t) {
 pub fn fmla_i32(acc: float32x4_t, a: int32x4_t, d: f32) -> float32x4_t {
     vmlaq_n_f32(acc, vcvtq_f32_s32(a), d)
 }
+
+/// f16 → f32 with one `fcvt` (exact; base ARMv8 floating point). `half::f16::to_f32`
+/// re-detects the FP16 extension at run time on every call, which costs more than the
+/// conversion in a per-block loop; the conversion itself needs no extension.
+#[inline]
+#[target_feature(enable = "neon")]
+pub fn fp16_to_f32(h: half::f16) -> f32 {
+    let out: f32;
+    // SAFETY: a register-only conversion.
+    unsafe {
+        std::arch::asm!("fcvt {o:s}, {i:h}", o = lateout(vreg) out, i = in(vreg) h.to_bits(),
+            options(pure, nomem, nostack, preserves_flags));
+    }
+    out
+}

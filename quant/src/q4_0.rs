@@ -131,7 +131,7 @@ pub(crate) mod x86 {
         let mut acc = _mm256_setzero_ps();
         let off = _mm256_set1_epi8(8);
         for (bx, by) in x.iter().zip(y) {
-            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
+            let d = _mm256_set1_ps(fp16_to_f32(bx.d) * fp16_to_f32(by.d));
             let qx = _mm256_sub_epi8(bytes_from_nibbles_32(&bx.qs), off);
             let qy = load_i8_32(&by.qs);
             let q = mul_sum_i8_pairs_float(qy, qx);
@@ -150,12 +150,18 @@ pub(crate) mod x86 {
         let mut acc = _mm512_setzero_ps();
         let off = _mm512_set1_epi8(8);
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let qx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            let qx = join_256(
+                bytes_from_nibbles_32(&xs[0].qs),
+                bytes_from_nibbles_32(&xs[1].qs),
+            );
             let qx = _mm512_sub_epi8(qx, off);
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             // Q8 first, as in the AVX2 kernel: only the weight side is ever negated.
             let q = mul_sum_i8_pairs_float_512(qy, qx);
-            let d = scales_2x8(xs[0].d.to_f32() * ys[0].d.to_f32(), xs[1].d.to_f32() * ys[1].d.to_f32());
+            let d = scales_2x8(
+                fp16_to_f32(xs[0].d) * fp16_to_f32(ys[0].d),
+                fp16_to_f32(xs[1].d) * fp16_to_f32(ys[1].d),
+            );
             acc = _mm512_fmadd_ps(d, q, acc);
         }
         let mut sum = _mm512_reduce_add_ps(acc);
@@ -191,7 +197,7 @@ pub(crate) mod neon {
             let y0 = unsafe { vld1q_s8(by.qs.as_ptr()) };
             let y1 = unsafe { vld1q_s8(by.qs.as_ptr().add(16)) };
             let p = vaddq_s32(dot_i8x16(lo, y0), dot_i8x16(hi, y1));
-            acc = fmla_i32(acc, p, bx.d.to_f32() * by.d.to_f32());
+            acc = fmla_i32(acc, p, fp16_to_f32(bx.d) * fp16_to_f32(by.d));
         }
         vaddvq_f32(acc)
     }
@@ -216,7 +222,12 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ4_0>, Vec<BlockQ8_0>)> {
-        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
+        (1usize..=9).prop_flat_map(|n| {
+            (
+                prop::collection::vec(block(), n),
+                prop::collection::vec(act(), n),
+            )
+        })
     }
 
     fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
@@ -227,7 +238,11 @@ mod tests {
 
     /// Σ|x_i·y_i| over the dequantized rows: the scale of the float rounding error.
     fn abs_terms(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f64 {
-        dequant(x).iter().zip(dequant(y)).map(|(a, b)| (*a as f64 * b as f64).abs()).sum()
+        dequant(x)
+            .iter()
+            .zip(dequant(y))
+            .map(|(a, b)| (*a as f64 * b as f64).abs())
+            .sum()
     }
 
     proptest! {
@@ -281,18 +296,27 @@ mod tests {
         let mut b = [BlockQ4_0::zeroed()];
         BlockQ4_0::quantize_row_ref(&x, &mut b);
         assert_eq!(b[0].d, f16::ONE);
-        assert_eq!(b[0].qs[0], 0 | (0 << 4));
+        assert_eq!(b[0].qs[0], 0); // codes 0 and 0
         assert_eq!(b[0].qs[1], 15 | (11 << 4));
         assert_eq!(b[0].qs[2], 8 | (8 << 4));
         assert_eq!(b[0].qs[3], 8 | (8 << 4));
         // All zeros: d = 0, id = 0, every code 8.
         BlockQ4_0::quantize_row_ref(&[0.0; 32], &mut b);
-        assert_eq!(b[0], BlockQ4_0 { d: f16::ZERO, qs: [0x88; 16] });
+        assert_eq!(
+            b[0],
+            BlockQ4_0 {
+                d: f16::ZERO,
+                qs: [0x88; 16]
+            }
+        );
     }
 
     #[test]
     fn dequantize_matches_hand_computed() {
-        let b = BlockQ4_0 { d: f16::from_f32(0.5), qs: [0x0F; 16] };
+        let b = BlockQ4_0 {
+            d: f16::from_f32(0.5),
+            qs: [0x0F; 16],
+        };
         let y = dequant(&[b]);
         assert!(y[..16].iter().all(|&v| v == 3.5));
         assert!(y[16..].iter().all(|&v| v == -4.0));
@@ -302,8 +326,20 @@ mod tests {
     fn extreme_activations_are_exact() {
         // −128 activations, every level: the integer sums must not wrap or saturate, so with
         // unit scales every level gives the scalar result exactly.
-        let x = vec![BlockQ4_0 { d: f16::ONE, qs: [0x0F; 16] }; 3];
-        let y = vec![BlockQ8_0 { d: f16::ONE, qs: [-128; 32] }; 3];
+        let x = vec![
+            BlockQ4_0 {
+                d: f16::ONE,
+                qs: [0x0F; 16]
+            };
+            3
+        ];
+        let y = vec![
+            BlockQ8_0 {
+                d: f16::ONE,
+                qs: [-128; 32]
+            };
+            3
+        ];
         let want = vec_dot_scalar(&x, &y);
         for level in SimdLevel::available() {
             assert_eq!(BlockQ4_0::vec_dot(level, &x, &y), want, "{level:?}");

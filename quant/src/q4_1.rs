@@ -96,8 +96,8 @@ pub(crate) mod x86 {
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
         for (bx, by) in x.iter().zip(y) {
-            summs += bx.m.to_f32() * by.s.to_f32();
-            let d0d1 = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
+            summs += fp16_to_f32(bx.m) * fp16_to_f32(by.s);
+            let d0d1 = _mm256_set1_ps(fp16_to_f32(bx.d) * fp16_to_f32(by.d));
             let qx = bytes_from_nibbles_32(&bx.qs);
             let qy = load_i8_32(&by.qs);
             let xy = mul_sum_us8_pairs_float(qx, qy);
@@ -116,12 +116,18 @@ pub(crate) mod x86 {
         let mut acc = _mm512_setzero_ps();
         let mut summs = 0f32;
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            summs += xs[0].m.to_f32() * ys[0].s.to_f32();
-            summs += xs[1].m.to_f32() * ys[1].s.to_f32();
-            let qx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            summs += fp16_to_f32(xs[0].m) * fp16_to_f32(ys[0].s);
+            summs += fp16_to_f32(xs[1].m) * fp16_to_f32(ys[1].s);
+            let qx = join_256(
+                bytes_from_nibbles_32(&xs[0].qs),
+                bytes_from_nibbles_32(&xs[1].qs),
+            );
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             let q = _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(qx, qy));
-            let d = scales_2x8(xs[0].d.to_f32() * ys[0].d.to_f32(), xs[1].d.to_f32() * ys[1].d.to_f32());
+            let d = scales_2x8(
+                fp16_to_f32(xs[0].d) * fp16_to_f32(ys[0].d),
+                fp16_to_f32(xs[1].d) * fp16_to_f32(ys[1].d),
+            );
             acc = _mm512_fmadd_ps(d, q, acc);
         }
         let mut sum = _mm512_reduce_add_ps(acc) + summs;
@@ -151,7 +157,7 @@ pub(crate) mod neon {
         let mut acc = vdupq_n_f32(0.0);
         let mut summs = 0f32;
         for (bx, by) in x.iter().zip(y) {
-            summs += bx.m.to_f32() * by.s.to_f32();
+            summs += fp16_to_f32(bx.m) * fp16_to_f32(by.s);
             let (lo, hi) = nibbles_32(&bx.qs);
             // SAFETY: `by.qs` is 32 readable bytes.
             let y0 = unsafe { vld1q_s8(by.qs.as_ptr()) };
@@ -160,7 +166,7 @@ pub(crate) mod neon {
                 dot_i8x16(vreinterpretq_s8_u8(lo), y0),
                 dot_i8x16(vreinterpretq_s8_u8(hi), y1),
             );
-            acc = fmla_i32(acc, p, bx.d.to_f32() * by.d.to_f32());
+            acc = fmla_i32(acc, p, fp16_to_f32(bx.d) * fp16_to_f32(by.d));
         }
         vaddvq_f32(acc) + summs
     }
@@ -176,7 +182,11 @@ mod tests {
     }
 
     fn block() -> impl Strategy<Value = BlockQ4_1> {
-        (scale(), scale(), prop::array::uniform16(any::<u8>())).prop_map(|(d, m, qs)| BlockQ4_1 { d, m, qs })
+        (scale(), scale(), prop::array::uniform16(any::<u8>())).prop_map(|(d, m, qs)| BlockQ4_1 {
+            d,
+            m,
+            qs,
+        })
     }
 
     /// A Q8_1 block with random quants whose `s` is consistent with them, as the quantizer
@@ -184,12 +194,21 @@ mod tests {
     fn act() -> impl Strategy<Value = BlockQ8_1> {
         (scale(), prop::array::uniform32(any::<i8>())).prop_map(|(d, qs)| {
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-            BlockQ8_1 { d, s: f16::from_f32(sum as f32 * d.to_f32()), qs }
+            BlockQ8_1 {
+                d,
+                s: f16::from_f32(sum as f32 * d.to_f32()),
+                qs,
+            }
         })
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ4_1>, Vec<BlockQ8_1>)> {
-        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
+        (1usize..=9).prop_flat_map(|n| {
+            (
+                prop::collection::vec(block(), n),
+                prop::collection::vec(act(), n),
+            )
+        })
     }
 
     fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
@@ -246,7 +265,11 @@ mod tests {
 
     #[test]
     fn dequantize_matches_hand_computed() {
-        let b = BlockQ4_1 { d: f16::from_f32(0.5), m: f16::from_f32(-1.0), qs: [0x3F; 16] };
+        let b = BlockQ4_1 {
+            d: f16::from_f32(0.5),
+            m: f16::from_f32(-1.0),
+            qs: [0x3F; 16],
+        };
         let y = dequant(&[b]);
         assert!(y[..16].iter().all(|&v| v == 6.5));
         assert!(y[16..].iter().all(|&v| v == 0.5));
@@ -256,8 +279,22 @@ mod tests {
     fn extreme_activations_are_exact() {
         // −128 activations, every level: the integer sums must not wrap or saturate, so with
         // unit scales every level gives the scalar result exactly.
-        let x = vec![BlockQ4_1 { d: f16::ONE, m: f16::ONE, qs: [0x0F; 16] }; 3];
-        let y = vec![BlockQ8_1 { d: f16::ONE, s: f16::from_f32(-4096.0), qs: [-128; 32] }; 3];
+        let x = vec![
+            BlockQ4_1 {
+                d: f16::ONE,
+                m: f16::ONE,
+                qs: [0x0F; 16]
+            };
+            3
+        ];
+        let y = vec![
+            BlockQ8_1 {
+                d: f16::ONE,
+                s: f16::from_f32(-4096.0),
+                qs: [-128; 32]
+            };
+            3
+        ];
         let want = vec_dot_scalar(&x, &y);
         for level in SimdLevel::available() {
             assert_eq!(BlockQ4_1::vec_dot(level, &x, &y), want, "{level:?}");

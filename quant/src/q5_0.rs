@@ -145,7 +145,7 @@ pub(crate) mod x86 {
         let mut acc = _mm256_setzero_ps();
         let hi = _mm256_set1_epi8(0xF0u8 as i8);
         for (bx, by) in x.iter().zip(y) {
-            let d = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
+            let d = _mm256_set1_ps(fp16_to_f32(bx.d) * fp16_to_f32(by.d));
             let bxhi = _mm256_andnot_si256(bytes_from_bits_32(u32::from_le_bytes(bx.qh)), hi);
             let qx = _mm256_or_si256(bytes_from_nibbles_32(&bx.qs), bxhi);
             let qy = load_i8_32(&by.qs);
@@ -165,15 +165,22 @@ pub(crate) mod x86 {
         let mut acc = _mm512_setzero_ps();
         let hi = _mm512_set1_epi8(0xF0u8 as i8);
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let nib = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            let nib = join_256(
+                bytes_from_nibbles_32(&xs[0].qs),
+                bytes_from_nibbles_32(&xs[1].qs),
+            );
             // Byte j of the register is element j % 32 of block j / 32: bit j of this mask.
-            let k = u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
+            let k =
+                u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
             // Fifth bit set: the nibble; clear: nibble | 0xF0 = nibble − 16.
             let qx = _mm512_mask_blend_epi8(k, _mm512_or_si512(nib, hi), nib);
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             // Q8 first, as in the AVX2 kernel: only the weight side is ever negated.
             let q = mul_sum_i8_pairs_float_512(qy, qx);
-            let d = scales_2x8(xs[0].d.to_f32() * ys[0].d.to_f32(), xs[1].d.to_f32() * ys[1].d.to_f32());
+            let d = scales_2x8(
+                fp16_to_f32(xs[0].d) * fp16_to_f32(ys[0].d),
+                fp16_to_f32(xs[1].d) * fp16_to_f32(ys[1].d),
+            );
             acc = _mm512_fmadd_ps(d, q, acc);
         }
         let mut sum = _mm512_reduce_add_ps(acc);
@@ -212,7 +219,7 @@ pub(crate) mod neon {
             let y0 = unsafe { vld1q_s8(by.qs.as_ptr()) };
             let y1 = unsafe { vld1q_s8(by.qs.as_ptr().add(16)) };
             let p = vaddq_s32(dot_i8x16(x0, y0), dot_i8x16(x1, y1));
-            acc = fmla_i32(acc, p, bx.d.to_f32() * by.d.to_f32());
+            acc = fmla_i32(acc, p, fp16_to_f32(bx.d) * fp16_to_f32(by.d));
         }
         vaddvq_f32(acc)
     }
@@ -229,7 +236,11 @@ mod tests {
     }
 
     fn block() -> impl Strategy<Value = BlockQ5_0> {
-        (scale(), prop::array::uniform4(any::<u8>()), prop::array::uniform16(any::<u8>()))
+        (
+            scale(),
+            prop::array::uniform4(any::<u8>()),
+            prop::array::uniform16(any::<u8>()),
+        )
             .prop_map(|(d, qh, qs)| BlockQ5_0 { d, qh, qs })
     }
 
@@ -238,7 +249,12 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ5_0>, Vec<BlockQ8_0>)> {
-        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
+        (1usize..=9).prop_flat_map(|n| {
+            (
+                prop::collection::vec(block(), n),
+                prop::collection::vec(act(), n),
+            )
+        })
     }
 
     fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
@@ -249,7 +265,11 @@ mod tests {
 
     /// Σ|x_i·y_i| over the dequantized rows: the scale of the float rounding error.
     fn abs_terms(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f64 {
-        dequant(x).iter().zip(dequant(y)).map(|(a, b)| (*a as f64 * b as f64).abs()).sum()
+        dequant(x)
+            .iter()
+            .zip(dequant(y))
+            .map(|(a, b)| (*a as f64 * b as f64).abs())
+            .sum()
     }
 
     proptest! {
@@ -303,7 +323,7 @@ mod tests {
         BlockQ5_0::quantize_row_ref(&x, &mut b);
         assert_eq!(b[0].d, f16::from_f32(-1.0));
         // Elements 3..16 and 17..32 are 0 → 16.5 → 16: fifth bit set, nibble 0.
-        assert_eq!(b[0].qs[0], 0 | (3 << 4));
+        assert_eq!(b[0].qs[0], 3 << 4); // codes 0 and 19 (low nibble 3)
         assert_eq!(b[0].qs[1], 15);
         assert_eq!(b[0].qs[2], 15);
         let qh = u32::from_le_bytes(b[0].qh);
@@ -317,7 +337,11 @@ mod tests {
     #[test]
     fn dequantize_matches_hand_computed() {
         // qh = element 0 and element 31 have the fifth bit.
-        let b = BlockQ5_0 { d: f16::from_f32(0.5), qh: (1u32 | 1 << 31).to_le_bytes(), qs: [0x0F; 16] };
+        let b = BlockQ5_0 {
+            d: f16::from_f32(0.5),
+            qh: (1u32 | 1 << 31).to_le_bytes(),
+            qs: [0x0F; 16],
+        };
         let y = dequant(&[b]);
         assert_eq!(y[0], 7.5); // (31 − 16)·0.5
         assert_eq!(y[1], -0.5); // 15 − 16
@@ -329,8 +353,21 @@ mod tests {
     fn extreme_activations_are_exact() {
         // −128 activations, every level: the integer sums must not wrap or saturate, so with
         // unit scales every level gives the scalar result exactly.
-        let x = vec![BlockQ5_0 { d: f16::ONE, qh: [0x0F, 0, 0xF0, 0x55], qs: [0x0F; 16] }; 3];
-        let y = vec![BlockQ8_0 { d: f16::ONE, qs: [-128; 32] }; 3];
+        let x = vec![
+            BlockQ5_0 {
+                d: f16::ONE,
+                qh: [0x0F, 0, 0xF0, 0x55],
+                qs: [0x0F; 16]
+            };
+            3
+        ];
+        let y = vec![
+            BlockQ8_0 {
+                d: f16::ONE,
+                qs: [-128; 32]
+            };
+            3
+        ];
         let want = vec_dot_scalar(&x, &y);
         for level in SimdLevel::available() {
             assert_eq!(BlockQ5_0::vec_dot(level, &x, &y), want, "{level:?}");

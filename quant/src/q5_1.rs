@@ -109,8 +109,8 @@ pub(crate) mod x86 {
         let mut summs = 0f32;
         let bit5 = _mm256_set1_epi8(0x10);
         for (bx, by) in x.iter().zip(y) {
-            summs += bx.m.to_f32() * by.s.to_f32();
-            let d0d1 = _mm256_set1_ps(bx.d.to_f32() * by.d.to_f32());
+            summs += fp16_to_f32(bx.m) * fp16_to_f32(by.s);
+            let d0d1 = _mm256_set1_ps(fp16_to_f32(bx.d) * fp16_to_f32(by.d));
             let bxhi = _mm256_and_si256(bytes_from_bits_32(u32::from_le_bytes(bx.qh)), bit5);
             let qx = _mm256_or_si256(bytes_from_nibbles_32(&bx.qs), bxhi);
             let qy = load_i8_32(&by.qs);
@@ -132,15 +132,22 @@ pub(crate) mod x86 {
         let mut summs = 0f32;
         let bit5 = _mm512_set1_epi8(0x10);
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            summs += xs[0].m.to_f32() * ys[0].s.to_f32();
-            summs += xs[1].m.to_f32() * ys[1].s.to_f32();
-            let nib = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            summs += fp16_to_f32(xs[0].m) * fp16_to_f32(ys[0].s);
+            summs += fp16_to_f32(xs[1].m) * fp16_to_f32(ys[1].s);
+            let nib = join_256(
+                bytes_from_nibbles_32(&xs[0].qs),
+                bytes_from_nibbles_32(&xs[1].qs),
+            );
             // Byte j of the register is element j % 32 of block j / 32: bit j of this mask.
-            let k = u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
+            let k =
+                u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
             let qx = _mm512_mask_blend_epi8(k, nib, _mm512_or_si512(nib, bit5));
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             let q = _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(qx, qy));
-            let d = scales_2x8(xs[0].d.to_f32() * ys[0].d.to_f32(), xs[1].d.to_f32() * ys[1].d.to_f32());
+            let d = scales_2x8(
+                fp16_to_f32(xs[0].d) * fp16_to_f32(ys[0].d),
+                fp16_to_f32(xs[1].d) * fp16_to_f32(ys[1].d),
+            );
             acc = _mm512_fmadd_ps(d, q, acc);
         }
         let mut sum = _mm512_reduce_add_ps(acc) + summs;
@@ -171,7 +178,7 @@ pub(crate) mod neon {
         let mut summs = 0f32;
         let bit5 = vdupq_n_u8(0x10);
         for (bx, by) in x.iter().zip(y) {
-            summs += bx.m.to_f32() * by.s.to_f32();
+            summs += fp16_to_f32(bx.m) * fp16_to_f32(by.s);
             let (lo_n, hi_n) = nibbles_32(&bx.qs);
             let (lo_b, hi_b) = bits_32(&bx.qh);
             let lo = vorrq_u8(lo_n, vandq_u8(lo_b, bit5));
@@ -183,7 +190,7 @@ pub(crate) mod neon {
                 dot_i8x16(vreinterpretq_s8_u8(lo), y0),
                 dot_i8x16(vreinterpretq_s8_u8(hi), y1),
             );
-            acc = fmla_i32(acc, p, bx.d.to_f32() * by.d.to_f32());
+            acc = fmla_i32(acc, p, fp16_to_f32(bx.d) * fp16_to_f32(by.d));
         }
         vaddvq_f32(acc) + summs
     }
@@ -199,7 +206,12 @@ mod tests {
     }
 
     fn block() -> impl Strategy<Value = BlockQ5_1> {
-        (scale(), scale(), prop::array::uniform4(any::<u8>()), prop::array::uniform16(any::<u8>()))
+        (
+            scale(),
+            scale(),
+            prop::array::uniform4(any::<u8>()),
+            prop::array::uniform16(any::<u8>()),
+        )
             .prop_map(|(d, m, qh, qs)| BlockQ5_1 { d, m, qh, qs })
     }
 
@@ -208,12 +220,21 @@ mod tests {
     fn act() -> impl Strategy<Value = BlockQ8_1> {
         (scale(), prop::array::uniform32(any::<i8>())).prop_map(|(d, qs)| {
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-            BlockQ8_1 { d, s: f16::from_f32(sum as f32 * d.to_f32()), qs }
+            BlockQ8_1 {
+                d,
+                s: f16::from_f32(sum as f32 * d.to_f32()),
+                qs,
+            }
         })
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ5_1>, Vec<BlockQ8_1>)> {
-        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
+        (1usize..=9).prop_flat_map(|n| {
+            (
+                prop::collection::vec(block(), n),
+                prop::collection::vec(act(), n),
+            )
+        })
     }
 
     fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
@@ -272,7 +293,12 @@ mod tests {
     fn dequantize_matches_hand_computed() {
         // Fifth bits on elements 0 and 31.
         let qh = (1u32 | 1 << 31).to_le_bytes();
-        let b = BlockQ5_1 { d: f16::from_f32(0.5), m: f16::from_f32(-1.0), qh, qs: [0x3F; 16] };
+        let b = BlockQ5_1 {
+            d: f16::from_f32(0.5),
+            m: f16::from_f32(-1.0),
+            qh,
+            qs: [0x3F; 16],
+        };
         let y = dequant(&[b]);
         assert_eq!(y[0], 14.5); // 31·0.5 − 1
         assert!(y[1..16].iter().all(|&v| v == 6.5)); // 15·0.5 − 1
@@ -284,8 +310,23 @@ mod tests {
     fn extreme_activations_are_exact() {
         // −128 activations, every level: the integer sums must not wrap or saturate, so with
         // unit scales every level gives the scalar result exactly.
-        let x = vec![BlockQ5_1 { d: f16::ONE, m: f16::ONE, qh: [0x0F, 0, 0xF0, 0x55], qs: [0xFF; 16] }; 3];
-        let y = vec![BlockQ8_1 { d: f16::ONE, s: f16::from_f32(-4096.0), qs: [-128; 32] }; 3];
+        let x = vec![
+            BlockQ5_1 {
+                d: f16::ONE,
+                m: f16::ONE,
+                qh: [0x0F, 0, 0xF0, 0x55],
+                qs: [0xFF; 16]
+            };
+            3
+        ];
+        let y = vec![
+            BlockQ8_1 {
+                d: f16::ONE,
+                s: f16::from_f32(-4096.0),
+                qs: [-128; 32]
+            };
+            3
+        ];
         let want = vec_dot_scalar(&x, &y);
         for level in SimdLevel::available() {
             assert_eq!(BlockQ5_1::vec_dot(level, &x, &y), want, "{level:?}");

@@ -49,6 +49,24 @@ impl QuantizeRef for BlockQ8_0 {
             }
         }
     }
+
+    fn quantize_row_act(src: &[f32], dst: &mut [Self]) {
+        quantize_row_act_q8_0(src, dst)
+    }
+}
+
+/// ggml-cpu's x86 `quantize_row_q8_0` (arch/x86/quants.c): d = amax / 127 stored as f16,
+/// q = round-half-even(x · (127 / amax)).
+fn quantize_row_act_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    for (x, b) in src.chunks_exact(QK8_0).zip(dst.iter_mut()) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        b.d = f16::from_f32(d);
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+    }
 }
 
 impl VecDot for BlockQ8_0 {

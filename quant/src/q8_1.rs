@@ -65,6 +65,23 @@ impl QuantizeRef for BlockQ8_1 {
             b.s = f16::from_f32(sum as f32 * d);
         }
     }
+
+    /// ggml-cpu's x86 `quantize_row_q8_1` (arch/x86/quants.c): id = 127 / amax, round half
+    /// to even, s = d · Σq.
+    fn quantize_row_act(src: &[f32], dst: &mut [Self]) {
+        for (x, b) in src.chunks_exact(QK8_1).zip(dst.iter_mut()) {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            b.d = f16::from_f32(d);
+            let mut sum = 0i32;
+            for (q, &v) in b.qs.iter_mut().zip(x) {
+                *q = (v * id).round_ties_even() as i8;
+                sum += *q as i32;
+            }
+            b.s = f16::from_f32(d * sum as f32);
+        }
+    }
 }
 
 #[cfg(test)]

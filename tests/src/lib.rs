@@ -66,3 +66,29 @@ pub fn reference_top(top20: &serde_json::Value) -> Vec<(u32, f32)> {
         .map(|p| (p[0].as_u64().unwrap() as u32, p[1].as_f64().unwrap() as f32))
         .collect()
 }
+
+/// Parse `../shared/fixtures/llamacpp/reference.json`.
+pub fn llamacpp_reference() -> serde_json::Value {
+    let p = fixtures_dir().join("llamacpp/reference.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// Number of leading steps to compare with a reference whose top-two gap at each step is
+/// `margins`: up to (not including) the first step with a gap under `min_margin`, at most `max`.
+pub fn clear_steps(margins: &[f64], min_margin: f64, max: usize) -> usize {
+    margins.iter().take(max).take_while(|&&m| m >= min_margin).count()
+}
+
+/// The engine of a model, loaded once per test binary.
+pub fn engine(name: &str) -> std::sync::Arc<runtime::Engine> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<runtime::Engine>>>> = OnceLock::new();
+    let mut m = CACHE.get_or_init(Default::default).lock().unwrap();
+    m.entry(name.to_string())
+        .or_insert_with(|| {
+            let p = if name.ends_with(".gguf") && !name.contains('/') { model(name) } else { PathBuf::from(name) };
+            runtime::Engine::load(&p, &Default::default()).unwrap()
+        })
+        .clone()
+}

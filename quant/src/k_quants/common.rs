@@ -7,6 +7,9 @@
 //! a quant. The C is compiled as ISO C without contraction (`-ffp-contract=off`, or a target
 //! without FMA); that is the arithmetic mirrored here.
 
+// Index loops mirror the C they reproduce, operation for operation.
+#![allow(clippy::needless_range_loop)]
+
 /// Magic constant of `nearest_int`: 1.5 · 2^23. Adding it to |x| < 2^22 leaves round(x) in the
 /// low mantissa bits.
 const MAGIC: f32 = 12582912.0;
@@ -289,6 +292,91 @@ pub(crate) fn unpack_scales_mins_k4(scales: &[u8; 12]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k_quants::{q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K, q8_k::BlockQ8_K};
+    use crate::{Block, QuantizeRef, QK_K};
+
+    /// xorshift64 and the block shapes of the C program that produced [`GOLDEN`]: every value
+    /// is built from exact integer arithmetic and single f32 operations in a fixed order, so C
+    /// and Rust see the same floats.
+    fn golden_input(nblk: usize) -> Vec<f32> {
+        const SCALES: [f32; 8] = [1e-6, 1e-3, 0.01, 0.5, 1.0, 3.0, 100.0, 1e4];
+        let mut st = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            st
+        };
+        let mut x = vec![0f32; nblk * QK_K];
+        for (b, xb) in x.chunks_exact_mut(QK_K).enumerate() {
+            let kind = b % 10;
+            let scale = SCALES[(rnd() % 8) as usize];
+            let off = ((rnd() >> 40) as f32 * (1.0 / 16777216.0) - 0.5) * 4.0;
+            for (i, v) in xb.iter_mut().enumerate() {
+                let mut u = || (rnd() >> 40) as f32 * (1.0 / 16777216.0);
+                let (a1, a2, a3, a4) = (u(), u(), u(), u());
+                let g = a1 + a2 + a3 + a4 - 2.0;
+                *v = match kind {
+                    0 => g * scale,
+                    1 => (g + off) * scale,
+                    2 => if i % 53 == 7 { g * scale * 40.0 } else { g * scale },
+                    3 => 0.0,
+                    4 => off * scale,
+                    5 => if rnd() % 7 == 0 { g * scale } else { 0.0 },
+                    6 => g.abs() * scale,
+                    7 => -g.abs() * scale,
+                    8 => ((rnd() % 9) as i32 - 4) as f32 * 0.25,
+                    _ => if i < 32 { 0.0 } else { g * scale },
+                };
+            }
+        }
+        x
+    }
+
+    fn fnv(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    }
+
+    /// FNV-1a hashes of ggml's own output for `golden_input(40)`: the input, then per type the
+    /// quantized blocks and their dequantization. Produced with ggml-quants.c's
+    /// `quantize_row_q{4,5,6,8}_K_ref` and `dequantize_row_q{4,5,6,8}_K` built by GCC 12
+    /// with `-O2 -mf16c -ffp-contract=off` (no FMA contraction), all-zero Q8_K `bsums`
+    /// cleared as [`BlockQ8_K`]'s quantizer does. 4096 further blocks of the same kinds (plus
+    /// random-exponent values) were compared byte for byte when the quantizers were written.
+    const GOLDEN: [(&str, u64); 9] = [
+        ("input", 0x1280e714bee134e9),
+        ("q4_K", 0x42d24eb7f5842c93),
+        ("q5_K", 0x943fb600445b0b16),
+        ("q6_K", 0x9e58c87eb7f1c224),
+        ("q8_K", 0x8457eeea8d8eba9f),
+        ("dq4_K", 0x2fed0ba5c93ed994),
+        ("dq5_K", 0x0f5e26cfe5c12b8b),
+        ("dq6_K", 0x7fe76fb07f0496bd),
+        ("dq8_K", 0xa246f0df4b9bf86b),
+    ];
+
+    fn golden_hashes<B: QuantizeRef>(x: &[f32]) -> (u64, u64) {
+        let mut q = vec![B::zeroed(); x.len() / B::QK];
+        B::quantize_row_ref(x, &mut q);
+        let mut back = vec![0f32; x.len()];
+        B::dequantize_row(&q, &mut back);
+        (fnv(bytemuck::cast_slice(&q)), fnv(bytemuck::cast_slice(&back)))
+    }
+
+    #[test]
+    fn quantizers_reproduce_ggml_bit_for_bit() {
+        let x = golden_input(40);
+        let mut got = vec![("input", fnv(bytemuck::cast_slice(&x)))];
+        let (q4, d4) = golden_hashes::<BlockQ4_K>(&x);
+        let (q5, d5) = golden_hashes::<BlockQ5_K>(&x);
+        let (q6, d6) = golden_hashes::<BlockQ6_K>(&x);
+        let (q8, d8) = golden_hashes::<BlockQ8_K>(&x);
+        got.extend([("q4_K", q4), ("q5_K", q5), ("q6_K", q6), ("q8_K", q8)]);
+        got.extend([("dq4_K", d4), ("dq5_K", d5), ("dq6_K", d6), ("dq8_K", d8)]);
+        for ((name, want), (_, got)) in GOLDEN.iter().zip(&got) {
+            assert_eq!(*got, *want, "{name}: {got:#018x} vs ggml {want:#018x}");
+        }
+    }
 
     #[test]
     fn nearest_int_rounds_half_to_even() {

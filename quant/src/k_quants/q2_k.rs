@@ -256,7 +256,7 @@ pub(crate) mod neon {
     #[inline]
     #[target_feature(enable = "neon")]
     fn bits2<const SHIFT: i32>(q: uint8x16_t) -> int8x16_t {
-        vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<SHIFT>(q), vdupq_n_u8(3)))
+        vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q, vdupq_n_s8(-(SHIFT as i8))), vdupq_n_u8(3)))
     }
 
     /// ggml's NEON kernel: mins through `bsums` with widening multiplies, then per 16-element

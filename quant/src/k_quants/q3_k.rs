@@ -290,7 +290,7 @@ pub(crate) mod neon {
     #[inline]
     #[target_feature(enable = "neon")]
     fn quants<const SHIFT: i32>(q: uint8x16_t, hm: uint8x16_t, sel: uint8x16_t) -> int8x16_t {
-        let low = vandq_u8(vshrq_n_u8::<SHIFT>(q), vdupq_n_u8(3));
+        let low = vandq_u8(vshlq_u8(q, vdupq_n_s8(-(SHIFT as i8))), vdupq_n_u8(3));
         // vtst: 0xFF where the high bit is set; bic keeps the 4 only where it is clear.
         let sub = vbicq_u8(vdupq_n_u8(4), vtstq_u8(hm, sel));
         vsubq_s8(vreinterpretq_s8_u8(low), vreinterpretq_s8_u8(sub))

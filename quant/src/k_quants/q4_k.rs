@@ -3,6 +3,9 @@
 //! x = d · sc_j · q - dmin · m_j for sub-block j, q in 0..=15. Byte `qs[32k + l]` holds element
 //! `64k + l` in its low nibble and element `64k + 32 + l` in its high nibble.
 
+// Index loops mirror the C they reproduce, operation for operation.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 
 use crate::k_quants::common::{get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, unpack_scales_mins_k4};
@@ -181,7 +184,6 @@ pub fn vec_dot_scalar(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::BlockQ4_K;
-    use crate::k_quants::common::unpack_scales_mins_k4;
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::*;
     use std::arch::x86_64::*;
@@ -191,8 +193,29 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn mins_and_scales(b: &BlockQ4_K) -> __m256i {
-        let sm = unpack_scales_mins_k4(&b.scales);
-        _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sm.as_ptr() as *const __m128i) })
+        _mm256_cvtepu8_epi16(unpack_scales_mins_k4_sse(&b.scales))
+    }
+
+    /// [`unpack_scales_mins_k4`](crate::k_quants::common::unpack_scales_mins_k4) in SSE
+    /// registers: bytes 0..8 the scales, 8..16 the mins. Done with two byte shuffles instead
+    /// of ggml's u32 `utmp` juggling, which would have to round-trip through memory.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn unpack_scales_mins_k4_sse(scales: &[u8; 12]) -> __m128i {
+        // Only the 12 bytes are read: 8 as a u64, 4 as a u32.
+        let lo = u64::from_le_bytes([scales[0], scales[1], scales[2], scales[3], scales[4], scales[5], scales[6], scales[7]]);
+        let hi = u32::from_le_bytes([scales[8], scales[9], scales[10], scales[11]]);
+        let s = _mm_insert_epi32(_mm_cvtsi64_si128(lo as i64), hi as i32, 2);
+        // a: s0..3 | s8..11 | s4..7 | s8..11 — the low parts of sc0..3, sc4..7, m0..3, m4..7.
+        let a = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+        let mask_a = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+        let mask_b = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+        let low = _mm_or_si128(_mm_and_si128(a, mask_a), _mm_and_si128(_mm_srli_epi16(a, 4), mask_b));
+        // b: the bytes whose top two bits become bits 4-5 of sc4..7 (s0..3) and m4..7 (s4..7).
+        let z = -128i8;
+        let b = _mm_shuffle_epi8(s, _mm_setr_epi8(z, z, z, z, 0, 1, 2, 3, z, z, z, z, 4, 5, 6, 7));
+        let high = _mm_and_si128(_mm_srli_epi16(b, 2), _mm_set1_epi8(0x30));
+        _mm_or_si128(low, high)
     }
 
     /// `Σ_j m_j · (bsums[2j] + bsums[2j+1])` as 4 i32 lanes (the min term before scaling).
@@ -461,6 +484,22 @@ mod tests {
                 let got = BlockQ4_K::vec_dot(level, &x, &y);
                 assert!(((got - want) as f64).abs() <= 1e-6 * exact.abs(), "{level:?}: {got} vs {want}");
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sse_scale_unpack_matches_scalar() {
+        if !SimdLevel::Avx2.is_available() {
+            return;
+        }
+        for seed in 0..4096u32 {
+            let s: [u8; 12] = std::array::from_fn(|i| (seed.wrapping_mul(2654435761).rotate_left(i as u32 * 5) >> 7) as u8 ^ (i as u8).wrapping_mul(37));
+            let mut got = [0u8; 16];
+            // SAFETY: AVX2 checked above.
+            let v = unsafe { x86::unpack_scales_mins_k4_sse(&s) };
+            unsafe { std::arch::x86_64::_mm_storeu_si128(got.as_mut_ptr() as *mut _, v) };
+            assert_eq!(got, unpack_scales_mins_k4(&s), "{s:?}");
         }
     }
 

@@ -4,6 +4,9 @@
 //! in Q4_K (`qs[32k + l]`: element `64k + l` low nibble, `64k + 32 + l` high nibble); the
 //! fifth bit of element `32j + l` is bit j of `qh[l]`.
 
+// Index loops mirror the C they reproduce, operation for operation.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 
 use crate::k_quants::common::{get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, unpack_scales_mins_k4};
@@ -197,8 +200,7 @@ pub fn vec_dot_scalar(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::BlockQ5_K;
-    use crate::k_quants::common::unpack_scales_mins_k4;
-    use crate::k_quants::q4_k::x86::scale_pair_shuffle;
+    use crate::k_quants::q4_k::x86::{scale_pair_shuffle, unpack_scales_mins_k4_sse};
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::*;
     use std::arch::x86_64::*;
@@ -207,8 +209,7 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn scales_and_min_term(bx: &BlockQ5_K, by: &BlockQ8_K) -> (__m256i, i32) {
-        let sm = unpack_scales_mins_k4(&bx.scales);
-        let mins_and_scales = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(sm.as_ptr() as *const __m128i) });
+        let mins_and_scales = _mm256_cvtepu8_epi16(unpack_scales_mins_k4_sse(&bx.scales));
         let q8sums = unsafe { _mm256_loadu_si256(by.bsums.as_ptr() as *const __m256i) };
         let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
         let prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
@@ -218,14 +219,14 @@ pub(crate) mod x86 {
     }
 
     /// `ggml_vec_dot_q5_K_q8_K`, AVX2 branch (ggml-cpu/arch/x86/quants.c): Q4_K's kernel with
-    /// the fifth bit of each quant shifted into place from `qh`; the min term accumulated in a
-    /// scalar `summs`.
+    /// 16 added where the quant's `qh` bit is set; the min term accumulated in a scalar `summs`.
     ///
     /// # Safety
     /// Requires AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
         let m4 = _mm256_set1_epi8(0xF);
+        let m16 = _mm256_set1_epi8(16);
         let mone = _mm256_set1_epi8(1);
         let mut acc = _mm256_setzero_ps();
         let mut summs = 0f32;
@@ -248,14 +249,16 @@ pub(crate) mod x86 {
                 let scale_1 = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(((2 * i1 + 1) << 8) | (2 * i1)));
 
                 let q5bits = unsafe { _mm256_loadu_si256(q5.add(32 * j) as *const __m256i) };
-                // Bit 2j (then 2j+1) of every qh byte, moved to bit 4 of the byte.
+                // 16 where bit 2j (then 2j+1) of the qh byte is set. ggml shifts the masked bit
+                // down by a running count and up by 4; a byte compare does the same without a
+                // variable shift count.
                 let q5l_0 = _mm256_and_si256(q5bits, m4);
-                let q5h_0 = _mm256_slli_epi16(_mm256_srl_epi16(_mm256_and_si256(hbits, hmask), _mm_cvtsi32_si128(2 * j as i32)), 4);
+                let q5h_0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, hmask), hmask), m16);
                 let q5_0 = _mm256_add_epi8(q5l_0, q5h_0);
                 hmask = _mm256_slli_epi16(hmask, 1);
 
                 let q5l_1 = _mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4);
-                let q5h_1 = _mm256_slli_epi16(_mm256_srl_epi16(_mm256_and_si256(hbits, hmask), _mm_cvtsi32_si128(2 * j as i32 + 1)), 4);
+                let q5h_1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, hmask), hmask), m16);
                 let q5_1 = _mm256_add_epi8(q5l_1, q5h_1);
                 hmask = _mm256_slli_epi16(hmask, 1);
 

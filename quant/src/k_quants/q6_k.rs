@@ -6,6 +6,9 @@
 //! l+96 the high nibble of `ql[l+32]`; their top two bits are bits 0-1, 2-3, 4-5 and 6-7 of
 //! `qh[l]`.
 
+// Index loops mirror the C they reproduce, operation for operation.
+#![allow(clippy::needless_range_loop)]
+
 use half::f16;
 
 use crate::k_quants::common::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
@@ -397,7 +400,9 @@ pub(crate) mod neon {
                     isum = vmlaq_n_s32(isum, dot_i8x16(vreinterpretq_s8_u8(q4), y4), sc[g + 6] as i32);
                 }
             }
-            sum += d_all * (vaddvq_s32(isum) - 32 * isum_mins) as f32;
+            // Wrapping: with consistent bsums nothing overflows; with arbitrary ones the result
+            // is meaningless but must not panic.
+            sum += d_all * vaddvq_s32(isum).wrapping_sub(isum_mins.wrapping_mul(32)) as f32;
         }
         sum
     }

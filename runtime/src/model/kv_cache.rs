@@ -1,6 +1,9 @@
 //! The per-session key/value cache.
 
-/// Keys and values of every layer for positions `0..len()`, f32.
+use half::f16;
+
+/// Keys and values of every layer for positions `0..len()`, stored as f16 (llama.cpp's default
+/// cache type, whose rounding the attention reproduces).
 ///
 /// Layout per layer: keys `[n_pos, n_head_kv · head_dim]`, values `[n_pos, n_head_kv ·
 /// head_dim_v]`. Memory grows with use, up to `n_ctx` positions.
@@ -10,8 +13,8 @@ pub struct KvCache {
     len: usize,
     k_dim: usize,
     v_dim: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
 }
 
 impl KvCache {
@@ -46,12 +49,12 @@ impl KvCache {
 
     /// Append the keys and values of new positions to layer `il` (after the committed ones)
     /// and return the layer's whole cache `(k, v)` including them.
-    pub(crate) fn append(&mut self, il: usize, k: &[f32], v: &[f32]) -> (&[f32], &[f32]) {
+    pub(crate) fn append(&mut self, il: usize, k: &[f32], v: &[f32]) -> (&[f16], &[f16]) {
         let (kl, vl) = (&mut self.k[il], &mut self.v[il]);
         kl.truncate(self.len * self.k_dim);
         vl.truncate(self.len * self.v_dim);
-        kl.extend_from_slice(k);
-        vl.extend_from_slice(v);
+        kl.extend(k.iter().map(|&x| f16::from_f32(x)));
+        vl.extend(v.iter().map(|&x| f16::from_f32(x)));
         (kl, vl)
     }
 

@@ -229,6 +229,14 @@ impl Model {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
+        let x = self.forward_hidden(kv, tokens)?;
+        self.head(x, tokens.len(), logits)
+    }
+
+    /// Like [`Model::forward`], but returns the hidden states after the last block
+    /// (`[n_tok, n_embd]`, before the final norm); [`Model::logits_of`] turns rows of them into
+    /// logits.
+    pub fn forward_hidden(&self, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
         let needed = kv.len() + tokens.len();
         if needed > kv.n_ctx() {
             return Err(ModelError::ContextOverflow { needed, n_ctx: kv.n_ctx(), n_ctx_train: self.config.n_ctx_train });
@@ -240,7 +248,13 @@ impl Model {
             Arch::Gemma3 => gemma3::forward(self, kv, tokens)?,
         };
         kv.advance(tokens.len());
-        self.head(x, tokens.len(), logits)
+        Ok(x)
+    }
+
+    /// Logits (`[n, n_vocab]`) of `n` rows of hidden states from [`Model::forward_hidden`].
+    pub fn logits_of(&self, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let n = hidden.len() / self.config.n_embd;
+        self.head(hidden.to_vec(), n, Logits::All)
     }
 
     /// Final norm and output head over the hidden states `x` (`[n_tok, n_embd]`).

@@ -113,7 +113,11 @@ pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) 
     }
 }
 
-/// Causal multi-head attention of `n_tok` new queries against a layer's key/value cache.
+/// Causal multi-head attention of `n_tok` new queries against a layer's f16 key/value cache,
+/// computed as llama.cpp's CPU flash attention does (`ggml_compute_forward_flash_attn_ext_f16`):
+/// q rounded to f16, scores as f16·f16 dot products in f32, an online softmax, and the
+/// weighted sum of values accumulated in f16. Matching those roundings keeps greedy tokens
+/// equal to llama.cpp's.
 ///
 /// - `q`: `[n_tok, n_head, head_dim]`, already scaled as the architecture wants,
 /// - `k_cache`: `[n_past + n_tok, n_head_kv, head_dim]`, `v_cache`: `[.., n_head_kv, head_dim_v]`,
@@ -124,8 +128,8 @@ pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) 
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
     n_tok: usize,
     pos0: usize,
     n_head: usize,
@@ -145,22 +149,51 @@ pub fn attention(
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let qh = &q[(t * n_head + h) * head_dim..][..head_dim];
-        let mut scores: Vec<f32> = (first..=pos)
-            .map(|p| {
-                let k = &k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim];
-                dot(qh, k) * scale
-            })
-            .collect();
-        softmax(&mut scores);
-        for (p, &w) in (first..=pos).zip(&scores) {
-            let v = &v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v];
-            for (a, &b) in o.iter_mut().zip(v) {
-                *a += w * b;
+        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+        let mut kf = vec![0f32; head_dim];
+        let mut vf = vec![0f32; head_dim_v];
+        // Running max, sum of weights, and the f16 accumulator of weighted values.
+        let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
+        let mut acc = vec![0f32; head_dim_v]; // holds f16-representable values
+        for p in first..=pos {
+            f16_to_f32_slice(&k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim], &mut kf);
+            let s = dot(&q16, &kf) * scale;
+            let m_old = m;
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if s > m {
+                m = s;
+                ms = (m_old - m).exp();
+                for a in acc.iter_mut() {
+                    *a = round_f16(*a * ms);
+                }
+            } else {
+                vs = (s - m).exp();
             }
+            f16_to_f32_slice(&v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v], &mut vf);
+            for (a, &v) in acc.iter_mut().zip(&vf) {
+                *a = round_f16(*a + v * vs);
+            }
+            s_sum = s_sum * ms + vs;
+        }
+        let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
+        for (o, &a) in o.iter_mut().zip(&acc) {
+            *o = a * inv;
         }
     });
     out
+}
+
+/// Round an f32 to the nearest f16 and back.
+#[inline]
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// Widen f16 values into `dst`.
+#[inline]
+pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    src.convert_to_f32_slice(dst);
 }
 
 /// f32 dot product (4 accumulators so the compiler vectorizes it).

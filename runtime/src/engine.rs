@@ -1,0 +1,389 @@
+//! The library API apps embed: load a model once ([`Engine`], `Send + Sync`, shared through
+//! `Arc`), open any number of [`Session`]s (each owns its KV cache), generate with options and
+//! stream tokens through an iterator ([`Session::stream`]) or a callback
+//! ([`Session::generate`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::gguf::GgufFile;
+use crate::model::{KvCache, Logits, Model, ModelError};
+use crate::sampler::{Sampler, SamplingOptions};
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
+
+/// Everything that can go wrong in the library API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error("prompt of {n_prompt} tokens does not fit the context of {n_ctx} tokens (raise --ctx)")]
+    PromptTooLong { n_prompt: usize, n_ctx: usize },
+    #[error("empty prompt: nothing to evaluate (the model adds no BOS)")]
+    EmptyPrompt,
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("perplexity: {0}")]
+    Perplexity(String),
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// A `tokenizer.json` that replaces the GGUF's own tokenizer.
+    pub tokenizer_json: Option<PathBuf>,
+}
+
+/// A loaded model and its tokenizer. Cheap to share: wrap it in `Arc` and open sessions.
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    /// Milliseconds spent loading (mmap, parse, tokenizer).
+    pub load_ms: f64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.model).finish()
+    }
+}
+
+impl Engine {
+    /// Memory-map the GGUF model at `path` and build its tokenizer.
+    ///
+    /// Errors: [`Error::Gguf`] (missing or malformed file), [`Error::Model`] (unsupported
+    /// architecture, missing tensor or key), [`Error::Tokenizer`].
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Arc<Engine>, Error> {
+        let t0 = Instant::now();
+        let file = Arc::new(GgufFile::open(path)?);
+        let model = Model::from_file(file.clone())?;
+        let tokenizer = match &opts.tokenizer_json {
+            Some(p) => Tokenizer::from_file(p)?,
+            None => Tokenizer::from_gguf(file.metadata())?,
+        };
+        Ok(Arc::new(Engine { model, tokenizer, load_ms: t0.elapsed().as_secs_f64() * 1e3 }))
+    }
+
+    /// A new session with a KV cache of `n_ctx` positions (capped at the training context).
+    pub fn session(self: &Arc<Self>, n_ctx: usize) -> Session {
+        Session { engine: self.clone(), kv: self.model.new_kv_cache(n_ctx), cached: Vec::new() }
+    }
+
+    /// Token ids of `text`, with BOS where the model adds it and special tokens parsed.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, Error> {
+        Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// The prompt for one user message in the model's chat format: `tokenizer.chat_template`
+    /// rendered with minijinja (`messages`, `add_generation_prompt`, `bos_token`,
+    /// `eos_token`), or the built-in Gemma / ChatML format when the file has no template.
+    pub fn chat_prompt(&self, user: &str) -> Result<String, Error> {
+        crate::chat::render(self.model.file().metadata(), &self.tokenizer, self.model.config.arch, user)
+    }
+}
+
+/// Options of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub n_predict: usize,
+    pub sampling: SamplingOptions,
+    /// Stop when the text contains any of these (the stop string is not returned).
+    pub stop: Vec<String>,
+    /// Stop at end-of-generation tokens (eos, `<end_of_turn>`, `<|im_end|>` …).
+    pub stop_at_eog: bool,
+    /// Prompt tokens evaluated per batch.
+    pub n_batch: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { n_predict: 128, sampling: SamplingOptions::default(), stop: Vec::new(), stop_at_eog: true, n_batch: 512 }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `n_predict` tokens were generated.
+    Length,
+    /// An end-of-generation token was sampled.
+    Eog,
+    /// A stop string appeared.
+    StopString,
+    /// The context is full.
+    Context,
+}
+
+/// Timings of one generation.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prompt_ms: f64,
+    pub decode_tokens: usize,
+    pub decode_ms: f64,
+}
+
+impl Timings {
+    /// Prompt tokens per second.
+    pub fn prompt_tps(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prompt_ms)
+    }
+    /// Generated tokens per second.
+    pub fn decode_tps(&self) -> f64 {
+        per_second(self.decode_tokens, self.decode_ms)
+    }
+}
+
+fn per_second(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 }
+}
+
+/// One generated token as it streams.
+#[derive(Clone, Debug)]
+pub struct TokenEvent {
+    /// The token, or `None` for the text held back (for stop strings) and handed out at the end.
+    pub id: Option<u32>,
+    /// The text this token completes (may be empty while a UTF-8 character is incomplete, or
+    /// while text that may begin a stop string is held back).
+    pub text: String,
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Generation {
+    pub prompt_tokens: Vec<u32>,
+    /// Generated ids (an end-of-generation token that stopped it is not included).
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+}
+
+/// A conversation state: a KV cache over one model. Reuses the cached prefix shared with the
+/// next prompt.
+pub struct Session {
+    engine: Arc<Engine>,
+    kv: KvCache,
+    /// The tokens whose keys and values are in `kv`.
+    cached: Vec<u32>,
+}
+
+impl Session {
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Context size in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx()
+    }
+
+    /// Forget the cache.
+    pub fn reset(&mut self) {
+        self.kv.truncate(0);
+        self.cached.clear();
+    }
+
+    /// Evaluate `tokens` as the whole context (reusing the cached common prefix) and return
+    /// the logits of the last position (`[n_vocab]`).
+    ///
+    /// Errors: [`Error::EmptyPrompt`], [`Error::PromptTooLong`], model errors.
+    pub fn eval_prompt(&mut self, tokens: &[u32], n_batch: usize) -> Result<Vec<f32>, Error> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if tokens.len() > self.kv.n_ctx() {
+            return Err(Error::PromptTooLong { n_prompt: tokens.len(), n_ctx: self.kv.n_ctx() });
+        }
+        // Keep the common prefix, but always evaluate at least the last token for its logits.
+        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        self.kv.truncate(common);
+        self.cached.truncate(common);
+        let mut logits = Vec::new();
+        let rest = &tokens[common..];
+        for (i, chunk) in rest.chunks(n_batch.max(1)).enumerate() {
+            let last = (i + 1) * n_batch.max(1) >= rest.len();
+            logits = self.engine.model.forward(&mut self.kv, chunk, if last { Logits::Last } else { Logits::None })?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(logits)
+    }
+
+    /// Evaluate one more token after the cached ones; logits of it (`[n_vocab]`).
+    pub fn eval_next(&mut self, token: u32) -> Result<Vec<f32>, Error> {
+        let logits = self.engine.model.forward(&mut self.kv, &[token], Logits::Last)?;
+        self.cached.push(token);
+        Ok(logits)
+    }
+
+    /// Last-position logits of `prompt` (`[n_vocab]`).
+    pub fn logits(&mut self, prompt: &str) -> Result<Vec<f32>, Error> {
+        let tokens = self.engine.tokenize(prompt)?;
+        self.eval_prompt(&tokens, 512)
+    }
+
+    /// Generate from `prompt`, calling `on_token` for each token; `on_token` returning false
+    /// stops early.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation, Error> {
+        let tokens = self.engine.tokenize(prompt)?;
+        self.generate_tokens(&tokens, opts, &mut on_token)
+    }
+
+    /// [`Session::generate`] from token ids.
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation, Error> {
+        let mut stream = self.stream_tokens(prompt, opts)?;
+        while let Some(ev) = stream.next() {
+            if !on_token(&ev?) {
+                break;
+            }
+        }
+        Ok(stream.finish())
+    }
+
+    /// Generate from `prompt` as an iterator of tokens; [`TokenStream::finish`] gives the
+    /// result.
+    pub fn stream(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<TokenStream<'_>, Error> {
+        let tokens = self.engine.tokenize(prompt)?;
+        self.stream_tokens(&tokens, opts)
+    }
+
+    /// [`Session::stream`] from token ids.
+    pub fn stream_tokens(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<TokenStream<'_>, Error> {
+        let t0 = Instant::now();
+        let logits = self.eval_prompt(prompt, opts.n_batch)?;
+        let timings = Timings { prompt_tokens: prompt.len(), prompt_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
+        Ok(TokenStream {
+            sampler: Sampler::new(opts.sampling.clone()),
+            decoder: StreamDecoder::new(&self.engine.tokenizer),
+            opts: opts.clone(),
+            prompt: prompt.to_vec(),
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            logits,
+            timings,
+            stop: None,
+            session: self,
+        })
+    }
+}
+
+/// An in-progress generation; iterate it for [`TokenEvent`]s.
+pub struct TokenStream<'s> {
+    session: &'s mut Session,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    opts: GenerateOptions,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    /// All text decoded so far, and how much of it was handed out.
+    text: String,
+    emitted: usize,
+    logits: Vec<f32>,
+    timings: Timings,
+    stop: Option<StopReason>,
+}
+
+impl TokenStream<'_> {
+    /// End the generation (early or not) and return its result.
+    pub fn finish(mut self) -> Generation {
+        let stop_reason = self.stop.unwrap_or(StopReason::Length);
+        if stop_reason != StopReason::StopString {
+            let tail = self.decoder.finish();
+            self.text.push_str(&tail);
+        }
+        Generation { prompt_tokens: self.prompt, tokens: self.generated, text: self.text, stop_reason, timings: self.timings }
+    }
+
+    /// Text up to which nothing can still turn out to be a stop string.
+    fn safe_len(&self) -> usize {
+        let hold = self.opts.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let mut end = self.text.len().saturating_sub(hold).max(self.emitted);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        end
+    }
+
+    fn step(&mut self) -> Result<Option<TokenEvent>, Error> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
+        if self.generated.len() >= self.opts.n_predict {
+            self.stop = Some(StopReason::Length);
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let engine = self.session.engine.clone();
+        let mut history = self.prompt.clone();
+        history.extend_from_slice(&self.generated);
+        let id = self.sampler.sample(&self.logits, &history);
+        if self.opts.stop_at_eog && engine.tokenizer.is_eog(id) {
+            self.stop = Some(StopReason::Eog);
+            return Ok(None);
+        }
+        self.generated.push(id);
+        self.text.push_str(&self.decoder.push(id));
+        let mut out_end = self.safe_len();
+        if let Some(pos) = self.opts.stop.iter().filter_map(|s| self.text[self.emitted.min(self.text.len())..].find(s.as_str()).map(|p| p + self.emitted)).min() {
+            self.text.truncate(pos);
+            out_end = pos.max(self.emitted);
+            self.stop = Some(StopReason::StopString);
+        }
+        let text = self.text[self.emitted..out_end].to_string();
+        self.emitted = out_end;
+        // Evaluate the new token unless this was the last one.
+        if self.stop.is_none() && self.generated.len() < self.opts.n_predict {
+            if self.session.kv.len() >= self.session.kv.n_ctx() {
+                self.stop = Some(StopReason::Context);
+            } else {
+                self.logits = self.session.eval_next(id)?;
+            }
+        }
+        self.timings.decode_tokens += 1;
+        self.timings.decode_ms += t0.elapsed().as_secs_f64() * 1e3;
+        Ok(Some(TokenEvent { id: Some(id), text }))
+    }
+}
+
+impl Iterator for TokenStream<'_> {
+    type Item = Result<TokenEvent, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(Some(ev)) => Some(Ok(ev)),
+            Ok(None) => {
+                // Hand out what was held back for stop strings.
+                if self.emitted < self.text.len() && self.stop != Some(StopReason::StopString) {
+                    let text = self.text[self.emitted..].to_string();
+                    self.emitted = self.text.len();
+                    return Some(Ok(TokenEvent { id: None, text }));
+                }
+                None
+            }
+            Err(e) => {
+                self.stop = Some(StopReason::Length);
+                Some(Err(e))
+            }
+        }
+    }
+}
