@@ -100,6 +100,13 @@ fn qwen_matches_llama_cpp() {
 }
 
 #[test]
+fn tokenizer_is_shareable() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<Tokenizer>();
+    send_sync::<runtime::tokenizer::StreamDecoder>();
+}
+
+#[test]
 fn metadata_facts() {
     let g = gemma();
     assert_eq!(g.model(), "llama");
@@ -457,8 +464,9 @@ impl SpmOracle {
             sym[l].1 += sym[r].1;
             sym[r].1 = 0;
             sym[l].3 = sym[r].3;
-            if sym[r].3 >= 0 {
-                sym[sym[r].3 as usize].2 = l as isize;
+            let after = sym[r].3;
+            if after >= 0 {
+                sym[after as usize].2 = l as isize;
             }
             try_add(&mut heap, &sym, sym[l].2, l as isize);
             try_add(&mut heap, &sym, l as isize, sym[l].3);

@@ -506,6 +506,15 @@ pub(crate) mod testutil {
         Ok(())
     }
 
+    /// Q8_K activations for `n` elements, quantized from a fixed pattern in -1..1.
+    pub fn act_for(n: usize) -> Vec<BlockQ8_K> {
+        use crate::QuantizeRef;
+        let a: Vec<f32> = (0..n).map(|i| ((i * 7919 + 13) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut y = vec![BlockQ8_K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] }; n / QK_K];
+        BlockQ8_K::quantize_row_ref(&a, &mut y);
+        y
+    }
+
     /// Inputs for the quantizer round-trip tests: 1..=4 super-blocks of one of several shapes
     /// (uniform, offset so every value has one sign, tiny, with an outlier, or all equal).
     pub fn quant_input() -> impl Strategy<Value = Vec<f32>> {

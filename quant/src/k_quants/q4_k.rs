@@ -439,6 +439,16 @@ mod tests {
             check_vec_dot(&x, &y, vec_dot_scalar, magnitude(&x, &y))?;
         }
 
+        /// Real-looking rows (quantized from smooth data, most quants near the middle) are
+        /// where a kernel that keeps large partial sums in float loses precision.
+        #[test]
+        fn levels_agree_on_quantized_rows(x in quant_input()) {
+            let mut q = vec![BlockQ4_K::zeroed(); x.len() / QK_K];
+            BlockQ4_K::quantize_row_ref(&x, &mut q);
+            let y = act_for(x.len());
+            check_vec_dot(&q, &y, vec_dot_scalar, magnitude(&q, &y))?;
+        }
+
         #[test]
         fn quantize_roundtrip(x in quant_input()) {
             let mut q = vec![BlockQ4_K::zeroed(); x.len() / QK_K];

@@ -218,7 +218,7 @@ pub(crate) mod x86 {
     pub unsafe fn vec_dot_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
         let m4 = _mm256_set1_epi8(0xF);
         let m3 = _mm256_set1_epi8(3);
-        let mut acc = _mm256_setzero_ps();
+        let mut sumf = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let d = by.d * bx.d.to_f32();
             let scales = unsafe { _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i) };
@@ -265,9 +265,12 @@ pub(crate) mod x86 {
             }
             let offset = _mm256_slli_epi32(offset_term(sc16, by), 5);
             let sumi = _mm256_sub_epi32(_mm256_add_epi32(sumi0, sumi1), offset);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            // Reduced to one exact integer before going to float: the lanes hold sums of the
+            // unsigned quants with the offset subtracted from other lanes, each much larger
+            // than its share of the result when the weights sit near zero (q ≈ 32).
+            sumf += d * hsum_i32_8(sumi) as f32;
         }
-        hsum_float_8(acc)
+        sumf
     }
 
     /// AVX-512 + VNNI: 64 elements per `maddubs`. A 64-byte load of `ql` holds elements
@@ -285,11 +288,12 @@ pub(crate) mod x86 {
         let m30 = _mm512_set1_epi8(0x30);
         // Word permutations putting scale 4t + k in every word of 128-bit lane k.
         let idx = [scale_lane_index(0), scale_lane_index(1), scale_lane_index(2), scale_lane_index(3)];
-        let mut acc = _mm512_setzero_ps();
+        let mut sumf = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let d = by.d * bx.d.to_f32();
             let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i) });
-            let sc512 = _mm512_zextsi256_si512(sc16);
+            // vpermw below only reads words 0..16, so the upper half may stay undefined.
+            let sc512 = _mm512_castsi256_si512(sc16);
             let ql = bx.ql.as_ptr();
             let qh = bx.qh.as_ptr();
             let q8 = by.qs.as_ptr();
@@ -312,11 +316,13 @@ pub(crate) mod x86 {
                 sumi0 = _mm512_dpwssd_epi32(sumi0, pa, _mm512_permutexvar_epi16(idx[2 * n], sc512));
                 sumi1 = _mm512_dpwssd_epi32(sumi1, pb, _mm512_permutexvar_epi16(idx[2 * n + 1], sc512));
             }
-            let offset = _mm512_zextsi256_si512(_mm256_slli_epi32(offset_term(sc16, by), 5));
-            let sumi = _mm512_sub_epi32(_mm512_add_epi32(sumi0, sumi1), offset);
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+            let sumi = _mm512_add_epi32(sumi0, sumi1);
+            let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+            let offset = _mm256_slli_epi32(offset_term(sc16, by), 5);
+            // One exact integer per block before going to float, as in the AVX2 kernel.
+            sumf += d * hsum_i32_8(_mm256_sub_epi32(sumi, offset)) as f32;
         }
-        _mm512_reduce_add_ps(acc)
+        sumf
     }
 
     /// `vpermw` indices: word `4t + k` (scale of sub-block 4t + k) in every word of lane k.
@@ -437,6 +443,16 @@ mod tests {
         #[test]
         fn levels_agree_with_scalar((x, y) in blocks_and_act::<BlockQ6_K>(fix)) {
             check_vec_dot(&x, &y, vec_dot_scalar, magnitude(&x, &y))?;
+        }
+
+        /// Real-looking rows (quantized from smooth data, most quants near the middle) are
+        /// where a kernel that keeps large partial sums in float loses precision.
+        #[test]
+        fn levels_agree_on_quantized_rows(x in quant_input()) {
+            let mut q = vec![BlockQ6_K::zeroed(); x.len() / QK_K];
+            BlockQ6_K::quantize_row_ref(&x, &mut q);
+            let y = act_for(x.len());
+            check_vec_dot(&q, &y, vec_dot_scalar, magnitude(&q, &y))?;
         }
 
         #[test]

@@ -258,7 +258,7 @@ impl GgufHeader {
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.size));
             match (start, end) {
-                (Some(s), Some(e)) if e <= file_len => {}
+                (Some(_), Some(e)) if e <= file_len => {}
                 _ => {
                     return Err(GgufError::TensorOutOfBounds {
                         tensor: t.name.clone(),

@@ -122,7 +122,7 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
 
     let eog = detect_by_text(&texts, &mut attrs, &mut special, &|t| ids.get(t).copied());
 
-    let hf = match vocab_type {
+    let mut hf = match vocab_type {
         VocabType::Spm => build_spm(&texts, &scores, ids, add_space_prefix, special.unk)?,
         VocabType::Bpe => build_bpe(md, ids, pre.expect("BPE has a pre-tokenizer"))?,
     };
@@ -132,7 +132,6 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
         .filter(|&i| attrs[i] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
         .map(|i| (i as u32, texts[i].clone()))
         .collect();
-    let mut hf = hf;
     register_added_tokens(&mut hf, &specials, &attrs)?;
     let partition = Partitioner::new(specials);
 
