@@ -116,6 +116,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure prompt processing and decode speed as llama-bench does (pp: one batch of
+    /// n-prompt tokens from an empty cache; tg: n-gen tokens one at a time), best of reps.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens.
+        #[arg(short = 'p', long, default_value_t = 128)]
+        n_prompt: usize,
+        /// Generated tokens.
+        #[arg(short = 'n', long, default_value_t = 64)]
+        n_gen: usize,
+        /// Repetitions.
+        #[arg(short = 'r', long, default_value_t = 3)]
+        reps: usize,
+        /// Print {"pp_tokens_per_s", "tg_tokens_per_s", ...}.
+        #[arg(long)]
+        json: bool,
+    },
     /// The largest logits at the last position of a prompt.
     Logits {
         #[command(flatten)]
@@ -139,6 +157,7 @@ fn main() -> ExitCode {
         Some(Command::Tokenize { model, text, json }) => tokenize(&model, &text, json),
         Some(Command::Perplexity { model, file, chunks, json }) => perplexity(&model, &file, chunks, json),
         Some(Command::Logits { model, prompt, top, json }) => logits(&model, &prompt, top, json),
+        Some(Command::Bench { model, n_prompt, n_gen, reps, json }) => bench(&model, n_prompt, n_gen, reps, json),
         None => generate(&cli.generate),
     };
     match result {
@@ -274,6 +293,23 @@ fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
             s.push_str(&format!("{i:>8} {:>10.4} {:?}\n", logits[i], engine.tokenizer.token_text(i as u32).unwrap_or("")));
         }
         write_stdout(&s)
+    }
+}
+
+fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
+    let engine = load(m)?;
+    let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1))?;
+    let threads = rayon::current_num_threads();
+    if json {
+        write_stdout(&format!("{}\n", json!({
+            "model": m.model, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen,
+            "pp_tokens_per_s": r.pp_tps, "tg_tokens_per_s": r.tg_tps,
+        })))
+    } else {
+        write_stdout(&format!(
+            "threads {threads} | pp{n_prompt} {:.1} tok/s | tg{n_gen} {:.1} tok/s\n",
+            r.pp_tps, r.tg_tps
+        ))
     }
 }
 

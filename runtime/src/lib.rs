@@ -8,6 +8,7 @@
 
 pub mod gguf;
 pub mod inspect;
+pub mod bench;
 pub mod chat;
 pub mod engine;
 pub mod model;

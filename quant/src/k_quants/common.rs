@@ -293,7 +293,7 @@ pub(crate) fn unpack_scales_mins_k4(scales: &[u8; 12]) -> [u8; 16] {
 mod tests {
     use super::*;
     use crate::k_quants::{q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K, q8_k::BlockQ8_K};
-    use crate::{Block, QuantizeRef, QK_K};
+    use crate::{QuantizeRef, QK_K};
 
     /// xorshift64 and the block shapes of the C program that produced [`GOLDEN`]: every value
     /// is built from exact integer arithmetic and single f32 operations in a fixed order, so C

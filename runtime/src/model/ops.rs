@@ -149,30 +149,29 @@ pub fn attention(
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim].iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim].iter().map(|&v| round_f16(v)).collect();
         let mut kf = vec![0f32; head_dim];
         let mut vf = vec![0f32; head_dim_v];
-        // Running max, sum of weights, and the f16 accumulator of weighted values.
+        // Running max, sum of weights, and the f16 accumulator of weighted values (kept as f32
+        // values that are exactly representable in f16).
         let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
-        let mut acc = vec![0f32; head_dim_v]; // holds f16-representable values
+        let mut acc = vec![0f32; head_dim_v];
         for p in first..=pos {
             f16_to_f32_slice(&k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim], &mut kf);
-            let s = dot(&q16, &kf) * scale;
+            let s = dot_f16_like(&q16, &kf) * scale;
             let m_old = m;
             let (mut ms, mut vs) = (1f32, 1f32);
             if s > m {
                 m = s;
                 ms = (m_old - m).exp();
-                for a in acc.iter_mut() {
-                    *a = round_f16(*a * ms);
-                }
+                // ggml_vec_scale_f16
+                scale_round_f16(&mut acc, ms);
             } else {
                 vs = (s - m).exp();
             }
             f16_to_f32_slice(&v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v], &mut vf);
-            for (a, &v) in acc.iter_mut().zip(&vf) {
-                *a = round_f16(*a + v * vs);
-            }
+            // ggml_vec_mad_f16: acc = f16(fma(v, vs, acc))
+            mad_round_f16(&mut acc, &vf, vs);
             s_sum = s_sum * ms + vs;
         }
         let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
@@ -181,6 +180,137 @@ pub fn attention(
         }
     });
     out
+}
+
+/// `acc = f16(acc · s)` element-wise (`ggml_vec_scale_f16`).
+fn scale_round_f16(acc: &mut [f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c_available() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { x86::scale_round_f16(acc, s) };
+        return;
+    }
+    for a in acc.iter_mut() {
+        *a = round_f16(*a * s);
+    }
+}
+
+/// `acc = f16(fma(v, s, acc))` element-wise (`ggml_vec_mad_f16`).
+fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c_available() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { x86::mad_round_f16(acc, v, s) };
+        return;
+    }
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a = round_f16(x.mul_add(s, *a));
+    }
+}
+
+/// f16·f16 dot product (inputs already f16-valued) as `ggml_vec_dot_f16` sums it: four
+/// accumulators of 8 lanes with fused multiply-adds, reduced pairwise.
+fn dot_f16_like(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if f16c_available() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        return unsafe { x86::dot(a, b) };
+    }
+    dot(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn f16c_available() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let ok = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c");
+            STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn round8(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    /// # Safety
+    /// Requires AVX2, FMA, F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scale_round_f16(acc: &mut [f32], s: f32) {
+        let vs = _mm256_set1_ps(s);
+        let mut chunks = acc.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: c has 8 floats.
+            unsafe {
+                let a = _mm256_loadu_ps(c.as_ptr());
+                _mm256_storeu_ps(c.as_mut_ptr(), round8(_mm256_mul_ps(a, vs)));
+            }
+        }
+        for a in chunks.into_remainder() {
+            *a = super::round_f16(*a * s);
+        }
+    }
+
+    /// # Safety
+    /// Requires AVX2, FMA, F16C; `v.len() >= acc.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
+        let vs = _mm256_set1_ps(s);
+        let n8 = acc.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= n8 <= acc.len() <= v.len().
+            unsafe {
+                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+                let x = _mm256_loadu_ps(v.as_ptr().add(i));
+                _mm256_storeu_ps(acc.as_mut_ptr().add(i), round8(_mm256_fmadd_ps(x, vs, a)));
+            }
+        }
+        for i in n8..acc.len() {
+            acc[i] = super::round_f16(v[i].mul_add(s, acc[i]));
+        }
+    }
+
+    /// # Safety
+    /// Requires AVX2, FMA, F16C; `b.len() >= a.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let n32 = a.len() / 32 * 32;
+        for i in (0..n32).step_by(32) {
+            for (j, s) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 8j + 8 <= n32 <= a.len() <= b.len().
+                unsafe {
+                    let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * j));
+                    let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * j));
+                    *s = _mm256_fmadd_ps(x, y, *s);
+                }
+            }
+        }
+        let s02 = _mm256_add_ps(acc[0], acc[2]);
+        let s13 = _mm256_add_ps(acc[1], acc[3]);
+        let s = _mm256_add_ps(s02, s13);
+        let h = _mm_add_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(s));
+        let h = _mm_hadd_ps(h, h);
+        let h = _mm_hadd_ps(h, h);
+        let mut sum = _mm_cvtss_f32(h) as f64;
+        for i in n32..a.len() {
+            sum += (a[i] * b[i]) as f64;
+        }
+        sum as f32
+    }
 }
 
 /// Round an f32 to the nearest f16 and back.
