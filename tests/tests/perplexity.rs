@@ -1,0 +1,29 @@
+//! Perplexity by llama.cpp's method on /usr/share/common-licenses/GPL-3 (ctx 512, 8 chunks),
+//! within 1% of llama.cpp's own figure on both real models.
+
+use lora_run_tests::{engine, llamacpp_reference, GEMMA, QWEN};
+
+fn check(key: &str, name: &str) {
+    let r = llamacpp_reference();
+    let want = &r[key]["perplexity"];
+    let file = want["file"].as_str().unwrap();
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let e = engine(name);
+    let got = runtime::perplexity::perplexity(&e, &text, 512, Some(8), |_, _| {}).unwrap();
+    let want = want["ppl"].as_f64().unwrap();
+    let rel = (got.ppl - want).abs() / want;
+    eprintln!("{key}: ppl {:.4} vs llama.cpp {want:.4} ({:.2}%)", got.ppl, rel * 100.0);
+    assert_eq!(got.chunks, 8);
+    assert_eq!(got.tokens, 8 * 255);
+    assert!(rel < 0.01, "{key}: ppl {} vs llama.cpp {want}", got.ppl);
+}
+
+#[test]
+fn gemma_perplexity_matches_llamacpp() {
+    check("gemma", GEMMA);
+}
+
+#[test]
+fn qwen_perplexity_matches_llamacpp() {
+    check("qwen", QWEN);
+}
