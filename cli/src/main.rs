@@ -39,6 +39,24 @@ struct ModelArgs {
     /// Context size in tokens (at most the model's training context).
     #[arg(short = 'c', long = "ctx", default_value_t = 4096)]
     ctx: usize,
+    /// A LoRA adapter (PEFT folder, .safetensors, or GGUF LoRA), with an optional scale
+    /// (`jargon.safetensors:0.5`); repeatable, the adapters stack.
+    #[arg(short = 'a', long = "adapter", value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
+    /// lora_alpha for an adapter that has no config (no adapter_config.json or metadata).
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    /// Fold the adapters into the weights in memory (full base speed) instead of applying
+    /// them on the fly; the file is untouched.
+    #[arg(long)]
+    bake: bool,
+    /// Type of the baked tensors: same (requantize to their own type), f16 or q8_0.
+    #[arg(long, default_value = "same", value_parser = parse_bake_type)]
+    bake_type: runtime::lora::bake::BakeType,
+}
+
+fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType, String> {
+    runtime::lora::bake::BakeType::parse(s).ok_or_else(|| format!("unknown bake type `{s}` (same, f16, q8_0)"))
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +96,15 @@ struct GenerateArgs {
     /// Print one JSON object (prompt_tokens, tokens, text, timings) instead of streaming.
     #[arg(long)]
     json: bool,
+    /// Interactive: read prompts from stdin; `/adapters`, `/use NAME[:SCALE] ...`, `/none`,
+    /// `/bake`, `/unbake`, `/quit`.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Run many prompts on one loaded model, one JSON object a line: `prompt`, optional
+    /// `adapters` ([{"path" or "name", "scale"}]) and `n`. Adapters switch between prompts
+    /// without reloading anything.
+    #[arg(long, value_name = "FILE.jsonl")]
+    prompts: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +142,17 @@ enum Command {
         /// Print {"ppl", "tokens", ...}.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a GGUF model with adapters baked in (llama.cpp and lora-run load it).
+    Merge {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output GGUF.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Type of the merged tensors: same, f16 or q8_0.
+        #[arg(long = "type", default_value = "same", value_parser = parse_bake_type)]
+        ty: runtime::lora::bake::BakeType,
     },
     /// Measure prompt processing and decode speed as llama-bench does (pp: one batch of
     /// n-prompt tokens from an empty cache; tg: n-gen tokens one at a time), best of reps.
@@ -158,6 +196,7 @@ fn main() -> ExitCode {
         Some(Command::Perplexity { model, file, chunks, json }) => perplexity(&model, &file, chunks, json),
         Some(Command::Logits { model, prompt, top, json }) => logits(&model, &prompt, top, json),
         Some(Command::Bench { model, n_prompt, n_gen, reps, json }) => bench(&model, n_prompt, n_gen, reps, json),
+        Some(Command::Merge { model, output, ty }) => merge(&model, &output, ty),
         None => generate(&cli.generate),
     };
     match result {
@@ -180,29 +219,278 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
     Ok(Engine::load(path, &LoadOptions { tokenizer_json: m.tokenizer.clone() })?)
 }
 
-fn generate(a: &GenerateArgs) -> Result<()> {
-    let Some(prompt) = &a.prompt else {
-        return Err("no prompt: pass --prompt TEXT (or a subcommand; see --help)".into());
-    };
+/// Split `PATH[:SCALE]`; the scale is what follows the last `:` when it parses as a number.
+fn parse_adapter_spec(spec: &str) -> (PathBuf, f32) {
+    if let Some((p, s)) = spec.rsplit_once(':') {
+        if let Ok(scale) = s.parse::<f32>() {
+            return (PathBuf::from(p), scale);
+        }
+    }
+    (PathBuf::from(spec), 1.0)
+}
+
+/// Load the `--adapter`s into the engine's adapter set; print each one's summary line.
+fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::AdapterHandle, f32)>> {
+    let mut out = Vec::new();
+    for spec in &m.adapters {
+        let (path, scale) = parse_adapter_spec(spec);
+        let opts = runtime::lora::AdapterOptions { name: None, lora_alpha: m.lora_alpha };
+        let t0 = std::time::Instant::now();
+        let h = engine.load_adapter(&path, &opts)?;
+        eprintln!("{} (loaded in {:.1} ms, scale {scale})", h.adapter.summary(), t0.elapsed().as_secs_f64() * 1e3);
+        out.push((h, scale));
+    }
+    if m.bake && !out.is_empty() {
+        let t0 = std::time::Instant::now();
+        let r = engine.bake(&out, m.bake_type)?;
+        eprintln!("baked {} tensors ({} bytes) in {:.0} ms", r.tensors.len(), r.bytes, t0.elapsed().as_secs_f64() * 1e3);
+        out.clear();
+    }
+    Ok(out)
+}
+
+fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeType) -> Result<()> {
+    if m.adapters.is_empty() {
+        return Err("merge needs at least one --adapter".into());
+    }
+    let engine = load(m)?;
+    let active = load_adapters(engine.as_ref(), &ModelArgs { bake: false, ..m.clone() })?;
+    let t0 = std::time::Instant::now();
+    let (baked, report) = runtime::lora::bake::bake(engine.base_model(), &active, ty)?;
+    let note: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
+    let n = runtime::lora::merge::write_merged(&baked, &format!("+ LoRA {}", note.join(" + ")), output)?;
+    eprintln!(
+        "merged {} tensors in {:.0} ms; wrote {} ({n} bytes)",
+        report.tensors.len(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        output.display()
+    );
+    Ok(())
+}
+
+/// `-i`: prompts from stdin, commands to switch adapters.
+fn interactive(a: &GenerateArgs) -> Result<()> {
+    use std::io::BufRead;
     let engine = load(&a.model)?;
-    let prompt = if a.chat { engine.chat_prompt(prompt)? } else { prompt.clone() };
+    let mut active = load_adapters(&engine, &a.model)?;
+    let mut session = engine.session(a.model.ctx);
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    eprintln!("lora-run interactive: type a prompt, or /adapters, /use NAME[:SCALE] ..., /none, /bake, /unbake, /quit");
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("/quit") | Some("/exit") => break,
+            Some("/adapters") => {
+                for h in engine.adapters() {
+                    let on = active.iter().find(|(x, _)| x.version == h.version).map(|(_, s)| format!(" [active, scale {s}]")).unwrap_or_default();
+                    println!("{}{on}", h.adapter.summary());
+                }
+                if engine.is_baked() {
+                    println!("(weights are baked)");
+                }
+            }
+            Some("/use") => {
+                let mut next = Vec::new();
+                for spec in words {
+                    let (name, scale) = parse_adapter_spec(spec);
+                    let name = name.to_string_lossy().to_string();
+                    match engine.adapter(&name) {
+                        Ok(h) => next.push((h, scale)),
+                        Err(_) => match engine.load_adapter(&name, &runtime::lora::AdapterOptions { name: None, lora_alpha: a.model.lora_alpha }) {
+                            Ok(h) => {
+                                eprintln!("{}", h.adapter.summary());
+                                next.push((h, scale));
+                            }
+                            Err(e) => eprintln!("error: {e}"),
+                        },
+                    }
+                }
+                active = next;
+                let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
+                println!("active: {}", if names.is_empty() { "none".into() } else { names.join(" + ") });
+            }
+            Some("/none") => {
+                active.clear();
+                println!("active: none");
+            }
+            Some("/bake") => match engine.bake(&active, a.model.bake_type) {
+                Ok(r) => {
+                    println!("baked {} tensors; the adapters now live in the weights", r.tensors.len());
+                    active.clear();
+                }
+                Err(e) => eprintln!("error: {e}"),
+            },
+            Some("/unbake") => {
+                engine.unbake();
+                println!("weights restored");
+            }
+            Some(cmd) if cmd.starts_with('/') => eprintln!("unknown command {cmd}"),
+            _ => {
+                let prompt = if a.chat { engine.chat_prompt(line)? } else { line.to_string() };
+                let opts = GenerateOptions {
+                    n_predict: a.n_predict,
+                    sampling: sampling(a),
+                    stop: a.stop.clone(),
+                    adapters: active.clone(),
+                    ..Default::default()
+                };
+                let g = session.generate(&prompt, &opts, |ev| out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok());
+                match g {
+                    Ok(g) => {
+                        println!();
+                        eprintln!("{}", stats_line(engine.load_ms, &g.timings));
+                    }
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sampling(a: &GenerateArgs) -> SamplingOptions {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     });
-    let opts = GenerateOptions {
-        n_predict: a.n_predict,
-        sampling: SamplingOptions {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            repeat_penalty: a.repeat_penalty,
-            repeat_last_n: 64,
-            seed,
+    SamplingOptions {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: 64,
+        seed,
+    }
+}
+
+fn generation_json(g: &runtime::Generation, load_ms: f64) -> serde_json::Value {
+    let t = g.timings;
+    json!({
+        "prompt_tokens": g.prompt_tokens,
+        "tokens": g.tokens,
+        "text": g.text,
+        "stop_reason": g.stop_reason,
+        "timings": {
+            "load_ms": load_ms,
+            "prompt_tokens": t.prompt_tokens,
+            "prompt_ms": t.prompt_ms,
+            "prompt_tokens_per_s": t.prompt_tps(),
+            "decode_tokens": t.decode_tokens,
+            "decode_ms": t.decode_ms,
+            "decode_tokens_per_s": t.decode_tps(),
         },
-        stop: a.stop.clone(),
-        ..Default::default()
+    })
+}
+
+fn stats_line(load_ms: f64, t: &runtime::Timings) -> String {
+    format!(
+        "load {:.0} ms | prompt {} tokens, {:.1} tok/s | decode {} tokens, {:.1} tok/s",
+        load_ms,
+        t.prompt_tokens,
+        t.prompt_tps(),
+        t.decode_tokens,
+        t.decode_tps()
+    )
+}
+
+/// One line of a `--prompts` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: String,
+    #[serde(default)]
+    adapters: Vec<AdapterRef>,
+    n: Option<usize>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdapterRef {
+    path: Option<PathBuf>,
+    name: Option<String>,
+    #[serde(default = "one")]
+    scale: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let engine = load(&a.model)?;
+    load_adapters(&engine, &a.model)?;
+    let mut session = engine.session(a.model.ctx);
+    let mut out = std::io::stdout().lock();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let where_ = format!("{}:{}", file.display(), i + 1);
+        let p: PromptLine = serde_json::from_str(line).map_err(|e| format!("{where_}: {e}"))?;
+        let mut active = Vec::new();
+        for r in &p.adapters {
+            let h = match (&r.path, &r.name) {
+                (Some(path), None) => {
+                    // Load each file once; later lines naming the same file reuse it.
+                    let name = path.to_string_lossy().to_string();
+                    match engine.adapter(&name) {
+                        Ok(h) => h,
+                        Err(_) => {
+                            let h = engine.load_adapter(path, &runtime::lora::AdapterOptions { name: Some(name), lora_alpha: a.model.lora_alpha })?;
+                            eprintln!("{}", h.adapter.summary());
+                            h
+                        }
+                    }
+                }
+                (None, Some(name)) => engine.adapter(name)?,
+                _ => return Err(format!("{where_}: each adapter needs exactly one of \"path\" or \"name\"").into()),
+            };
+            active.push((h, r.scale));
+        }
+        let prompt = if a.chat { engine.chat_prompt(&p.prompt)? } else { p.prompt.clone() };
+        let opts = GenerateOptions {
+            n_predict: p.n.unwrap_or(a.n_predict),
+            sampling: sampling(a),
+            stop: a.stop.clone(),
+            adapters: active.clone(),
+            ..Default::default()
+        };
+        let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
+        if !a.json {
+            writeln!(out, "--- [{}] {}", if names.is_empty() { "base".to_string() } else { names.join(" + ") }, p.prompt)?;
+        }
+        let json = a.json;
+        let g = session.generate(&prompt, &opts, |ev| json || out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok())?;
+        if json {
+            let mut obj = generation_json(&g, engine.load_ms);
+            obj["adapters"] = json!(names);
+            writeln!(out, "{obj}")?;
+        } else {
+            writeln!(out)?;
+            eprintln!("{}", stats_line(engine.load_ms, &g.timings));
+        }
+    }
+    Ok(())
+}
+
+fn generate(a: &GenerateArgs) -> Result<()> {
+    if let Some(file) = &a.prompts {
+        return run_prompts(a, file);
+    }
+    if a.interactive {
+        return interactive(a);
+    }
+    let Some(prompt) = &a.prompt else {
+        return Err("no prompt: pass --prompt TEXT or --prompts FILE.jsonl (or a subcommand; see --help)".into());
     };
+    let engine = load(&a.model)?;
+    let active = load_adapters(&engine, &a.model)?;
+    let prompt = if a.chat { engine.chat_prompt(prompt)? } else { prompt.clone() };
+    let opts = GenerateOptions { n_predict: a.n_predict, sampling: sampling(a), stop: a.stop.clone(), adapters: active, ..Default::default() };
     let mut session = engine.session(a.model.ctx);
     let mut out = std::io::stdout().lock();
     let json = a.json;
@@ -213,35 +501,12 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         }
         true
     })?;
-    let t = g.timings;
     if json {
-        let obj = json!({
-            "prompt_tokens": g.prompt_tokens,
-            "tokens": g.tokens,
-            "text": g.text,
-            "stop_reason": g.stop_reason,
-            "timings": {
-                "load_ms": engine.load_ms,
-                "prompt_tokens": t.prompt_tokens,
-                "prompt_ms": t.prompt_ms,
-                "prompt_tokens_per_s": t.prompt_tps(),
-                "decode_tokens": t.decode_tokens,
-                "decode_ms": t.decode_ms,
-                "decode_tokens_per_s": t.decode_tps(),
-            },
-        });
-        writeln!(out, "{obj}")?;
+        writeln!(out, "{}", generation_json(&g, engine.load_ms))?;
     } else {
         writeln!(out).ok();
     }
-    eprintln!(
-        "load {:.0} ms | prompt {} tokens, {:.1} tok/s | decode {} tokens, {:.1} tok/s",
-        engine.load_ms,
-        t.prompt_tokens,
-        t.prompt_tps(),
-        t.decode_tokens,
-        t.decode_tps()
-    );
+    eprintln!("{}", stats_line(engine.load_ms, &g.timings));
     Ok(())
 }
 
@@ -263,8 +528,9 @@ fn tokenize(m: &ModelArgs, text: &str, json: bool) -> Result<()> {
 fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json: bool) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let engine = load(m)?;
-    let n_ctx = m.ctx.min(engine.model.config.n_ctx_train);
-    let r = runtime::perplexity::perplexity(&engine, &text, n_ctx, chunks, |i, ppl| {
+    let active = load_adapters(&engine, m)?;
+    let n_ctx = m.ctx.min(engine.model().config.n_ctx_train);
+    let r = runtime::perplexity::perplexity(&engine, &text, n_ctx, chunks, &active, |i, ppl| {
         if !json {
             eprint!("[{}]{ppl:.4},", i + 1);
         }
@@ -279,8 +545,9 @@ fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json
 
 fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     let engine = load(m)?;
+    let active = load_adapters(&engine, m)?;
     let mut session = engine.session(m.ctx);
-    let logits = session.logits(prompt)?;
+    let logits = session.logits(prompt, &active)?;
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     idx.truncate(top);
@@ -298,7 +565,8 @@ fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
 
 fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
     let engine = load(m)?;
-    let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1))?;
+    let active = load_adapters(&engine, m)?;
+    let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1), &active)?;
     let threads = rayon::current_num_threads();
     if json {
         write_stdout(&format!("{}\n", json!({

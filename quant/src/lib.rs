@@ -30,7 +30,7 @@ mod x86_util;
 mod neon_util;
 
 pub use error::QuantError;
-pub use matmul::{matmul, matvec, QMatrix};
+pub use matmul::{matmul, matmul_dequantized, matmul_epilogue, matvec, Epilogue, QMatrix};
 pub use row::{dequantize_row, quantize_row, vec_dot};
 pub use simd::SimdLevel;
 pub use types::{GgmlType, QK_K};

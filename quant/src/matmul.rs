@@ -66,6 +66,27 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result
 
 /// [`matmul`] with an explicit kernel level (for tests and benchmarks).
 pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result<(), QuantError> {
+    matmul_epilogue_at(level, w, x, n_tok, y, None)
+}
+
+/// A function applied to each output element as it is computed, in the same parallel pass:
+/// `(token, output_row, W·x value) -> stored value`. Lets callers fuse a cheap per-row term
+/// (a LoRA delta, a bias) without a second pass over the output.
+pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, f32) -> f32 + Sync);
+
+/// [`matmul`] with an [`Epilogue`].
+pub fn matmul_epilogue(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Epilogue<'_>) -> Result<(), QuantError> {
+    matmul_epilogue_at(SimdLevel::detect(), w, x, n_tok, y, Some(epilogue))
+}
+
+fn matmul_epilogue_at(
+    level: SimdLevel,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+    epilogue: Option<Epilogue<'_>>,
+) -> Result<(), QuantError> {
     let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
     if x.len() != expect_x {
         return Err(QuantError::LengthMismatch { what: "matmul input", expected: expect_x, got: x.len(), unit: "floats" });
@@ -76,7 +97,7 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
     }
     check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row")?;
     let ty = w.ty;
-    with_weight_block!(ty, B => matmul_typed::<B>(level, w, x, n_tok, y),
+    with_weight_block!(ty, B => matmul_typed::<B>(level, w, x, n_tok, y, epilogue),
         else return Err(QuantError::UnsupportedType { ty, op: "matmul" }));
     Ok(())
 }
@@ -95,7 +116,7 @@ pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
     act
 }
 
-fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) {
+fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Option<Epilogue<'_>>) {
     let (n_in, n_out) = (w.n_in, w.n_out);
     if n_out == 0 || n_tok == 0 {
         return;
@@ -105,7 +126,11 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
     let a_per_row = n_in / <B::Act as Block>::QK;
     let act = quantize_activations::<B::Act>(x, n_in);
     let dot = |o: usize, t: usize| -> f32 {
-        B::vec_dot(level, &wb[o * w_per_row..][..w_per_row], &act[t * a_per_row..][..a_per_row])
+        let v = B::vec_dot(level, &wb[o * w_per_row..][..w_per_row], &act[t * a_per_row..][..a_per_row]);
+        match epilogue {
+            Some(f) => f(t, o, v),
+            None => v,
+        }
     };
     if n_tok == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
@@ -131,4 +156,41 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
             y[t * n_out + o] = tmp[o * n_tok + t];
         }
     }
+}
+
+/// `Y = X·Wᵀ` with each weight row dequantized to f32 and the activations kept in f32 (no
+/// activation quantization), summed in f64: the float computation that frameworks such as
+/// transformers do on dequantized weights. Much slower than [`matmul`]; for checks against
+/// float references. Shapes and errors as [`matmul`]; the [`Epilogue`] as
+/// [`matmul_epilogue`].
+pub fn matmul_dequantized(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Option<Epilogue<'_>>) -> Result<(), QuantError> {
+    let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
+    if x.len() != expect_x {
+        return Err(QuantError::LengthMismatch { what: "matmul input", expected: expect_x, got: x.len(), unit: "floats" });
+    }
+    let expect_y = n_tok.checked_mul(w.n_out).unwrap_or(usize::MAX);
+    if y.len() != expect_y {
+        return Err(QuantError::LengthMismatch { what: "matmul output", expected: expect_y, got: y.len(), unit: "floats" });
+    }
+    let rb = check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row").map(|nb| nb * w.ty.type_size())?;
+    let (n_in, n_out) = (w.n_in, w.n_out);
+    let mut tmp = vec![0f32; n_out * n_tok];
+    tmp.par_chunks_mut(n_tok.max(1)).enumerate().try_for_each(|(o, row)| -> Result<(), QuantError> {
+        let mut wf = vec![0f32; n_in];
+        crate::row::dequantize_row(w.ty, &w.data[o * rb..][..rb], &mut wf)?;
+        for (t, v) in row.iter_mut().enumerate() {
+            let s: f64 = wf.iter().zip(&x[t * n_in..][..n_in]).map(|(a, b)| *a as f64 * *b as f64).sum();
+            *v = match epilogue {
+                Some(f) => f(t, o, s as f32),
+                None => s as f32,
+            };
+        }
+        Ok(())
+    })?;
+    for o in 0..n_out {
+        for t in 0..n_tok {
+            y[t * n_out + o] = tmp[o * n_tok + t];
+        }
+    }
+    Ok(())
 }

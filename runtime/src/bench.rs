@@ -17,8 +17,15 @@ pub struct BenchResult {
 }
 
 /// Measure `n_prompt`-token prompt processing and `n_gen`-token generation.
-pub fn bench(engine: &std::sync::Arc<Engine>, n_prompt: usize, n_gen: usize, reps: usize) -> Result<BenchResult, Error> {
-    let model = &engine.model;
+pub fn bench(
+    engine: &std::sync::Arc<Engine>,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+    adapters: &[(crate::lora::AdapterHandle, f32)],
+) -> Result<BenchResult, Error> {
+    let model = engine.model();
+    let plan = crate::lora::LoraPlan::new(&model, adapters)?;
     let n_vocab = model.config.n_vocab as u64;
     // Deterministic pseudo-random ids (xorshift), as llama-bench feeds random tokens.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -36,7 +43,7 @@ pub fn bench(engine: &std::sync::Arc<Engine>, n_prompt: usize, n_gen: usize, rep
         if n_prompt > 0 {
             let mut kv = model.new_kv_cache(n_prompt + n_gen + 1);
             let t0 = Instant::now();
-            model.forward(&mut kv, &prompt, Logits::Last)?;
+            model.forward_with(&mut kv, &prompt, Logits::Last, &plan)?;
             let tps = n_prompt as f64 / t0.elapsed().as_secs_f64();
             if rep > 0 {
                 pp_best = pp_best.max(tps);
@@ -46,7 +53,7 @@ pub fn bench(engine: &std::sync::Arc<Engine>, n_prompt: usize, n_gen: usize, rep
             let mut kv = model.new_kv_cache(n_gen + 1);
             let t0 = Instant::now();
             for &t in &gen_ids {
-                model.forward(&mut kv, &[t], Logits::Last)?;
+                model.forward_with(&mut kv, &[t], Logits::Last, &plan)?;
             }
             let tps = n_gen as f64 / t0.elapsed().as_secs_f64();
             if rep > 0 {

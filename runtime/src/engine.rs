@@ -3,13 +3,16 @@
 //! stream tokens through an iterator ([`Session::stream`]) or a callback
 //! ([`Session::generate`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::gguf::GgufFile;
+use crate::lora::{AdapterHandle, LoraError, LoraPlan};
 use crate::model::{KvCache, Logits, Model, ModelError};
 use crate::sampler::{Sampler, SamplingOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
@@ -31,6 +34,10 @@ pub enum Error {
     Template(String),
     #[error("perplexity: {0}")]
     Perplexity(String),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error("no adapter named `{0}` is loaded")]
+    UnknownAdapter(String),
 }
 
 /// How to load a model.
@@ -40,17 +47,23 @@ pub struct LoadOptions {
     pub tokenizer_json: Option<PathBuf>,
 }
 
-/// A loaded model and its tokenizer. Cheap to share: wrap it in `Arc` and open sessions.
+/// A loaded model, its tokenizer and its set of loaded adapters. Share it through `Arc` and
+/// open sessions; adapters can be loaded and unloaded at any time.
 pub struct Engine {
-    pub model: Model,
+    /// The weights in use: the file's, or a copy with adapters baked into some tensors.
+    model: RwLock<Arc<Model>>,
+    /// The file's own weights (what `unbake` restores).
+    base: Arc<Model>,
     pub tokenizer: Tokenizer,
     /// Milliseconds spent loading (mmap, parse, tokenizer).
     pub load_ms: f64,
+    adapters: RwLock<BTreeMap<String, AdapterHandle>>,
+    next_version: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.model).finish()
+        f.debug_struct("Engine").field("model", &self.base).finish()
     }
 }
 
@@ -67,12 +80,85 @@ impl Engine {
             Some(p) => Tokenizer::from_file(p)?,
             None => Tokenizer::from_gguf(file.metadata())?,
         };
-        Ok(Arc::new(Engine { model, tokenizer, load_ms: t0.elapsed().as_secs_f64() * 1e3 }))
+        let base = Arc::new(model);
+        Ok(Arc::new(Engine {
+            model: RwLock::new(base.clone()),
+            base,
+            tokenizer,
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            adapters: RwLock::new(BTreeMap::new()),
+            next_version: AtomicU64::new(1),
+        }))
+    }
+
+    /// The weights in use (the file's own, or with adapters baked in).
+    pub fn model(&self) -> Arc<Model> {
+        self.model.read().expect("model lock").clone()
+    }
+
+    /// The file's own weights.
+    pub fn base_model(&self) -> &Arc<Model> {
+        &self.base
+    }
+
+    /// Replace the weights in use (bake / unbake); sessions pick them up at their next
+    /// generation and drop their caches.
+    pub fn set_model(&self, m: Arc<Model>) {
+        *self.model.write().expect("model lock") = m;
     }
 
     /// A new session with a KV cache of `n_ctx` positions (capped at the training context).
     pub fn session(self: &Arc<Self>, n_ctx: usize) -> Session {
-        Session { engine: self.clone(), kv: self.model.new_kv_cache(n_ctx), cached: Vec::new() }
+        let model = self.model();
+        Session { engine: self.clone(), kv: model.new_kv_cache(n_ctx), cached: Vec::new(), key: CacheKey::default(), model }
+    }
+
+    /// Load an adapter (PEFT folder, `.safetensors`, or GGUF LoRA) into the adapter set under
+    /// its name (`opts.name`, else the file or folder name). Loading a name again replaces it
+    /// with a new version; nothing else is reloaded.
+    ///
+    /// Errors: [`Error::Lora`] naming the file and the tensor or field at fault.
+    pub fn load_adapter(&self, path: impl AsRef<Path>, opts: &crate::lora::AdapterOptions) -> Result<AdapterHandle, Error> {
+        let adapter = crate::lora::load_adapter(path.as_ref(), &self.base, opts)?;
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let h = AdapterHandle::new(adapter.name.clone(), version, adapter);
+        self.adapters.write().expect("adapter lock").insert(h.name.clone(), h.clone());
+        Ok(h)
+    }
+
+    /// Fold `active` adapters into the weights (from the file's weights: a new bake replaces
+    /// the previous one). Sessions use the baked weights from their next generation on.
+    ///
+    /// Errors: [`Error::Lora`] (see [`crate::lora::bake::bake`]).
+    pub fn bake(&self, active: &[(AdapterHandle, f32)], ty: crate::lora::bake::BakeType) -> Result<crate::lora::bake::BakeReport, Error> {
+        let (m, report) = crate::lora::bake::bake(&self.base, active, ty)?;
+        self.set_model(Arc::new(m));
+        Ok(report)
+    }
+
+    /// Go back to the file's own weights, exactly.
+    pub fn unbake(&self) {
+        self.set_model(self.base.clone());
+    }
+
+    /// Whether baked weights are in use.
+    pub fn is_baked(&self) -> bool {
+        !Arc::ptr_eq(&self.model(), &self.base)
+    }
+
+    /// Drop adapter `name` from the set (its memory goes when no generation uses it).
+    pub fn unload_adapter(&self, name: &str) -> bool {
+        self.adapters.write().expect("adapter lock").remove(name).is_some()
+    }
+
+    /// The loaded adapters, by name.
+    pub fn adapters(&self) -> Vec<AdapterHandle> {
+        self.adapters.read().expect("adapter lock").values().cloned().collect()
+    }
+
+    /// The loaded adapter `name`. Errors: [`Error::UnknownAdapter`].
+    pub fn adapter(&self, name: &str) -> Result<AdapterHandle, Error> {
+        self.adapters.read().expect("adapter lock").get(name).cloned().ok_or_else(|| Error::UnknownAdapter(name.to_string()))
     }
 
     /// Token ids of `text`, with BOS where the model adds it and special tokens parsed.
@@ -84,7 +170,7 @@ impl Engine {
     /// rendered with minijinja (`messages`, `add_generation_prompt`, `bos_token`,
     /// `eos_token`), or the built-in Gemma / ChatML format when the file has no template.
     pub fn chat_prompt(&self, user: &str) -> Result<String, Error> {
-        crate::chat::render(self.model.file().metadata(), &self.tokenizer, self.model.config.arch, user)
+        crate::chat::render(self.base.file().metadata(), &self.tokenizer, self.base.config.arch, user)
     }
 }
 
@@ -100,11 +186,20 @@ pub struct GenerateOptions {
     pub stop_at_eog: bool,
     /// Prompt tokens evaluated per batch.
     pub n_batch: usize,
+    /// Adapters applied on the fly, each with its scale (PEFT `set_scale`; negative allowed).
+    pub adapters: Vec<(AdapterHandle, f32)>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { n_predict: 128, sampling: SamplingOptions::default(), stop: Vec::new(), stop_at_eog: true, n_batch: 512 }
+        GenerateOptions {
+            n_predict: 128,
+            sampling: SamplingOptions::default(),
+            stop: Vec::new(),
+            stop_at_eog: true,
+            n_batch: 512,
+            adapters: Vec::new(),
+        }
     }
 }
 
@@ -167,13 +262,24 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// What a KV cache's contents were computed with: the weights (by identity) and the active
+/// adapters' versions and scales. A cache is reused only under an equal key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct CacheKey {
+    model: usize,
+    adapters: Vec<(u64, u32)>,
+}
+
 /// A conversation state: a KV cache over one model. Reuses the cached prefix shared with the
-/// next prompt.
+/// next prompt when the weights and the active adapters (versions and scales) are the same.
 pub struct Session {
     engine: Arc<Engine>,
     kv: KvCache,
     /// The tokens whose keys and values are in `kv`.
     cached: Vec<u32>,
+    key: CacheKey,
+    /// The weights this session's cache was computed with.
+    model: Arc<Model>,
 }
 
 impl Session {
@@ -193,11 +299,24 @@ impl Session {
         self.cached.clear();
     }
 
+    /// Use the engine's current weights and the adapters `active` from now on; the cache is
+    /// dropped when either differs from what it was computed with. Returns the plan.
+    pub fn prepare(&mut self, active: &[(AdapterHandle, f32)]) -> Result<LoraPlan, Error> {
+        self.model = self.engine.model();
+        let plan = LoraPlan::new(&self.model, active)?;
+        let key = CacheKey { model: Arc::as_ptr(&self.model) as usize, adapters: plan.key().to_vec() };
+        if key != self.key {
+            self.reset();
+            self.key = key;
+        }
+        Ok(plan)
+    }
+
     /// Evaluate `tokens` as the whole context (reusing the cached common prefix) and return
     /// the logits of the last position (`[n_vocab]`).
     ///
     /// Errors: [`Error::EmptyPrompt`], [`Error::PromptTooLong`], model errors.
-    pub fn eval_prompt(&mut self, tokens: &[u32], n_batch: usize) -> Result<Vec<f32>, Error> {
+    pub fn eval_prompt(&mut self, tokens: &[u32], n_batch: usize, plan: &LoraPlan) -> Result<Vec<f32>, Error> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -212,23 +331,29 @@ impl Session {
         let rest = &tokens[common..];
         for (i, chunk) in rest.chunks(n_batch.max(1)).enumerate() {
             let last = (i + 1) * n_batch.max(1) >= rest.len();
-            logits = self.engine.model.forward(&mut self.kv, chunk, if last { Logits::Last } else { Logits::None })?;
+            logits = self.model.forward_with(&mut self.kv, chunk, if last { Logits::Last } else { Logits::None }, plan)?;
             self.cached.extend_from_slice(chunk);
         }
         Ok(logits)
     }
 
     /// Evaluate one more token after the cached ones; logits of it (`[n_vocab]`).
-    pub fn eval_next(&mut self, token: u32) -> Result<Vec<f32>, Error> {
-        let logits = self.engine.model.forward(&mut self.kv, &[token], Logits::Last)?;
+    pub fn eval_next(&mut self, token: u32, plan: &LoraPlan) -> Result<Vec<f32>, Error> {
+        let logits = self.model.forward_with(&mut self.kv, &[token], Logits::Last, plan)?;
         self.cached.push(token);
         Ok(logits)
     }
 
-    /// Last-position logits of `prompt` (`[n_vocab]`).
-    pub fn logits(&mut self, prompt: &str) -> Result<Vec<f32>, Error> {
+    /// Last-position logits of `prompt` (`[n_vocab]`) with `adapters` applied.
+    pub fn logits(&mut self, prompt: &str, adapters: &[(AdapterHandle, f32)]) -> Result<Vec<f32>, Error> {
         let tokens = self.engine.tokenize(prompt)?;
-        self.eval_prompt(&tokens, 512)
+        self.logits_of_tokens(&tokens, adapters)
+    }
+
+    /// Last-position logits of `tokens` (`[n_vocab]`) with `adapters` applied.
+    pub fn logits_of_tokens(&mut self, tokens: &[u32], adapters: &[(AdapterHandle, f32)]) -> Result<Vec<f32>, Error> {
+        let plan = self.prepare(adapters)?;
+        self.eval_prompt(tokens, 512, &plan)
     }
 
     /// Generate from `prompt`, calling `on_token` for each token; `on_token` returning false
@@ -269,7 +394,8 @@ impl Session {
     /// [`Session::stream`] from token ids.
     pub fn stream_tokens(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<TokenStream<'_>, Error> {
         let t0 = Instant::now();
-        let logits = self.eval_prompt(prompt, opts.n_batch)?;
+        let plan = self.prepare(&opts.adapters)?;
+        let logits = self.eval_prompt(prompt, opts.n_batch, &plan)?;
         let timings = Timings { prompt_tokens: prompt.len(), prompt_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
         Ok(TokenStream {
             sampler: Sampler::new(opts.sampling.clone()),
@@ -282,6 +408,7 @@ impl Session {
             logits,
             timings,
             stop: None,
+            plan,
             session: self,
         })
     }
@@ -301,6 +428,7 @@ pub struct TokenStream<'s> {
     logits: Vec<f32>,
     timings: Timings,
     stop: Option<StopReason>,
+    plan: LoraPlan,
 }
 
 impl TokenStream<'_> {
@@ -356,7 +484,7 @@ impl TokenStream<'_> {
             if self.session.kv.len() >= self.session.kv.n_ctx() {
                 self.stop = Some(StopReason::Context);
             } else {
-                self.logits = self.session.eval_next(id)?;
+                self.logits = self.session.eval_next(id, &self.plan)?;
             }
         }
         self.timings.decode_tokens += 1;

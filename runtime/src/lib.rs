@@ -8,6 +8,7 @@
 
 pub mod gguf;
 pub mod inspect;
+pub mod lora;
 pub mod bench;
 pub mod chat;
 pub mod engine;

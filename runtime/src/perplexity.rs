@@ -27,7 +27,8 @@ pub struct PerplexityResult {
 /// Rows of the output head computed at once (bounds memory: rows × n_vocab floats).
 const HEAD_ROWS: usize = 16;
 
-/// Perplexity of `text` with chunks of `n_ctx` tokens, at most `max_chunks` of them.
+/// Perplexity of `text` with chunks of `n_ctx` tokens, at most `max_chunks` of them, with
+/// `adapters` (handle, scale) applied on the fly.
 ///
 /// Errors: [`Error::Perplexity`] when the text holds fewer than `2 · n_ctx` tokens (as
 /// llama.cpp requires) or `n_ctx < 8`; model errors.
@@ -36,6 +37,7 @@ pub fn perplexity(
     text: &str,
     n_ctx: usize,
     max_chunks: Option<usize>,
+    adapters: &[(crate::lora::AdapterHandle, f32)],
     mut on_chunk: impl FnMut(usize, f64),
 ) -> Result<PerplexityResult, Error> {
     if n_ctx < 8 {
@@ -55,7 +57,8 @@ pub fn perplexity(
     }
     let add_bos = engine.tokenizer.adds_bos();
     let bos = engine.tokenizer.bos();
-    let model = &engine.model;
+    let model = engine.model();
+    let plan = crate::lora::LoraPlan::new(&model, adapters)?;
     let n_embd = model.config.n_embd;
     let first = n_ctx / 2;
     let mut nll = 0f64;
@@ -70,12 +73,12 @@ pub fn perplexity(
             }
         }
         let mut kv = model.new_kv_cache(n_ctx);
-        let hidden = model.forward_hidden(&mut kv, &chunk)?;
+        let hidden = model.forward_hidden(&mut kv, &chunk, &plan)?;
         // Score positions first..n_ctx-1, each predicting the next token of the chunk.
         let positions: Vec<usize> = (first..n_ctx - 1).collect();
         for rows in positions.chunks(HEAD_ROWS) {
             let h = &hidden[rows[0] * n_embd..(rows[rows.len() - 1] + 1) * n_embd];
-            let logits = model.logits_of(h)?;
+            let logits = model.logits_of(h, &plan)?;
             for (r, &pos) in rows.iter().enumerate() {
                 let l = &logits[r * model.config.n_vocab..][..model.config.n_vocab];
                 let target = tokens[start + pos + 1] as usize;

@@ -9,7 +9,7 @@ fn check(key: &str, name: &str) {
     let file = want["file"].as_str().unwrap();
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
     let e = engine(name);
-    let got = runtime::perplexity::perplexity(&e, &text, 512, Some(8), |_, _| {}).unwrap();
+    let got = runtime::perplexity::perplexity(&e, &text, 512, Some(8), &[], |_, _| {}).unwrap();
     let want = want["ppl"].as_f64().unwrap();
     let rel = (got.ppl - want).abs() / want;
     eprintln!("{key}: ppl {:.4} vs llama.cpp {want:.4} ({:.2}%)", got.ppl, rel * 100.0);

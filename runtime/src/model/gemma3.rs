@@ -5,15 +5,16 @@
 //! q scaled by 1/√head_dim) → post-attention norm → residual → RMS norm → GELU-tanh gated FFN
 //! → post-FFN norm → residual; final norm; head tied to `token_embd`.
 
-use super::{ops, AttnParams, KvCache, Model, ModelError};
+use super::{ops, AttnParams, KvCache, LoraPlan, Model, ModelError};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
-pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
     let mut x = m.embed(tokens)?; // [n_tok, n_embd]
     let emb_scale = (c.n_embd as f32).sqrt();
     x.iter_mut().for_each(|v| *v *= emb_scale);
+    plan.add_embedding(&mut x, tokens); // PEFT adds the embedding LoRA after Gemma's scaling
     for (il, layer) in m.layers.iter().enumerate() {
         let swa = c.is_swa_layer(il);
         let params = AttnParams {
@@ -24,14 +25,14 @@ pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec
             window: if swa { c.sliding_window } else { None },
         };
         let xn = ops::rms_norm_to(&x, &layer.attn_norm, c.rms_eps);
-        let mut attn = m.self_attention(kv, il, &xn, n, &params)?;
+        let mut attn = m.self_attention(kv, il, &xn, n, &params, plan)?;
         if let Some(w) = &layer.attn_post_norm {
             ops::rms_norm(&mut attn, w, c.rms_eps);
         }
         ops::add_assign(&mut x, &attn);
 
         let xn = ops::rms_norm_to(&x, &layer.ffn_norm, c.rms_eps);
-        let mut ffn = m.gated_ffn(il, &xn, n, ops::geglu)?;
+        let mut ffn = m.gated_ffn(il, &xn, n, ops::geglu, plan)?;
         if let Some(w) = &layer.ffn_post_norm {
             ops::rms_norm(&mut ffn, w, c.rms_eps);
         }

@@ -4,19 +4,20 @@
 //! scores · 1/√head_dim) → residual → RMS norm → SwiGLU FFN (`down(silu(gate·x) ⊙ up·x)`) →
 //! residual; final norm; `output` head (or `token_embd` when tied).
 
-use super::{ops, AttnParams, KvCache, Model, ModelError};
+use super::{ops, AttnParams, KvCache, LoraPlan, Model, ModelError};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
-pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-    pre_norm_forward(m, kv, tokens)
+pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+    pre_norm_forward(m, kv, tokens, plan)
 }
 
 /// The pre-norm SwiGLU decoder shared by llama, qwen2 and qwen3; what differs between them
 /// (rope layout, Q/K/V biases, Q/K norms) is in the loaded weights and the config.
-pub(super) fn pre_norm_forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+pub(super) fn pre_norm_forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
     let mut x = m.embed(tokens)?; // [n_tok, n_embd]
+    plan.add_embedding(&mut x, tokens);
     let params = AttnParams {
         rope_base: c.rope_freq_base,
         rope_scale: c.rope_freq_scale,
@@ -26,11 +27,11 @@ pub(super) fn pre_norm_forward(m: &Model, kv: &mut KvCache, tokens: &[u32]) -> R
     };
     for (il, layer) in m.layers.iter().enumerate() {
         let xn = ops::rms_norm_to(&x, &layer.attn_norm, c.rms_eps);
-        let attn = m.self_attention(kv, il, &xn, n, &params)?;
+        let attn = m.self_attention(kv, il, &xn, n, &params, plan)?;
         ops::add_assign(&mut x, &attn);
 
         let xn = ops::rms_norm_to(&x, &layer.ffn_norm, c.rms_eps);
-        let ffn = m.gated_ffn(il, &xn, n, ops::swiglu)?;
+        let ffn = m.gated_ffn(il, &xn, n, ops::swiglu, plan)?;
         ops::add_assign(&mut x, &ffn);
     }
     Ok(x)

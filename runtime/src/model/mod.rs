@@ -20,8 +20,9 @@ use quant::{GgmlType, QMatrix, QuantError};
 
 pub use config::{Arch, ModelConfig, RopeType, SUPPORTED_ARCHITECTURES};
 pub use kv_cache::KvCache;
-
+pub use crate::lora::LoraPlan;
 use crate::gguf::{GgufError, GgufFile, TensorInfo};
+use std::collections::HashMap;
 
 /// Errors loading or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +53,28 @@ pub struct WeightRef {
     pub ty: GgmlType,
     pub n_out: usize,
     pub n_in: usize,
-    start: usize,
-    len: usize,
+    pub data: WeightData,
+}
+
+/// Where a weight's bytes are.
+#[derive(Clone, Debug)]
+pub enum WeightData {
+    /// A byte range of the memory-mapped file.
+    Mapped { start: usize, len: usize },
+    /// A copy in memory (a weight with adapters baked in).
+    Owned(Arc<Vec<u8>>),
+}
+
+impl WeightRef {
+    /// The same weight with new contents of type `ty` (same shape).
+    pub fn with_data(&self, ty: GgmlType, bytes: Vec<u8>) -> WeightRef {
+        WeightRef { name: self.name.clone(), ty, n_out: self.n_out, n_in: self.n_in, data: WeightData::Owned(Arc::new(bytes)) }
+    }
+
+    /// Whether the bytes are an in-memory copy rather than the file's.
+    pub fn is_owned(&self) -> bool {
+        matches!(self.data, WeightData::Owned(_))
+    }
 }
 
 /// A linear layer: weight and optional bias (`[n_out]`).
@@ -61,6 +82,8 @@ pub struct WeightRef {
 pub struct Linear {
     pub w: WeightRef,
     pub bias: Option<Vec<f32>>,
+    /// Index among the model's linear layers (what a [`LoraPlan`] is indexed by).
+    pub id: usize,
 }
 
 /// One transformer block's weights. Optional fields exist only in some architectures.
@@ -84,8 +107,21 @@ pub struct Layer {
     pub ffn_post_norm: Option<Vec<f32>>,
 }
 
+impl Layer {
+    /// The seven projections, in forward order.
+    pub fn linears(&self) -> [&Linear; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.ffn_gate, &self.ffn_up, &self.ffn_down]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [&mut self.wq, &mut self.wk, &mut self.wv, &mut self.wo, &mut self.ffn_gate, &mut self.ffn_up, &mut self.ffn_down]
+    }
+}
+
 /// A loaded model: configuration plus typed weights over the memory-mapped GGUF file.
-/// `Send + Sync`: share it through `Arc` and open any number of sessions.
+/// `Send + Sync`: share it through `Arc` and open any number of sessions. Cloning copies the
+/// small tensors (norms, biases) and shares the weights.
+#[derive(Clone)]
 pub struct Model {
     file: Arc<GgufFile>,
     pub config: ModelConfig,
@@ -93,8 +129,16 @@ pub struct Model {
     pub tok_embd: WeightRef,
     pub layers: Vec<Layer>,
     pub output_norm: Vec<f32>,
-    /// `output`, or `token_embd` when the head is tied.
-    pub output: WeightRef,
+    /// The head `output.weight` (`[n_vocab, n_embd]`); when the file has no `output` tensor
+    /// the head is tied and reads `token_embd`'s data, still under the name `output.weight`
+    /// (so an `lm_head` LoRA changes the head only, as in PEFT).
+    pub output: Linear,
+    /// Linear layer id by GGUF weight name.
+    linear_ids: HashMap<String, usize>,
+    /// Multiply with dequantized f32 weights and unquantized f32 activations instead of
+    /// ggml's quantized dot products: slow, for comparisons with float references
+    /// (transformers on the dequantized weights). Off by default.
+    pub float_reference: bool,
     /// llama3 `rope_freqs` (`[n_rot / 2]`), dividing the rope frequencies.
     pub rope_freqs: Option<Vec<f32>>,
 }
@@ -152,7 +196,7 @@ impl Model {
                 } else {
                     None
                 };
-                Ok(Linear { w, bias })
+                Ok(Linear { w, bias, id: 0 })
             };
             let opt = |s: &str, len, present| -> Result<Option<Vec<f32>>, ModelError> {
                 if present { l.vector(&n(s), len).map(Some) } else { Ok(None) }
@@ -174,15 +218,22 @@ impl Model {
             });
         }
         let output_norm = l.vector("output_norm.weight", c.n_embd)?;
-        let output = match file.header().tensor_info("output.weight") {
+        let output_w = match file.header().tensor_info("output.weight") {
             Some(_) => l.weight("output.weight", c.n_embd, n_vocab)?,
-            None => tok_embd.clone(),
+            None => WeightRef { name: "output.weight".to_string(), ..tok_embd.clone() },
         };
+        let mut output = Linear { w: output_w, bias: None, id: 0 };
+        // Number the linear layers in forward order.
+        let mut linear_ids = HashMap::new();
+        for lin in layers.iter_mut().flat_map(|l| l.linears_mut()).chain(std::iter::once(&mut output)) {
+            lin.id = linear_ids.len();
+            linear_ids.insert(lin.w.name.clone(), lin.id);
+        }
         let rope_freqs = match file.header().tensor_info("rope_freqs.weight") {
             Some(_) if arch == Arch::Llama => Some(l.vector("rope_freqs.weight", c.n_rot / 2)?),
             _ => None,
         };
-        Ok(Model { file: file.clone(), config, tok_embd, layers, output_norm, output, rope_freqs })
+        Ok(Model { file: file.clone(), config, tok_embd, layers, output_norm, output, linear_ids, float_reference: false, rope_freqs })
     }
 
     /// The underlying file.
@@ -191,14 +242,61 @@ impl Model {
     }
 
     /// The matrix view of a weight.
-    pub fn matrix(&self, w: &WeightRef) -> QMatrix<'_> {
-        QMatrix { ty: w.ty, data: &self.file.bytes()[w.start..w.start + w.len], n_out: w.n_out, n_in: w.n_in }
+    pub fn matrix<'a>(&'a self, w: &'a WeightRef) -> QMatrix<'a> {
+        let data: &[u8] = match &w.data {
+            WeightData::Mapped { start, len } => &self.file.bytes()[*start..*start + *len],
+            WeightData::Owned(v) => v,
+        };
+        QMatrix { ty: w.ty, data, n_out: w.n_out, n_in: w.n_in }
     }
 
-    /// `y = W·x (+ b)` for `n_tok` rows of `x` (`[n_tok, n_in]` → `[n_tok, n_out]`).
-    pub fn linear(&self, lin: &Linear, x: &[f32], n_tok: usize) -> Result<Vec<f32>, ModelError> {
+    /// Linear layer id by GGUF weight name (`blk.0.attn_q.weight`, …, `output.weight`).
+    pub fn linear_ids(&self) -> &HashMap<String, usize> {
+        &self.linear_ids
+    }
+
+    /// The whole weight `name` dequantized to f32 (`[n_out, n_in]`).
+    ///
+    /// Errors: [`ModelError::MissingTensor`] when no linear layer has that name.
+    pub fn dequantize_weight(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let w = self.linears().find(|l| l.w.name == name).map(|l| &l.w).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let m = self.matrix(w);
+        let mut out = vec![0f32; w.n_out * w.n_in];
+        quant::dequantize_row(m.ty, m.data, &mut out)?;
+        Ok(out)
+    }
+
+    /// Every linear layer, in forward order (the output head last).
+    pub fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| l.linears()).chain(std::iter::once(&self.output))
+    }
+
+    /// Every linear layer, mutable (to replace weights when baking).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers.iter_mut().flat_map(|l| l.linears_mut()).chain(std::iter::once(&mut self.output))
+    }
+
+    /// `y = W·x (+ LoRA deltas) (+ b)` for `n_tok` rows of `x` (`[n_tok, n_in]` →
+    /// `[n_tok, n_out]`), with the plan's adapters on this layer fused into the product.
+    pub fn linear(&self, lin: &Linear, x: &[f32], n_tok: usize, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         let mut y = vec![0f32; n_tok * lin.w.n_out];
-        quant::matmul(&self.matrix(&lin.w), x, n_tok, &mut y)?;
+        let entries = plan.entries(lin.id);
+        let m = self.matrix(&lin.w);
+        if entries.is_empty() {
+            if self.float_reference {
+                quant::matmul_dequantized(&m, x, n_tok, &mut y, None)?;
+            } else {
+                quant::matmul(&m, x, n_tok, &mut y)?;
+            }
+        } else {
+            let prepared = crate::lora::apply::prepare(entries, x, n_tok);
+            let epi = |t: usize, o: usize, v: f32| crate::lora::apply::epilogue(&prepared, t, o, v);
+            if self.float_reference {
+                quant::matmul_dequantized(&m, x, n_tok, &mut y, Some(&epi))?;
+            } else {
+                quant::matmul_epilogue(&m, x, n_tok, &mut y, &epi)?;
+            }
+        }
         if let Some(b) = &lin.bias {
             ops::add_bias(&mut y, b);
         }
@@ -226,39 +324,44 @@ impl Model {
     /// Errors: [`ModelError::ContextOverflow`] when the cache cannot hold the tokens,
     /// [`ModelError::TokenOutOfRange`] for an id past the vocabulary.
     pub fn forward(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, ModelError> {
+        self.forward_with(kv, tokens, logits, &LoraPlan::default())
+    }
+
+    /// [`Model::forward`] with the adapters of `plan` applied on the fly.
+    pub fn forward_with(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let x = self.forward_hidden(kv, tokens)?;
-        self.head(x, tokens.len(), logits)
+        let x = self.forward_hidden(kv, tokens, plan)?;
+        self.head(x, tokens.len(), logits, plan)
     }
 
     /// Like [`Model::forward`], but returns the hidden states after the last block
     /// (`[n_tok, n_embd]`, before the final norm); [`Model::logits_of`] turns rows of them into
     /// logits.
-    pub fn forward_hidden(&self, kv: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_hidden(&self, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         let needed = kv.len() + tokens.len();
         if needed > kv.n_ctx() {
             return Err(ModelError::ContextOverflow { needed, n_ctx: kv.n_ctx(), n_ctx_train: self.config.n_ctx_train });
         }
         let x = match self.config.arch {
-            Arch::Llama => llama::forward(self, kv, tokens)?,
-            Arch::Qwen2 => qwen2::forward(self, kv, tokens)?,
-            Arch::Qwen3 => qwen3::forward(self, kv, tokens)?,
-            Arch::Gemma3 => gemma3::forward(self, kv, tokens)?,
+            Arch::Llama => llama::forward(self, kv, tokens, plan)?,
+            Arch::Qwen2 => qwen2::forward(self, kv, tokens, plan)?,
+            Arch::Qwen3 => qwen3::forward(self, kv, tokens, plan)?,
+            Arch::Gemma3 => gemma3::forward(self, kv, tokens, plan)?,
         };
         kv.advance(tokens.len());
         Ok(x)
     }
 
     /// Logits (`[n, n_vocab]`) of `n` rows of hidden states from [`Model::forward_hidden`].
-    pub fn logits_of(&self, hidden: &[f32]) -> Result<Vec<f32>, ModelError> {
+    pub fn logits_of(&self, hidden: &[f32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         let n = hidden.len() / self.config.n_embd;
-        self.head(hidden.to_vec(), n, Logits::All)
+        self.head(hidden.to_vec(), n, Logits::All, plan)
     }
 
     /// Final norm and output head over the hidden states `x` (`[n_tok, n_embd]`).
-    fn head(&self, mut x: Vec<f32>, n_tok: usize, logits: Logits) -> Result<Vec<f32>, ModelError> {
+    fn head(&self, mut x: Vec<f32>, n_tok: usize, logits: Logits, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         let n_embd = self.config.n_embd;
         let (x, n) = match logits {
             Logits::None => return Ok(Vec::new()),
@@ -266,9 +369,7 @@ impl Model {
             Logits::All => (x, n_tok),
         };
         let xn = ops::rms_norm_to(&x, &self.output_norm, self.config.rms_eps);
-        let mut out = vec![0f32; n * self.config.n_vocab];
-        quant::matmul(&self.matrix(&self.output), &xn, n, &mut out)?;
-        Ok(out)
+        self.linear(&self.output, &xn, n, plan)
     }
 
     /// A new KV cache for `n_ctx` positions (at most the training context).
@@ -303,8 +404,7 @@ impl Loader<'_> {
             ty: t.ty,
             n_out,
             n_in,
-            start: (self.file.header().data_offset + t.offset) as usize,
-            len: t.size as usize,
+            data: WeightData::Mapped { start: (self.file.header().data_offset + t.offset) as usize, len: t.size as usize },
         })
     }
 
@@ -342,12 +442,13 @@ impl Model {
         xn: &[f32],
         n_tok: usize,
         p: &AttnParams,
+        plan: &LoraPlan,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let layer = &self.layers[il];
-        let mut q = self.linear(&layer.wq, xn, n_tok)?; // [n_tok, n_head, head_dim]
-        let mut k = self.linear(&layer.wk, xn, n_tok)?; // [n_tok, n_head_kv, head_dim]
-        let v = self.linear(&layer.wv, xn, n_tok)?; // [n_tok, n_head_kv, head_dim_v]
+        let mut q = self.linear(&layer.wq, xn, n_tok, plan)?; // [n_tok, n_head, head_dim]
+        let mut k = self.linear(&layer.wk, xn, n_tok, plan)?; // [n_tok, n_head_kv, head_dim]
+        let v = self.linear(&layer.wv, xn, n_tok, plan)?; // [n_tok, n_head_kv, head_dim_v]
         if let Some(w) = &layer.attn_q_norm {
             ops::rms_norm(&mut q, w, c.rms_eps);
         }
@@ -368,7 +469,7 @@ impl Model {
         let attn = ops::attention(
             &q, k_cache, v_cache, n_tok, pos0, c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, p.kq_scale, p.window,
         ); // [n_tok, n_head, head_dim_v]
-        self.linear(&layer.wo, &attn, n_tok)
+        self.linear(&layer.wo, &attn, n_tok, plan)
     }
 
     /// The gated feed-forward block on the normed input `xn`: `down(act(gate·x) ⊙ up·x)`.
@@ -378,12 +479,13 @@ impl Model {
         xn: &[f32],
         n_tok: usize,
         act: fn(&[f32], &[f32], &mut [f32]),
+        plan: &LoraPlan,
     ) -> Result<Vec<f32>, ModelError> {
         let layer = &self.layers[il];
-        let g = self.linear(&layer.ffn_gate, xn, n_tok)?; // [n_tok, n_ff]
-        let u = self.linear(&layer.ffn_up, xn, n_tok)?; // [n_tok, n_ff]
+        let g = self.linear(&layer.ffn_gate, xn, n_tok, plan)?; // [n_tok, n_ff]
+        let u = self.linear(&layer.ffn_up, xn, n_tok, plan)?; // [n_tok, n_ff]
         let mut h = vec![0f32; g.len()];
         act(&g, &u, &mut h);
-        self.linear(&layer.ffn_down, &h, n_tok) // [n_tok, n_embd]
+        self.linear(&layer.ffn_down, &h, n_tok, plan) // [n_tok, n_embd]
     }
 }

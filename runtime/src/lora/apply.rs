@@ -1,0 +1,250 @@
+//! Applying adapters on the fly: a [`LoraPlan`] resolves the active adapters and their scales
+//! to the model's linear layers once per generation, so the forward pass looks nothing up.
+//!
+//! For a linear layer `y = W·x + b` with active targets `i`:
+//! `y = W·x + Σᵢ sᵢ·Bᵢ(Aᵢ·x) + b`, where `sᵢ` = (generation scale) × (adapter scale). With a
+//! DoRA target (PEFT `DoraLinearLayer.forward`): `y = f ⊙ (W·x + s·B(A·x)) + b` with the
+//! per-row factor `f = m / ‖W + s·B·A‖₂` (row norms), computed from the dequantized base for
+//! that `s`. `Aᵢ·x` is computed first (`[n_tok, r]`, cheap); the `Bᵢ` term is added to each
+//! output element inside the base product's parallel pass (a fused epilogue).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use super::{LoraAdapter, LoraError, LoraTarget};
+use crate::model::{ops, Model};
+
+/// One loaded adapter in an engine's adapter set.
+#[derive(Clone, Debug)]
+pub struct AdapterHandle {
+    /// The name it is registered under.
+    pub name: String,
+    /// Unique per load: reloading a file under the same name gives a new version.
+    pub version: u64,
+    pub adapter: Arc<LoraAdapter>,
+    /// DoRA row factors per scale, computed on first use.
+    pub(crate) dora_cache: Arc<Mutex<HashMap<u32, Arc<Vec<Vec<f32>>>>>>,
+}
+
+impl AdapterHandle {
+    /// Wrap a loaded adapter.
+    pub fn new(name: String, version: u64, adapter: LoraAdapter) -> AdapterHandle {
+        AdapterHandle { name, version, adapter: Arc::new(adapter), dora_cache: Default::default() }
+    }
+}
+
+/// One active target on one linear layer.
+#[derive(Clone, Debug)]
+pub(crate) struct PlanEntry {
+    adapter: Arc<LoraAdapter>,
+    target: usize,
+    /// Total scale: generation scale × the target's own scale.
+    scale: f32,
+    /// DoRA row factors `[n_out]`.
+    dora: Option<Arc<Vec<f32>>>,
+}
+
+impl PlanEntry {
+    /// The target this entry applies.
+    pub(crate) fn target(&self) -> &LoraTarget {
+        &self.adapter.targets[self.target]
+    }
+
+    /// Total scale (generation scale × target scale).
+    pub(crate) fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// DoRA row factors, if DoRA.
+    pub(crate) fn dora_factors(&self) -> Option<&[f32]> {
+        self.dora.as_deref().map(|v| v.as_slice())
+    }
+}
+
+/// The active adapters resolved against a model. `LoraPlan::default()` is "no adapter".
+#[derive(Clone, Debug, Default)]
+pub struct LoraPlan {
+    /// Per linear id (see [`Model::linear_ids`]).
+    per_linear: Vec<Vec<PlanEntry>>,
+    /// Embedding LoRAs with their total scales.
+    embedding: Vec<(Arc<LoraAdapter>, f32)>,
+    /// What the plan was built from: `(version, scale bits)` per adapter, in order. Equal keys
+    /// mean equal computations; KV caches are keyed by it.
+    key: Vec<(u64, u32)>,
+}
+
+impl LoraPlan {
+    /// Resolve `active` (adapter, generation scale) pairs against `model`.
+    ///
+    /// Errors: [`LoraError::Plan`] when two DoRA targets (or a DoRA and a plain one) meet on
+    /// one layer, or a target names no layer of this model.
+    pub fn new(model: &Model, active: &[(AdapterHandle, f32)]) -> Result<LoraPlan, LoraError> {
+        let ids = model.linear_ids();
+        let mut per_linear: Vec<Vec<PlanEntry>> = vec![Vec::new(); ids.len()];
+        let mut embedding = Vec::new();
+        let mut key = Vec::new();
+        for (h, scale) in active {
+            key.push((h.version, scale.to_bits()));
+            let a = &h.adapter;
+            let dora = if a.targets.iter().any(|t| t.dora_magnitude.is_some()) {
+                Some(dora_factors(model, h, *scale)?)
+            } else {
+                None
+            };
+            for (ti, t) in a.targets.iter().enumerate() {
+                let Some(&id) = ids.get(t.tensor.as_str()) else {
+                    return Err(LoraError::Plan { message: format!("adapter {}: no layer `{}` in this model", h.name, t.tensor) });
+                };
+                let entry = PlanEntry {
+                    adapter: a.clone(),
+                    target: ti,
+                    scale: scale * t.scale,
+                    dora: dora.as_ref().and_then(|d| if t.dora_magnitude.is_some() { Some(Arc::new(d[ti].clone())) } else { None }),
+                };
+                let slot = &mut per_linear[id];
+                if (entry.dora.is_some() && !slot.is_empty()) || slot.iter().any(|e| e.dora.is_some()) {
+                    return Err(LoraError::Plan {
+                        message: format!("DoRA adapter on `{}` cannot be stacked with another adapter on the same layer", t.tensor),
+                    });
+                }
+                slot.push(entry);
+            }
+            if a.embedding.is_some() {
+                embedding.push((a.clone(), *scale));
+            }
+        }
+        Ok(LoraPlan { per_linear, embedding, key })
+    }
+
+    /// Whether no adapter is active.
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    /// `(version, scale bits)` of each active adapter, in order.
+    pub fn key(&self) -> &[(u64, u32)] {
+        &self.key
+    }
+
+    pub(crate) fn entries(&self, linear_id: usize) -> &[PlanEntry] {
+        self.per_linear.get(linear_id).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Add the embedding LoRA rows of `tokens` to `x` (`[n_tok, n_embd]`).
+    pub(crate) fn add_embedding(&self, x: &mut [f32], tokens: &[u32]) {
+        for (a, scale) in &self.embedding {
+            let Some(e) = &a.embedding else { continue };
+            let s = scale * e.scale;
+            for (row, &t) in x.chunks_exact_mut(e.n_embd).zip(tokens) {
+                let t = t as usize;
+                if t >= e.n_vocab {
+                    continue;
+                }
+                // column t of A: A[k, t]
+                let col: Vec<f32> = (0..e.r).map(|k| e.a[k * e.n_vocab + t]).collect();
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v += s * ops::dot(&e.b[j * e.r..][..e.r], &col);
+                }
+            }
+        }
+    }
+}
+
+/// DoRA row factors of every target of `h` at generation scale `scale`: `m / ‖W + s·B·A‖₂`
+/// per output row, with W the dequantized base (PEFT `DoraLinearLayer.get_weight_norm`).
+/// Cached per scale.
+fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<Arc<Vec<Vec<f32>>>, LoraError> {
+    if let Some(f) = h.dora_cache.lock().expect("dora cache").get(&scale.to_bits()) {
+        return Ok(f.clone());
+    }
+    let mut out = Vec::with_capacity(h.adapter.targets.len());
+    for t in &h.adapter.targets {
+        let Some(m) = &t.dora_magnitude else {
+            out.push(Vec::new());
+            continue;
+        };
+        let w = model.dequantize_weight(&t.tensor).map_err(|e| LoraError::Plan { message: e.to_string() })?;
+        let s = scale * t.scale;
+        let f: Vec<f32> = (0..t.n_out)
+            .into_par_iter()
+            .map(|o| {
+                let b = &t.b[o * t.r..][..t.r];
+                let mut sum = 0f64;
+                for i in 0..t.n_in {
+                    let mut ba = 0f32;
+                    for k in 0..t.r {
+                        ba += b[k] * t.a[k * t.n_in + i];
+                    }
+                    let v = w[o * t.n_in + i] + s * ba;
+                    sum += (v as f64) * (v as f64);
+                }
+                m[o] / (sum.sqrt() as f32)
+            })
+            .collect();
+        out.push(f);
+    }
+    let out = Arc::new(out);
+    h.dora_cache.lock().expect("dora cache").insert(scale.to_bits(), out.clone());
+    Ok(out)
+}
+
+/// `[n_tok, r]` = x (`[n_tok, n_in]`) · Aᵀ.
+pub(crate) fn lora_a_times(t: &LoraTarget, x: &[f32], n_tok: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n_tok * t.r];
+    let work = |(tok, o): (usize, &mut [f32])| {
+        let xr = &x[tok * t.n_in..][..t.n_in];
+        for (k, v) in o.iter_mut().enumerate() {
+            *v = ops::dot(&t.a[k * t.n_in..][..t.n_in], xr);
+        }
+    };
+    if n_tok > 4 {
+        out.par_chunks_mut(t.r).enumerate().for_each(work);
+    } else {
+        out.chunks_mut(t.r).enumerate().for_each(work);
+    }
+    out
+}
+
+/// The precomputed pieces of one entry for the fused epilogue.
+pub(crate) struct Prepared<'p> {
+    pub b: &'p [f32],
+    pub r: usize,
+    pub ax: Vec<f32>,
+    pub scale: f32,
+    pub dora: Option<&'p [f32]>,
+}
+
+pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &[f32], n_tok: usize) -> Vec<Prepared<'p>> {
+    entries
+        .iter()
+        .map(|e| {
+            let t = e.target();
+            Prepared { b: &t.b, r: t.r, ax: lora_a_times(t, x, n_tok), scale: e.scale, dora: e.dora.as_deref().map(|v| v.as_slice()) }
+        })
+        .collect()
+}
+
+/// The epilogue value for token `tok`, output row `o`, base value `v` (`W·x`, no bias).
+#[inline]
+pub(crate) fn epilogue(prepared: &[Prepared<'_>], tok: usize, o: usize, v: f32) -> f32 {
+    let mut y = v;
+    let mut dora = None;
+    for p in prepared {
+        let b = &p.b[o * p.r..][..p.r];
+        let ax = &p.ax[tok * p.r..][..p.r];
+        let mut d = 0f32;
+        for k in 0..p.r {
+            d += b[k] * ax[k];
+        }
+        y += p.scale * d;
+        if let Some(f) = p.dora {
+            dora = Some(f[o]);
+        }
+    }
+    match dora {
+        Some(f) => f * y,
+        None => y,
+    }
+}
