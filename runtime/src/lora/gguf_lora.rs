@@ -95,7 +95,11 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
         Some(_) => {
             let a = md.get_f64("adapter.lora.alpha").map_err(gguf_err)? as f32;
             if !a.is_finite() {
-                return Err(LoraError::Config { path: path.to_path_buf(), field: "adapter.lora.alpha".into(), message: format!("{a} is not finite") });
+                return Err(LoraError::Config {
+                    path: path.to_path_buf(),
+                    field: "adapter.lora.alpha".into(),
+                    message: format!("{a} is not finite"),
+                });
             }
             Some(a)
         }
@@ -139,8 +143,12 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
     for (base, (a, b)) in &pairs {
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (*a, *b),
-            (Some(a), None) => return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: a.name.clone(), missing: format!("{base}.lora_b") }),
-            (None, Some(b)) => return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: b.name.clone(), missing: format!("{base}.lora_a") }),
+            (Some(a), None) => {
+                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: a.name.clone(), missing: format!("{base}.lora_b") });
+            }
+            (None, Some(b)) => {
+                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: b.name.clone(), missing: format!("{base}.lora_a") });
+            }
             (None, None) => unreachable!("a pair has a tensor"),
         };
         let embd = *base == "token_embd.weight";

@@ -66,10 +66,10 @@ fn default_name(path: &Path, is_dir: bool) -> String {
         if let Some(n) = std::path::absolute(path).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) {
             return n;
         }
-    } else if matches!(file_name.as_deref(), Some("adapter_model.safetensors" | "adapter_config.json")) {
-        if let Some(n) = folder_of(path) {
-            return n;
-        }
+    } else if matches!(file_name.as_deref(), Some("adapter_model.safetensors" | "adapter_config.json"))
+        && let Some(n) = folder_of(path)
+    {
+        return n;
     }
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into())
 }
@@ -168,10 +168,10 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
         // Shapes of A (is_a), B or the magnitude as the file writes them.
         let show = |s: &[usize], is_a: bool| -> Vec<usize> {
             let mut v = s.to_vec();
-            if let Layout::Ggml { a_transposed } = p.layout {
-                if !(is_a && a_transposed) {
-                    v.reverse();
-                }
+            if let Layout::Ggml { a_transposed } = p.layout
+                && !(is_a && a_transposed)
+            {
+                v.reverse();
             }
             v
         };
@@ -202,7 +202,9 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
             (Layout::RowMajor, false) => ("lora_A is [r, n_in]", "lora_B is [n_out, r]"),
             (Layout::RowMajor, true) => ("lora_embedding_A is [r, n_vocab]", "lora_embedding_B is [n_embd, r]"),
             (Layout::Ggml { a_transposed: false }, _) => ("lora_a is [n_in, r] in ggml order", "lora_b is [r, n_out] in ggml order"),
-            (Layout::Ggml { a_transposed: true }, _) => ("token_embd's lora_a is [r, n_vocab] in ggml order", "lora_b is [r, n_embd] in ggml order"),
+            (Layout::Ggml { a_transposed: true }, _) => {
+                ("token_embd's lora_a is [r, n_vocab] in ggml order", "lora_b is [r, n_embd] in ggml order")
+            }
         };
         if p.a.len() != 2 || p.a[0] == 0 || p.a[1] != n_in {
             let r = if p.a.len() == 2 && p.a[0] > 0 { p.a[0] } else { p.b.last().copied().unwrap_or(0).max(1) };
@@ -214,11 +216,10 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
             misfits.push(mismatch(&p.b_name, vec![n_out, r], &p.b, false, format!("{b_rule}, with the rank {r} of its A; {what}")));
             continue;
         }
-        if let Some((m_name, m)) = &p.magnitude {
-            if m.as_slice() != [n_out] {
-                misfits.push(mismatch(m_name, vec![n_out], m, false, format!("the DoRA magnitude is [n_out]; {what}")));
-                continue;
-            }
+        if let Some((m_name, m)) = &p.magnitude
+            && m.as_slice() != [n_out]
+        {
+            misfits.push(mismatch(m_name, vec![n_out], m, false, format!("the DoRA magnitude is [n_out]; {what}")));
         }
     }
     if misfits.is_empty() {
@@ -226,6 +227,8 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
     }
     if misfits.len() == pairs.len() && pairs.len() > 1 {
         let c = &model.config;
+        let first = misfits.swap_remove(0).to_string();
+        let first = first.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&first);
         return Err(LoraError::WrongBaseModel {
             path: path.to_path_buf(),
             message: format!(
@@ -235,7 +238,7 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
                 c.n_layer,
                 c.n_embd,
                 c.n_ff,
-                misfits.swap_remove(0)
+                first
             ),
         });
     }

@@ -111,7 +111,7 @@ pub fn peft_modules(n_layer: usize) -> Vec<String> {
 /// `None` when `n_rows` is not a multiple of `2·n_head` or the sizes do not match `data`.
 pub fn permute_rows(data: &[f32], n_rows: usize, n_cols: usize, n_head: usize) -> Option<Vec<f32>> {
     let group = n_head.checked_mul(2)?;
-    if group == 0 || n_rows % group != 0 || n_rows.checked_mul(n_cols)? != data.len() {
+    if group == 0 || !n_rows.is_multiple_of(group) || n_rows.checked_mul(n_cols)? != data.len() {
         return None;
     }
     let half = n_rows / group;
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn names() {
-                let lin = |t: &str| Some(ModuleTarget::Linear { tensor: t.into(), layer: Some(1), permute_heads: None });
+        let lin = |t: &str| Some(ModuleTarget::Linear { tensor: t.into(), layer: Some(1), permute_heads: None });
         assert_eq!(map(Arch::Qwen2, "model.layers.1.self_attn.o_proj"), lin("blk.1.attn_output.weight"));
         assert_eq!(map(Arch::Qwen2, "model.layers.1.mlp.gate_proj"), lin("blk.1.ffn_gate.weight"));
         assert_eq!(map(Arch::Qwen2, "model.embed_tokens"), Some(ModuleTarget::Embedding));
@@ -145,16 +145,14 @@ mod tests {
             map(Arch::Qwen2, "lm_head"),
             Some(ModuleTarget::Linear { tensor: "output.weight".into(), layer: None, permute_heads: None })
         );
-        for bad in ["model.layers.01.mlp.up_proj", "model.layers.x.mlp.up_proj", "model.norm", "model.layers.1.mlp", "layers.1.mlp.up_proj"] {
+        for bad in ["model.layers.01.mlp.up_proj", "model.layers.x.mlp.up_proj", "model.norm", "model.layers.1.mlp", "layers.1.mlp.up_proj"]
+        {
             assert_eq!(map(Arch::Qwen2, bad), None, "{bad}");
         }
         // gemma3's multimodal nesting, only for gemma3.
-        assert_eq!(
-            map(Arch::Gemma3, "model.language_model.layers.1.mlp.up_proj"),
-            lin("blk.1.ffn_up.weight")
-        );
+        assert_eq!(map(Arch::Gemma3, "model.language_model.layers.1.mlp.up_proj"), lin("blk.1.ffn_up.weight"));
         assert_eq!(map(Arch::Qwen2, "model.language_model.layers.1.mlp.up_proj"), None);
-                assert_eq!(
+        assert_eq!(
             map(Arch::Llama, "model.layers.0.self_attn.k_proj"),
             Some(ModuleTarget::Linear { tensor: "blk.0.attn_k.weight".into(), layer: Some(0), permute_heads: Some(2) })
         );

@@ -132,7 +132,10 @@ impl Json {
             Json::Array(a) => format!("[{}]", a.iter().map(Json::show).collect::<Vec<_>>().join(", ")),
             Json::Object(o) => format!(
                 "{{{}}}",
-                o.iter().map(|(k, v)| format!("{}: {}", serde_json::to_string(k).unwrap_or_default(), v.show())).collect::<Vec<_>>().join(", ")
+                o.iter()
+                    .map(|(k, v)| format!("{}: {}", serde_json::to_string(k).unwrap_or_default(), v.show()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         if s.chars().count() > 120 { format!("{}…", s.chars().take(120).collect::<String>()) } else { s }
@@ -276,7 +279,8 @@ impl PeftConfig {
     /// [`LoraError::Unsupported`] for a setting lora-run refuses (see the module docs).
     pub fn from_json(path: &Path, text: &str) -> Result<PeftConfig, LoraError> {
         let config_err = |field: &str, message: String| LoraError::Config { path: path.to_path_buf(), field: field.to_string(), message };
-        let unsupported = |field: &str, message: String| LoraError::Unsupported { path: path.to_path_buf(), field: field.to_string(), message };
+        let unsupported =
+            |field: &str, message: String| LoraError::Unsupported { path: path.to_path_buf(), field: field.to_string(), message };
         let json: Json = serde_json::from_str(text).map_err(|e| config_err("adapter_config.json", format!("not valid JSON: {e}")))?;
         let Json::Object(fields) = json else {
             return Err(config_err("adapter_config.json", format!("expected a JSON object, found {}", json.show())));
@@ -296,10 +300,13 @@ impl PeftConfig {
                     Json::Null => {}
                     _ => return Err(unsupported(k, format!("{} (only LORA adapters are loaded)", v.show()))),
                 },
-                "r" => c.r = Some(positive_int(v).ok_or_else(|| config_err(k, format!("expected a positive integer, found {}", v.show())))?),
+                "r" => {
+                    c.r = Some(positive_int(v).ok_or_else(|| config_err(k, format!("expected a positive integer, found {}", v.show())))?)
+                }
                 "lora_alpha" => {
                     if *v != Json::Null {
-                        c.lora_alpha = Some(finite_f32(v).ok_or_else(|| config_err(k, format!("expected a finite number, found {}", v.show())))?);
+                        c.lora_alpha =
+                            Some(finite_f32(v).ok_or_else(|| config_err(k, format!("expected a finite number, found {}", v.show())))?);
                     }
                 }
                 "use_rslora" => c.use_rslora = bool_of(v)?,
@@ -317,9 +324,13 @@ impl PeftConfig {
                     c.layers_to_transform = match v {
                         Json::Null => None,
                         Json::Array(a) => Some(LayerIndexes::List(
-                            a.iter().map(|x| x.as_i64().ok_or_else(|| config_err(k, format!("expected integers, found {}", x.show())))).collect::<Result<_, _>>()?,
+                            a.iter()
+                                .map(|x| x.as_i64().ok_or_else(|| config_err(k, format!("expected integers, found {}", x.show()))))
+                                .collect::<Result<_, _>>()?,
                         )),
-                        _ => Some(LayerIndexes::One(v.as_i64().ok_or_else(|| config_err(k, format!("expected an integer or a list, found {}", v.show())))?)),
+                        _ => Some(LayerIndexes::One(
+                            v.as_i64().ok_or_else(|| config_err(k, format!("expected an integer or a list, found {}", v.show())))?,
+                        )),
                     }
                 }
                 "layers_pattern" => {
@@ -340,7 +351,7 @@ impl PeftConfig {
                     }
                 }
                 "rank_pattern" => {
-                    c.rank_pattern = patterns(path, k, v, |x| positive_int(x))?;
+                    c.rank_pattern = patterns(path, k, v, positive_int)?;
                 }
                 "alpha_pattern" => {
                     c.alpha_pattern = patterns(path, k, v, finite_f32)?;
@@ -477,10 +488,10 @@ impl PeftConfig {
     /// `model.layers.0.self_attn.q_proj`): `Ok(None)` when the config targets it, else
     /// `Ok(Some(why not))`. Without `target_modules` every module is targeted.
     pub fn check_targeted(&self, module: &str) -> Result<Option<String>, String> {
-        if let Some(ex) = &self.exclude_modules {
-            if ex.matches(module)? {
-                return Ok(Some(format!("exclude_modules {} matches it", ex.describe())));
-            }
+        if let Some(ex) = &self.exclude_modules
+            && ex.matches(module)?
+        {
+            return Ok(Some(format!("exclude_modules {} matches it", ex.describe())));
         }
         let Some(t) = &self.target_modules else { return Ok(None) };
         match t {
@@ -666,9 +677,9 @@ enum KeyError {
 fn parse_key(key: &str) -> Result<Key, KeyError> {
     let name = key.strip_prefix("base_model.model.").unwrap_or(key);
     let parts: Vec<&str> = name.split('.').collect();
-    let pos = parts.iter().position(|p| {
-        matches!(*p, "lora_A" | "lora_B" | "lora_magnitude_vector" | "lora_embedding_A" | "lora_embedding_B" | "base_layer")
-    });
+    let pos = parts
+        .iter()
+        .position(|p| matches!(*p, "lora_A" | "lora_B" | "lora_magnitude_vector" | "lora_embedding_A" | "lora_embedding_B" | "base_layer"));
     let Some(pos) = pos.filter(|&p| p > 0) else {
         // No LoRA component: only a whole embedding is understood.
         if let Some(module) = name.strip_suffix(".weight").filter(|m| m.ends_with("embed_tokens")) {
@@ -737,7 +748,7 @@ pub fn load_dir(dir: &Path, model: &Model, opts: &AdapterOptions) -> Result<Lora
         return Err(LoraError::NotFound { path: weights, message: "a PEFT folder holds adapter_model.safetensors".into() });
     }
     let config = dir.join("adapter_config.json");
-    load_safetensors(&weights, config.is_file().then_some(config.as_path()), &[config.clone()], model, opts)
+    load_safetensors(&weights, config.is_file().then_some(config.as_path()), std::slice::from_ref(&config), model, opts)
 }
 
 /// Load a bare `.safetensors` file of PEFT tensors: configured by `<stem>.json`, else
@@ -753,7 +764,9 @@ pub fn load_file(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<Lo
 /// Read a config file and parse it.
 fn read_config(path: &Path) -> Result<PeftConfig, LoraError> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => LoraError::Config { path: path.to_path_buf(), field: "adapter_config.json".into(), message: "not UTF-8".into() },
+        std::io::ErrorKind::InvalidData => {
+            LoraError::Config { path: path.to_path_buf(), field: "adapter_config.json".into(), message: "not UTF-8".into() }
+        }
         _ => io_error(path, &e),
     })?;
     PeftConfig::from_json(path, &text)
@@ -804,10 +817,11 @@ pub fn load_safetensors(
         }
     }
     // lora_alpha: config, else metadata (a JSON config may omit it), else the option.
-    if cfg.lora_alpha.is_none() && config.is_some() {
-        if let Some(md) = PeftConfig::from_metadata(path, &metadata)? {
-            cfg.lora_alpha = md.lora_alpha;
-        }
+    if cfg.lora_alpha.is_none()
+        && config.is_some()
+        && let Some(md) = PeftConfig::from_metadata(path, &metadata)?
+    {
+        cfg.lora_alpha = md.lora_alpha;
     }
     let alpha = match (cfg.lora_alpha, opts.lora_alpha) {
         (Some(a), Some(o)) if a != o => {
@@ -841,7 +855,11 @@ pub fn load_safetensors(
                 return Err(LoraError::UnknownTensor { path: path.to_path_buf(), tensor: name.to_string(), message });
             }
             Err(KeyError::Unsupported(field, message)) => {
-                return Err(LoraError::Unsupported { path: path.to_path_buf(), field: field.to_string(), message: format!("tensor `{name}`: {message}") });
+                return Err(LoraError::Unsupported {
+                    path: path.to_path_buf(),
+                    field: field.to_string(),
+                    message: format!("tensor `{name}`: {message}"),
+                });
             }
         };
         if let Some(a) = &key.adapter {
@@ -852,7 +870,10 @@ pub fn load_safetensors(
                 return Err(LoraError::Unsupported {
                     path: path.to_path_buf(),
                     field: "adapter name".into(),
-                    message: format!("tensor `{name}`: the file holds several adapters ({}); save them separately", adapter_names.join(", ")),
+                    message: format!(
+                        "tensor `{name}`: the file holds several adapters ({}); save them separately",
+                        adapter_names.join(", ")
+                    ),
                 });
             }
         }
@@ -872,11 +893,11 @@ pub fn load_safetensors(
             replacement = Some((name.to_string(), view));
             continue;
         }
-        let fits_kind = match (&target, key.slot) {
-            (Some(ModuleTarget::Embedding), Slot::EmbA | Slot::EmbB | Slot::Magnitude) => true,
-            (Some(ModuleTarget::Linear { .. }), Slot::A | Slot::B | Slot::Magnitude) => true,
-            _ => false,
-        };
+        let fits_kind = matches!(
+            (&target, key.slot),
+            (Some(ModuleTarget::Embedding), Slot::EmbA | Slot::EmbB | Slot::Magnitude)
+                | (Some(ModuleTarget::Linear { .. }), Slot::A | Slot::B | Slot::Magnitude)
+        );
         if !fits_kind {
             let message = match target {
                 None => format!(
@@ -885,13 +906,20 @@ pub fn load_safetensors(
                     key.module,
                     arch.name()
                 ),
-                Some(ModuleTarget::Embedding) => format!("`{}` is an embedding: its LoRA tensors are lora_embedding_A / lora_embedding_B", key.module),
+                Some(ModuleTarget::Embedding) => {
+                    format!("`{}` is an embedding: its LoRA tensors are lora_embedding_A / lora_embedding_B", key.module)
+                }
                 Some(ModuleTarget::Linear { .. }) => format!("`{}` is a linear layer: its LoRA tensors are lora_A / lora_B", key.module),
             };
             return Err(LoraError::UnknownTensor { path: path.to_path_buf(), tensor: name.to_string(), message });
         }
         if let Some(why) = cfg.check_targeted(&key.module).map_err(&cfg_err)? {
-            return Err(LoraError::NotTargeted { path: path.to_path_buf(), tensor: name.to_string(), module: key.module.clone(), message: why });
+            return Err(LoraError::NotTargeted {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                module: key.module.clone(),
+                message: why,
+            });
         }
         if key.module.starts_with("language_model.") || key.module.starts_with("model.language_model.") {
             canonical_names = false;
@@ -942,11 +970,19 @@ pub fn load_safetensors(
         let m = g.slots.get(&Slot::Magnitude);
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
-            (Some((an, _)), None) => return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: an.clone(), missing: partner(an, sa) }),
-            (None, Some((bn, _))) => return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: bn.clone(), missing: partner(bn, sb) }),
+            (Some((an, _)), None) => {
+                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: an.clone(), missing: partner(an, sa) });
+            }
+            (None, Some((bn, _))) => {
+                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: bn.clone(), missing: partner(bn, sb) });
+            }
             (None, None) => {
                 let (mn, _) = m.expect("a group has a tensor");
-                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: mn.clone(), missing: format!("{module}.lora_A.weight") });
+                return Err(LoraError::Unpaired {
+                    path: path.to_path_buf(),
+                    tensor: mn.clone(),
+                    missing: format!("{module}.lora_A.weight"),
+                });
             }
         };
         if target == ModuleTarget::Embedding {
@@ -958,7 +994,11 @@ pub fn load_safetensors(
                 });
             }
         } else if use_dora && m.is_none() {
-            return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: a.0.clone(), missing: format!("{module}.lora_magnitude_vector (use_dora)") });
+            return Err(LoraError::Unpaired {
+                path: path.to_path_buf(),
+                tensor: a.0.clone(),
+                missing: format!("{module}.lora_magnitude_vector (use_dora)"),
+            });
         }
         let weight = match &target {
             ModuleTarget::Linear { tensor, .. } => tensor.clone(),
@@ -975,28 +1015,33 @@ pub fn load_safetensors(
         });
         plan.push((module.as_str(), target));
     }
-    let hint = cfg.base_model_name_or_path.as_ref().map(|b| format!("; the adapter's base_model_name_or_path is {b:?}")).unwrap_or_default();
+    let hint =
+        cfg.base_model_name_or_path.as_ref().map(|b| format!("; the adapter's base_model_name_or_path is {b:?}")).unwrap_or_default();
     check_shapes(path, model, &shapes, &hint)?;
 
     // The rank the config gives each module must be the tensors'.
     for (s, (module, _)) in shapes.iter().zip(&plan) {
-        if let Some((expected, field)) = cfg.rank_for(module).map_err(&cfg_err)? {
-            if expected != s.r() {
-                return Err(LoraError::RankMismatch { path: path.to_path_buf(), tensor: s.a_name.clone(), field, expected, got: s.r() });
-            }
+        if let Some((expected, field)) = cfg.rank_for(module).map_err(&cfg_err)?
+            && expected != s.r()
+        {
+            return Err(LoraError::RankMismatch { path: path.to_path_buf(), tensor: s.a_name.clone(), field, expected, got: s.r() });
         }
     }
 
     // ensure_weight_tying ties an embedding / lm_head LoRA to both ends of a tied model.
     let tied = head_is_tied(model);
-    if cfg.ensure_weight_tying && tied {
-        if let Some((module, _)) = plan.iter().find(|(_, t)| matches!(t, ModuleTarget::Embedding) || matches!(t, ModuleTarget::Linear { layer: None, .. })) {
-            return Err(LoraError::Unsupported {
-                path: cfg_path.clone(),
-                field: "ensure_weight_tying".into(),
-                message: format!("true with a LoRA on `{module}` of a tied-embedding model: sharing it between embedding and head is not implemented"),
-            });
-        }
+    if cfg.ensure_weight_tying
+        && tied
+        && let Some((module, _)) =
+            plan.iter().find(|(_, t)| matches!(t, ModuleTarget::Embedding | ModuleTarget::Linear { layer: None, .. }))
+    {
+        return Err(LoraError::Unsupported {
+            path: cfg_path.clone(),
+            field: "ensure_weight_tying".into(),
+            message: format!(
+                "true with a LoRA on `{module}` of a tied-embedding model: sharing it between embedding and head is not implemented"
+            ),
+        });
     }
 
     // Read the data: f32 (from f32, f16, bf16 or f64), finite.
@@ -1050,16 +1095,6 @@ pub fn load_safetensors(
     let embedding_replacement = match replacement {
         None => None,
         Some((name, view)) => {
-            let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
-            if view.shape() != [n_vocab, n_embd] {
-                return Err(LoraError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    tensor: name,
-                    expected: vec![n_vocab, n_embd],
-                    got: view.shape().to_vec(),
-                    message: "a replacement embedding is [n_vocab, n_embd] (added tokens are not supported)".into(),
-                });
-            }
             if tied {
                 return Err(LoraError::Unsupported {
                     path: path.to_path_buf(),
@@ -1068,6 +1103,16 @@ pub fn load_safetensors(
                         "tensor `{name}`: the model's output head is tied to its embedding, so PEFT's replacement \
                          embedding replaces the head too, which is not implemented"
                     ),
+                });
+            }
+            let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
+            if view.shape() != [n_vocab, n_embd] {
+                return Err(LoraError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    tensor: name,
+                    expected: vec![n_vocab, n_embd],
+                    got: view.shape().to_vec(),
+                    message: "a replacement embedding is [n_vocab, n_embd] (added tokens are not supported)".into(),
                 });
             }
             warnings.push(format!("`{name}`: the adapter replaces the input embedding while active"));
@@ -1114,12 +1159,20 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
         Dtype::F16 | Dtype::BF16 => 2,
         Dtype::F64 => 8,
         other => {
-            return Err(LoraError::UnsupportedDtype { path: path.to_path_buf(), tensor: name.to_string(), dtype: format!("{other:?}"), supported: "F32, F16, BF16, F64" });
+            return Err(LoraError::UnsupportedDtype {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                dtype: format!("{other:?}"),
+                supported: "F32, F16, BF16, F64",
+            });
         }
     };
     // The safetensors crate checked this; a mismatch here is still an error, never a panic.
     if n.and_then(|n| n.checked_mul(size)) != Some(data.len()) {
-        return Err(LoraError::Safetensors { path: path.to_path_buf(), message: format!("tensor `{name}`: data size does not match its shape") });
+        return Err(LoraError::Safetensors {
+            path: path.to_path_buf(),
+            message: format!("tensor `{name}`: data size does not match its shape"),
+        });
     }
     Ok(match view.dtype() {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
@@ -1182,9 +1235,10 @@ mod tests {
 
     #[test]
     fn patterns_first_match_in_file_order() {
-        let c = cfg(r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"layers.1.self_attn.q_proj": 4, "q_proj": 2, "model.layers.1.mlp.*": 6},
+        let c =
+            cfg(r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"layers.1.self_attn.q_proj": 4, "q_proj": 2, "model.layers.1.mlp.*": 6},
                         "alpha_pattern": {"v_proj": 3}}"#)
-        .unwrap();
+            .unwrap();
         let rank = |m: &str| c.rank_for(m).unwrap().unwrap();
         assert_eq!(rank("model.layers.1.self_attn.q_proj"), (4, "rank_pattern.layers.1.self_attn.q_proj".into()));
         assert_eq!(rank("model.layers.11.self_attn.q_proj"), (2, "rank_pattern.q_proj".into()));
@@ -1232,9 +1286,10 @@ mod tests {
             }
         }
         // Accepted: the "off" values, and fan_in_fan_out with a note.
-        let c = cfg(r#"{"modules_to_save": null, "bias": "none", "use_bdlora": null, "fan_in_fan_out": true, "init_lora_weights": "gaussian",
+        let c =
+            cfg(r#"{"modules_to_save": null, "bias": "none", "use_bdlora": null, "fan_in_fan_out": true, "init_lora_weights": "gaussian",
                         "loftq_config": {}, "megatron_core": "megatron.core", "layer_replication": null}"#)
-        .unwrap();
+            .unwrap();
         assert_eq!(c.warnings.len(), 1);
     }
 
