@@ -293,6 +293,15 @@ fn unmodified_copy_loads() {
     assert_eq!(a.targets.len(), 28);
     let named = load_adapter(&path, tinyllama(), &AdapterOptions { name: Some("mine".into()), lora_alpha: None }).unwrap();
     assert_eq!(named.name, "mine");
+    // The files inside the folder name the same adapter.
+    for inner in ["adapter_config.json", "adapter_model.safetensors"] {
+        let a = load(&path.join(inner), tinyllama());
+        assert_eq!((a.name.as_str(), a.targets.len()), ("tiny-bad", 28), "{inner}");
+    }
+    // No tensors at all.
+    let (e, msg) = tiny_err(|t| t.map.clear(), |_| {});
+    assert!(matches!(e, LoraError::Empty { .. }), "{e:?}");
+    assert_names(&msg, &["adapter_model.safetensors"]);
 }
 
 #[test]
@@ -868,4 +877,50 @@ fn gguf_synthesized_bad_cases() {
     let e = load_err(&path, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::UnknownTensor { .. }), "{e:?}");
     assert!(e.to_string().contains("blk.0.attn_norm.weight"), "{e}");
+}
+
+/// Mutated files give errors or adapters, never panics: digits of the safetensors header
+/// (shapes, offsets), and bytes of the GGUF header and tensor infos.
+#[test]
+fn mutations_never_panic() {
+    let model = tinyllama();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let st = std::fs::read(adapter_path("tinyllama-a-lora").join("adapter_model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let digits: Vec<usize> = (8..8 + header_len).filter(|&i| st[i].is_ascii_digit()).collect();
+    let folder = dir.path().join("mut");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(adapter_path("tinyllama-a-lora").join("adapter_config.json"), folder.join("adapter_config.json")).unwrap();
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..300 {
+        let mut bytes = st.clone();
+        for _ in 0..1 + next(3) {
+            let i = digits[next(digits.len())];
+            bytes[i] = b'0' + next(10) as u8;
+        }
+        std::fs::write(folder.join("adapter_model.safetensors"), &bytes).unwrap();
+        match load_adapter(&folder, model, &AdapterOptions::default()) {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    assert!(err > 0, "some mutations must be caught ({ok} loaded)");
+    let gguf = std::fs::read(adapter_path("tinyllama-a-lora.gguf")).unwrap();
+    let path = dir.path().join("mut.gguf");
+    for _ in 0..300 {
+        let mut bytes = gguf.clone();
+        for _ in 0..1 + next(4) {
+            let i = next(4096);
+            bytes[i] = next(256) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = load_adapter(&path, model, &AdapterOptions::default());
+    }
 }

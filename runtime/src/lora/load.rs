@@ -24,7 +24,7 @@ use crate::model::Model;
 ///
 /// Errors: [`LoraError::NotFound`] / [`LoraError::Io`] for an unreadable path,
 /// [`LoraError::UnknownFormat`] for a file that is none of the three, then every error of
-/// [`super::peft::load`] and [`super::gguf_lora::load`]: each names the file and the tensor
+/// [`super::peft::load_safetensors`] and [`super::gguf_lora::load`]: each names the file and the tensor
 /// or config field at fault. Never panics on malformed input.
 pub fn load_adapter(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAdapter, LoraError> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
