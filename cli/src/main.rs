@@ -582,9 +582,40 @@ fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) 
 }
 
 fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
+    let is_gguf = std::fs::File::open(file).ok().and_then(|mut f| {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        f.read_exact(&mut magic).ok().map(|_| &magic == b"GGUF")
+    });
+    if file.is_dir() || (is_gguf == Some(false) && file.extension().is_some_and(|e| e == "safetensors")) {
+        let v = runtime::inspect::inspect_peft(file)?;
+        let text = if json { serde_json::to_string_pretty(&v)? + "\n" } else { format_peft(&v) };
+        return write_stdout(&text);
+    }
     let ins = Inspection::of_path(file)?;
     let text = if json { serde_json::to_string_pretty(&ins)? + "\n" } else { format_inspection(&ins) };
     write_stdout(&text)
+}
+
+/// Human-readable form of a PEFT adapter inspection.
+fn format_peft(v: &serde_json::Value) -> String {
+    let mut s = format!("{}\n  PEFT adapter, {} tensors, {} parameters\n", v["path"].as_str().unwrap_or(""), v["tensor_count"], v["parameter_count"]);
+    match v["config"]["values"].as_object() {
+        Some(c) => {
+            s.push_str(&format!("config ({}):\n", v["config"]["file"].as_str().unwrap_or("")));
+            for (k, val) in c {
+                if !val.is_null() && val != &serde_json::json!(false) && val != &serde_json::json!({}) && val != &serde_json::json!([]) {
+                    s.push_str(&format!("  {k} = {val}\n"));
+                }
+            }
+        }
+        None => s.push_str("no adapter_config.json (pass --lora-alpha when loading)\n"),
+    }
+    s.push_str("tensors:\n");
+    for t in v["tensors"].as_array().into_iter().flatten() {
+        s.push_str(&format!("  {}  {}  {}\n", t["name"].as_str().unwrap_or(""), t["type"].as_str().unwrap_or(""), t["shape"]));
+    }
+    s
 }
 
 /// Write to stdout; a closed pipe (`lora-run inspect M | head`) is not an error.

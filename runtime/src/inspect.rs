@@ -196,3 +196,51 @@ impl Inspection {
         }
     }
 }
+
+/// Summary of a PEFT adapter (a folder with `adapter_model.safetensors`, or a `.safetensors`
+/// file): its `adapter_config.json` (or `NAME.json` beside the file) as written, and every
+/// tensor with its dtype and shape. Nothing is validated against a model here.
+///
+/// Errors: [`crate::lora::LoraError::Io`] naming the file that cannot be read or parsed.
+pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
+    use crate::lora::LoraError;
+    let io = |p: &Path, m: String| LoraError::Io { path: p.to_path_buf(), message: m };
+    let (weights, configs) = if path.is_dir() {
+        (path.join("adapter_model.safetensors"), vec![path.join("adapter_config.json")])
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        (path.to_path_buf(), vec![dir.join(format!("{stem}.json")), dir.join("adapter_config.json")])
+    };
+    let bytes = std::fs::read(&weights).map_err(|e| io(&weights, e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&weights, format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&weights, e.to_string()))?;
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut params = 0u64;
+    let tensors: Vec<Value> = names
+        .iter()
+        .filter_map(|n| st.tensor(n).ok().map(|t| (n, t)))
+        .map(|(n, t)| {
+            params += t.shape().iter().product::<usize>() as u64;
+            json!({"name": n, "type": format!("{:?}", t.dtype()), "shape": t.shape()})
+        })
+        .collect();
+    let config = match configs.iter().find(|c| c.is_file()) {
+        Some(c) => {
+            let text = std::fs::read_to_string(c).map_err(|e| io(c, e.to_string()))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| io(c, format!("invalid JSON: {e}")))?;
+            json!({"file": c.display().to_string(), "values": v})
+        }
+        None => Value::Null,
+    };
+    Ok(json!({
+        "path": path.display().to_string(),
+        "format": "peft",
+        "config": config,
+        "metadata": meta.metadata(),
+        "tensor_count": tensors.len(),
+        "parameter_count": params,
+        "tensors": tensors,
+    }))
+}
