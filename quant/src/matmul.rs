@@ -69,10 +69,10 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
     matmul_epilogue_at(level, w, x, n_tok, y, None)
 }
 
-/// A function applied to each output element as it is computed, in the same parallel pass:
-/// `(token, output_row, W·x value) -> stored value`. Lets callers fuse a cheap per-row term
-/// (a LoRA delta, a bias) without a second pass over the output.
-pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, f32) -> f32 + Sync);
+/// A function applied to runs of output values as they are computed, in the same parallel
+/// pass: `(token, first output row, values of rows first.. for that token)`, modified in
+/// place. Lets callers fuse a cheap per-row term (a LoRA delta) without a second pass.
+pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
 /// [`matmul`] with an [`Epilogue`].
 pub fn matmul_epilogue(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Epilogue<'_>) -> Result<(), QuantError> {
@@ -126,16 +126,15 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
     let a_per_row = n_in / <B::Act as Block>::QK;
     let act = quantize_activations::<B::Act>(x, n_in);
     let dot = |o: usize, t: usize| -> f32 {
-        let v = B::vec_dot(level, &wb[o * w_per_row..][..w_per_row], &act[t * a_per_row..][..a_per_row]);
-        match epilogue {
-            Some(f) => f(t, o, v),
-            None => v,
-        }
+        B::vec_dot(level, &wb[o * w_per_row..][..w_per_row], &act[t * a_per_row..][..a_per_row])
     };
     if n_tok == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
             for (i, yo) in ys.iter_mut().enumerate() {
                 *yo = dot(c * ROWS_PER_TASK + i, 0);
+            }
+            if let Some(f) = epilogue {
+                f(0, c * ROWS_PER_TASK, ys);
             }
         });
         return;
@@ -155,6 +154,13 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
         for t in 0..n_tok {
             y[t * n_out + o] = tmp[o * n_tok + t];
         }
+    }
+    if let Some(f) = epilogue {
+        y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
+            for (c, ys) in row.chunks_mut(ROWS_PER_TASK).enumerate() {
+                f(t, c * ROWS_PER_TASK, ys);
+            }
+        });
     }
 }
 
@@ -180,10 +186,10 @@ pub fn matmul_dequantized(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32
         crate::row::dequantize_row(w.ty, &w.data[o * rb..][..rb], &mut wf)?;
         for (t, v) in row.iter_mut().enumerate() {
             let s: f64 = wf.iter().zip(&x[t * n_in..][..n_in]).map(|(a, b)| *a as f64 * *b as f64).sum();
-            *v = match epilogue {
-                Some(f) => f(t, o, s as f32),
-                None => s as f32,
-            };
+            *v = s as f32;
+            if let Some(f) = epilogue {
+                f(t, o, std::slice::from_mut(v));
+            }
         }
         Ok(())
     })?;

@@ -54,8 +54,18 @@ impl SimdLevel {
             .collect()
     }
 
-    /// Whether this CPU can run kernels of this level.
+    /// Whether this CPU can run kernels of this level (detected once, then a table lookup:
+    /// kernels check it on every call).
+    #[inline]
     pub fn is_available(self) -> bool {
+        static AVAILABLE: OnceLock<[bool; 4]> = OnceLock::new();
+        let t = AVAILABLE.get_or_init(|| {
+            [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon].map(|l| l.detect_available())
+        });
+        t[self as usize]
+    }
+
+    fn detect_available(self) -> bool {
         match self {
             SimdLevel::Scalar => true,
             #[cfg(target_arch = "x86_64")]
@@ -66,7 +76,7 @@ impl SimdLevel {
             }
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => {
-                SimdLevel::Avx2.is_available()
+                SimdLevel::Avx2.detect_available()
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")

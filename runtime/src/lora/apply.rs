@@ -26,12 +26,28 @@ pub struct AdapterHandle {
     pub adapter: Arc<LoraAdapter>,
     /// DoRA row factors per scale, computed on first use.
     pub(crate) dora_cache: Arc<Mutex<HashMap<u32, Arc<Vec<Vec<f32>>>>>>,
+    /// Each target's B transposed (`[r, n_out]`), so the fused epilogue is `r` contiguous
+    /// axpy passes over the output rows (vectorizes), not one tiny dot per row.
+    pub(crate) b_t: Arc<Vec<Vec<f32>>>,
 }
 
 impl AdapterHandle {
     /// Wrap a loaded adapter.
     pub fn new(name: String, version: u64, adapter: LoraAdapter) -> AdapterHandle {
-        AdapterHandle { name, version, adapter: Arc::new(adapter), dora_cache: Default::default() }
+        let b_t = adapter
+            .targets
+            .iter()
+            .map(|t| {
+                let mut bt = vec![0f32; t.b.len()];
+                for o in 0..t.n_out {
+                    for k in 0..t.r {
+                        bt[k * t.n_out + o] = t.b[o * t.r + k];
+                    }
+                }
+                bt
+            })
+            .collect();
+        AdapterHandle { name, version, adapter: Arc::new(adapter), dora_cache: Default::default(), b_t: Arc::new(b_t) }
     }
 }
 
@@ -40,6 +56,8 @@ impl AdapterHandle {
 pub(crate) struct PlanEntry {
     adapter: Arc<LoraAdapter>,
     target: usize,
+    /// All transposed Bs of the adapter (index `target`).
+    b_t: Arc<Vec<Vec<f32>>>,
     /// Total scale: generation scale × the target's own scale.
     scale: f32,
     /// DoRA row factors `[n_out]`.
@@ -100,6 +118,7 @@ impl LoraPlan {
                 let entry = PlanEntry {
                     adapter: a.clone(),
                     target: ti,
+                    b_t: h.b_t.clone(),
                     scale: scale * t.scale,
                     dora: dora.as_ref().and_then(|d| if t.dora_magnitude.is_some() { Some(Arc::new(d[ti].clone())) } else { None }),
                 };
@@ -193,10 +212,12 @@ fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<Arc<Vec<
 /// `[n_tok, r]` = x (`[n_tok, n_in]`) · Aᵀ.
 pub(crate) fn lora_a_times(t: &LoraTarget, x: &[f32], n_tok: usize) -> Vec<f32> {
     let mut out = vec![0f32; n_tok * t.r];
+    // The quant crate's f32 dot product (run-time dispatched AVX2 / AVX-512 / NEON).
+    let level = quant::SimdLevel::detect();
     let work = |(tok, o): (usize, &mut [f32])| {
         let xr = &x[tok * t.n_in..][..t.n_in];
         for (k, v) in o.iter_mut().enumerate() {
-            *v = ops::dot(&t.a[k * t.n_in..][..t.n_in], xr);
+            *v = <f32 as quant::VecDot>::vec_dot(level, &t.a[k * t.n_in..][..t.n_in], xr);
         }
     };
     if n_tok > 4 {
@@ -209,42 +230,64 @@ pub(crate) fn lora_a_times(t: &LoraTarget, x: &[f32], n_tok: usize) -> Vec<f32> 
 
 /// The precomputed pieces of one entry for the fused epilogue.
 pub(crate) struct Prepared<'p> {
-    pub b: &'p [f32],
+    /// B transposed, `[r, n_out]`.
+    pub b_t: &'p [f32],
+    pub n_out: usize,
     pub r: usize,
-    pub ax: Vec<f32>,
+    /// `A·x` (`[n_tok, r]`), computed by the first task that needs it, so it overlaps the
+    /// other threads' share of `W·x` instead of running serially before it.
+    ax: std::sync::OnceLock<Vec<f32>>,
+    target: &'p LoraTarget,
+    x: &'p [f32],
+    n_tok: usize,
     pub scale: f32,
     pub dora: Option<&'p [f32]>,
 }
 
-pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &[f32], n_tok: usize) -> Vec<Prepared<'p>> {
+pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) -> Vec<Prepared<'p>> {
     entries
         .iter()
         .map(|e| {
             let t = e.target();
-            Prepared { b: &t.b, r: t.r, ax: lora_a_times(t, x, n_tok), scale: e.scale, dora: e.dora.as_deref().map(|v| v.as_slice()) }
+            Prepared {
+                b_t: &e.b_t[e.target],
+                n_out: t.n_out,
+                r: t.r,
+                // Prompt batches: computed now, in parallel. Single tokens: lazily, inside the
+                // pass (serial there: no nested parallelism under the OnceLock).
+                ax: if n_tok > 4 { std::sync::OnceLock::from(lora_a_times(t, x, n_tok)) } else { std::sync::OnceLock::new() },
+                target: t,
+                x,
+                n_tok,
+                scale: e.scale,
+                dora: e.dora.as_deref().map(|v| v.as_slice()),
+            }
         })
         .collect()
 }
 
-/// The epilogue value for token `tok`, output row `o`, base value `v` (`W·x`, no bias).
+/// Add the adapters' terms to `vals`, the base values `W·x` (no bias) of rows `first..` for
+/// token `tok`; with DoRA, scale the sum by the row factor.
 #[inline]
-pub(crate) fn epilogue(prepared: &[Prepared<'_>], tok: usize, o: usize, v: f32) -> f32 {
-    let mut y = v;
+pub(crate) fn epilogue(prepared: &[Prepared<'_>], tok: usize, first: usize, vals: &mut [f32]) {
     let mut dora = None;
     for p in prepared {
-        let b = &p.b[o * p.r..][..p.r];
-        let ax = &p.ax[tok * p.r..][..p.r];
-        let mut d = 0f32;
-        for k in 0..p.r {
-            d += b[k] * ax[k];
+        let ax = p.ax.get_or_init(|| lora_a_times(p.target, p.x, p.n_tok));
+        let ax = &ax[tok * p.r..][..p.r];
+        for (k, &a) in ax.iter().enumerate() {
+            let c = p.scale * a;
+            let col = &p.b_t[k * p.n_out + first..][..vals.len()];
+            for (v, &b) in vals.iter_mut().zip(col) {
+                *v += c * b;
+            }
         }
-        y += p.scale * d;
         if let Some(f) = p.dora {
-            dora = Some(f[o]);
+            dora = Some(&f[first..first + vals.len()]);
         }
     }
-    match dora {
-        Some(f) => f * y,
-        None => y,
+    if let Some(f) = dora {
+        for (v, f) in vals.iter_mut().zip(f) {
+            *v *= f;
+        }
     }
 }

@@ -290,7 +290,7 @@ impl Model {
             }
         } else {
             let prepared = crate::lora::apply::prepare(entries, x, n_tok);
-            let epi = |t: usize, o: usize, v: f32| crate::lora::apply::epilogue(&prepared, t, o, v);
+            let epi = |t: usize, first: usize, vals: &mut [f32]| crate::lora::apply::epilogue(&prepared, t, first, vals);
             if self.float_reference {
                 quant::matmul_dequantized(&m, x, n_tok, &mut y, Some(&epi))?;
             } else {
