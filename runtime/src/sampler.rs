@@ -166,8 +166,10 @@ mod tests {
         idx.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
         assert!(a.iter().all(|t| idx[..5].contains(t)), "top-k 5 respected");
         assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "it samples");
-        // min-p 0.99 leaves only the best.
-        let mut s = Sampler::new(SamplingOptions { temperature: 1.0, min_p: 0.99, ..o });
-        assert!((0..20).all(|_| s.sample(&logits, &[]) == idx[0]));
+        // min-p 0.5 keeps only tokens within ln 2 of the best: here only the best.
+        let mut peaked = logits.clone();
+        peaked[idx[0] as usize] += 1.0;
+        let mut s = Sampler::new(SamplingOptions { temperature: 1.0, min_p: 0.5, ..o });
+        assert!((0..20).all(|_| s.sample(&peaked, &[]) == idx[0]));
     }
 }
