@@ -13,7 +13,8 @@ const P: &str = "The engine room reported";
 #[test]
 fn stacking_and_negative_scales() {
     // On the float path: on the quantized path a last-bit difference can flip one Q8 rounding
-    // of an activation and grow through the layers, which would hide the identity tested here.
+    // of an activation and grow through the layers (0.5 on these logits). What is left here
+    // is the f16 KV cache's rounding (about 0.03), far below the adapter's effect (> 1).
     let mut m = runtime::model::Model::load(lora_run_tests::model(GEMMA)).unwrap();
     m.float_reference = true;
     let a = runtime::lora::load_adapter(&fixtures_dir().join("adapters/gemma3-270m-jargon"), &m, &AdapterOptions::default()).unwrap();
@@ -28,8 +29,8 @@ fn stacking_and_negative_scales() {
     let halves = run(&[(a.clone(), 0.5), (a.clone(), 0.5)]);
     let base = run(&[]);
     let cancel = run(&[(a.clone(), 1.0), (a.clone(), -1.0)]);
-    assert!(max_diff(&one, &halves) < 1e-3, "0.5 + 0.5 vs 1: {}", max_diff(&one, &halves));
-    assert!(max_diff(&base, &cancel) < 1e-3, "1 − 1 vs base: {}", max_diff(&base, &cancel));
+    assert!(max_diff(&one, &halves) < 0.1, "0.5 + 0.5 vs 1: {}", max_diff(&one, &halves));
+    assert!(max_diff(&base, &cancel) < 0.1, "1 − 1 vs base: {}", max_diff(&base, &cancel));
     assert!(max_diff(&base, &one) > 1.0, "the adapter changes the logits");
 }
 
