@@ -211,30 +211,53 @@ fn main() -> ExitCode {
 /// Set the thread count and load the model.
 fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
     if let Some(n) = m.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     let Some(path) = &m.model else {
         return Err("no model: pass --model FILE.gguf".into());
     };
-    Ok(Engine::load(path, &LoadOptions { tokenizer_json: m.tokenizer.clone() })?)
+    let engine = Engine::load(path, &LoadOptions { tokenizer_json: m.tokenizer.clone() })?;
+    let n_ctx_train = engine.model().config.n_ctx_train;
+    if m.ctx > n_ctx_train {
+        eprintln!("note: --ctx {} is capped at the model's training context {n_ctx_train}", m.ctx);
+    }
+    Ok(engine)
 }
 
-/// Split `PATH[:SCALE]`; the scale is what follows the last `:` when it parses as a number.
-fn parse_adapter_spec(spec: &str) -> (PathBuf, f32) {
+/// Split `PATH[:SCALE]`: the scale is what follows the last `:`, unless the whole text is an
+/// existing path. Errors on a scale that is not a finite number.
+fn parse_adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
     if let Some((p, s)) = spec.rsplit_once(':') {
-        if let Ok(scale) = s.parse::<f32>() {
-            return (PathBuf::from(p), scale);
+        if !std::path::Path::new(spec).exists() {
+            return match s.parse::<f32>() {
+                Ok(scale) if scale.is_finite() => Ok((PathBuf::from(p), scale)),
+                _ => Err(format!("invalid adapter scale `{s}` in `{spec}` (PATH[:SCALE], SCALE a finite number)").into()),
+            };
         }
     }
-    (PathBuf::from(spec), 1.0)
+    Ok((PathBuf::from(spec), 1.0))
 }
 
 /// Load the `--adapter`s into the engine's adapter set; print each one's summary line.
 fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::AdapterHandle, f32)>> {
+    if m.adapters.is_empty() && (m.bake || m.lora_alpha.is_some()) {
+        return Err(format!("{} needs an --adapter", if m.bake { "--bake" } else { "--lora-alpha" }).into());
+    }
     let mut out = Vec::new();
     for spec in &m.adapters {
-        let (path, scale) = parse_adapter_spec(spec);
-        let opts = runtime::lora::AdapterOptions { name: None, lora_alpha: m.lora_alpha };
+        let (path, scale) = parse_adapter_spec(spec)?;
+        // Two files with the same stem get distinct names (`jargon`, `jargon#2`).
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let mut name = stem.clone();
+        let mut k = 2;
+        while engine.adapter(&name).is_ok() {
+            name = format!("{stem}#{k}");
+            k += 1;
+        }
+        let opts = runtime::lora::AdapterOptions { name: Some(name), lora_alpha: m.lora_alpha };
         let t0 = std::time::Instant::now();
         let h = engine.load_adapter(&path, &opts)?;
         eprintln!("{} (loaded in {:.1} ms, scale {scale})", h.adapter.summary(), t0.elapsed().as_secs_f64() * 1e3);
@@ -252,6 +275,11 @@ fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::A
 fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeType) -> Result<()> {
     if m.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
+    }
+    if let (Some(input), Ok(out)) = (&m.model, std::fs::canonicalize(output)) {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == out) {
+            return Err(format!("the output {} is the input model; write the merged model to another file", output.display()).into());
+        }
     }
     let engine = load(m)?;
     let active = load_adapters(engine.as_ref(), &ModelArgs { bake: false, ..m.clone() })?;
@@ -296,29 +324,37 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 }
             }
             Some("/use") => {
-                let mut next = Vec::new();
-                for spec in words {
-                    let (name, scale) = parse_adapter_spec(spec);
-                    let name = name.to_string_lossy().to_string();
-                    match engine.adapter(&name) {
-                        Ok(h) => next.push((h, scale)),
-                        Err(_) => match engine.load_adapter(&name, &runtime::lora::AdapterOptions { name: None, lora_alpha: a.model.lora_alpha }) {
-                            Ok(h) => {
+                // All or nothing: on any error the active set stays as it was.
+                let next: Result<Vec<_>> = words
+                    .map(|spec| {
+                        let (name, scale) = parse_adapter_spec(spec)?;
+                        let name = name.to_string_lossy().to_string();
+                        let h = match engine.adapter(&name) {
+                            Ok(h) => h,
+                            Err(_) => {
+                                let h = engine.load_adapter(&name, &runtime::lora::AdapterOptions { name: None, lora_alpha: a.model.lora_alpha })?;
                                 eprintln!("{}", h.adapter.summary());
-                                next.push((h, scale));
+                                h
                             }
-                            Err(e) => eprintln!("error: {e}"),
-                        },
+                        };
+                        Ok((h, scale))
+                    })
+                    .collect();
+                match next {
+                    Ok(next) => {
+                        active = next;
+                        let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
+                        println!("active: {}", if names.is_empty() { "none".into() } else { names.join(" + ") });
                     }
+                    Err(e) => eprintln!("error: {e} (active adapters unchanged)"),
                 }
-                active = next;
-                let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
-                println!("active: {}", if names.is_empty() { "none".into() } else { names.join(" + ") });
             }
             Some("/none") => {
                 active.clear();
                 println!("active: none");
             }
+            Some("/bake") if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
+            Some("/bake") if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
             Some("/bake") => match engine.bake(&active, a.model.bake_type) {
                 Ok(r) => {
                     println!("baked {} tensors; the adapters now live in the weights", r.tensors.len());
@@ -424,32 +460,28 @@ fn one() -> f32 {
 
 fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    // Parse every line before running any.
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let where_ = format!("{}:{}", file.display(), i + 1);
+        let p: PromptLine = serde_json::from_str(line).map_err(|e| format!("{where_}: {e}"))?;
+        lines.push((where_, p));
+    }
+    if lines.is_empty() {
+        return Err(format!("{}: no prompts in the file", file.display()).into());
+    }
     let engine = load(&a.model)?;
     load_adapters(&engine, &a.model)?;
     let mut session = engine.session(a.model.ctx);
     let mut out = std::io::stdout().lock();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let where_ = format!("{}:{}", file.display(), i + 1);
-        let p: PromptLine = serde_json::from_str(line).map_err(|e| format!("{where_}: {e}"))?;
+    for (where_, p) in lines {
+        let resolve = |r: &AdapterRef| -> Result<runtime::lora::AdapterHandle> { resolve_adapter(&engine, r, a.model.lora_alpha, &where_) };
         let mut active = Vec::new();
         for r in &p.adapters {
-            let h = match (&r.path, &r.name) {
-                (Some(path), None) => {
-                    // Load each file once; later lines naming the same file reuse it.
-                    let name = path.to_string_lossy().to_string();
-                    match engine.adapter(&name) {
-                        Ok(h) => h,
-                        Err(_) => {
-                            let h = engine.load_adapter(path, &runtime::lora::AdapterOptions { name: Some(name), lora_alpha: a.model.lora_alpha })?;
-                            eprintln!("{}", h.adapter.summary());
-                            h
-                        }
-                    }
-                }
-                (None, Some(name)) => engine.adapter(name)?,
-                _ => return Err(format!("{where_}: each adapter needs exactly one of \"path\" or \"name\"").into()),
-            };
-            active.push((h, r.scale));
+            if !r.scale.is_finite() {
+                return Err(format!("{where_}: adapter scale {} is not a finite number", r.scale).into());
+            }
+            active.push((resolve(r)?, r.scale));
         }
         let prompt = if a.chat { engine.chat_prompt(&p.prompt)? } else { p.prompt.clone() };
         let opts = GenerateOptions {
@@ -475,6 +507,28 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The adapter a `--prompts` line refers to: by name among the loaded ones, or by path (each
+/// file loaded once, registered under its path). Errors name the file and line.
+fn resolve_adapter(engine: &Engine, r: &AdapterRef, lora_alpha: Option<f32>, where_: &str) -> Result<runtime::lora::AdapterHandle> {
+    match (&r.path, &r.name) {
+        (Some(path), None) => {
+            let name = path.to_string_lossy().to_string();
+            match engine.adapter(&name) {
+                Ok(h) => Ok(h),
+                Err(_) => {
+                    let h = engine
+                        .load_adapter(path, &runtime::lora::AdapterOptions { name: Some(name), lora_alpha })
+                        .map_err(|e| format!("{where_}: {e}"))?;
+                    eprintln!("{}", h.adapter.summary());
+                    Ok(h)
+                }
+            }
+        }
+        (None, Some(name)) => Ok(engine.adapter(name).map_err(|e| format!("{where_}: {e}"))?),
+        _ => Err(format!("{where_}: each adapter needs exactly one of \"path\" or \"name\"").into()),
+    }
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
@@ -564,6 +618,9 @@ fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
 }
 
 fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
+    if reps == 0 || n_prompt + n_gen == 0 {
+        return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
+    }
     let engine = load(m)?;
     let active = load_adapters(&engine, m)?;
     let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1), &active)?;

@@ -38,6 +38,8 @@ pub enum Error {
     Lora(#[from] LoraError),
     #[error("no adapter named `{0}` is loaded")]
     UnknownAdapter(String),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
 }
 
 /// How to load a model.
@@ -393,6 +395,10 @@ impl Session {
 
     /// [`Session::stream`] from token ids.
     pub fn stream_tokens(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<TokenStream<'_>, Error> {
+        opts.sampling.validate().map_err(Error::InvalidOption)?;
+        if opts.stop.iter().any(|s| s.is_empty()) {
+            return Err(Error::InvalidOption("an empty stop string would stop at once".into()));
+        }
         let t0 = Instant::now();
         let plan = self.prepare(&opts.adapters)?;
         let logits = self.eval_prompt(prompt, opts.n_batch, &plan)?;

@@ -40,6 +40,9 @@ pub fn perplexity(
     adapters: &[(crate::lora::AdapterHandle, f32)],
     mut on_chunk: impl FnMut(usize, f64),
 ) -> Result<PerplexityResult, Error> {
+    if max_chunks == Some(0) {
+        return Err(Error::Perplexity("--chunks 0 evaluates nothing".into()));
+    }
     if n_ctx < 8 {
         return Err(Error::Perplexity(format!("context {n_ctx} is too small")));
     }

@@ -32,6 +32,26 @@ impl Default for SamplingOptions {
 }
 
 impl SamplingOptions {
+    /// Check the values: temperature, top-p, min-p and the penalty finite, top-p and min-p in
+    /// [0, 1], the penalty positive. (Temperature ≤ 0 is greedy, as in llama.cpp.)
+    ///
+    /// Errors: a message naming the option.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() {
+            return Err(format!("temperature {} is not a finite number", self.temperature));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return Err(format!("top-p {} is outside [0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min-p {} is outside [0, 1]", self.min_p));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(format!("repeat penalty {} must be a positive number", self.repeat_penalty));
+        }
+        Ok(())
+    }
+
     /// Greedy decoding.
     pub fn greedy() -> Self {
         SamplingOptions { temperature: 0.0, ..Default::default() }

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 pub enum GgufError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Create { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{path} is a directory, not a GGUF file")]
+    IsDirectory { path: PathBuf },
     #[error("not a GGUF file: magic {found:?} at offset 0, expected \"GGUF\"")]
     BadMagic { found: String },
     #[error("big-endian GGUF file (version {version} byte-swapped); only little-endian files are supported")]

@@ -492,6 +492,9 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
         let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        if path.is_dir() {
+            return Err(GgufError::IsDirectory { path: path.to_path_buf() });
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {

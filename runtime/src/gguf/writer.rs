@@ -99,14 +99,28 @@ impl<'a> GgufWriter<'a> {
         Ok(out.n)
     }
 
-    /// Write the file to `path` (created or truncated).
+    /// Write the file to `path`: into a temporary file beside it, renamed over `path` once
+    /// complete, so a failure never leaves a partial file and a file that is still memory-mapped
+    /// (for instance the model being merged) is never truncated under its readers.
+    ///
+    /// Errors: [`GgufError::Create`] naming the path, [`GgufError::Write`].
     pub fn write_file(&self, path: impl AsRef<std::path::Path>) -> Result<u64, GgufError> {
         let path = path.as_ref();
-        let f = std::fs::File::create(path).map_err(|source| GgufError::Io { path: path.to_path_buf(), source })?;
-        let mut bw = std::io::BufWriter::with_capacity(1 << 20, f);
-        let n = self.write_to(&mut bw)?;
-        bw.flush()?;
-        Ok(n)
+        let create = |source| GgufError::Create { path: path.to_path_buf(), source };
+        let file_name = path.file_name().ok_or_else(|| create(std::io::Error::other("not a file path")))?;
+        let tmp = path.with_file_name(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+        let result = (|| {
+            let f = std::fs::File::create(&tmp).map_err(create)?;
+            let mut bw = std::io::BufWriter::with_capacity(1 << 20, f);
+            let n = self.write_to(&mut bw)?;
+            bw.flush().map_err(create)?;
+            std::fs::rename(&tmp, path).map_err(create)?;
+            Ok(n)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 }
 

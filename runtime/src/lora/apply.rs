@@ -104,6 +104,9 @@ impl LoraPlan {
         let mut embedding = Vec::new();
         let mut key = Vec::new();
         for (h, scale) in active {
+            if !scale.is_finite() {
+                return Err(LoraError::Plan { message: format!("adapter {}: scale {scale} is not a finite number", h.name) });
+            }
             key.push((h.version, scale.to_bits()));
             let a = &h.adapter;
             let dora = if a.targets.iter().any(|t| t.dora_magnitude.is_some()) {

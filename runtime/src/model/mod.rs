@@ -33,6 +33,8 @@ pub enum ModelError {
     UnsupportedArchitecture { arch: String },
     #[error("model is missing tensor `{name}`")]
     MissingTensor { name: String },
+    #[error("this GGUF is a LoRA adapter (general.type = adapter), not a model: pass it with --adapter")]
+    IsAdapter,
     #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
     TensorShape { name: String, expected: Vec<u64>, got: Vec<u64> },
     #[error("tensor `{name}` has type {ty}, which cannot be multiplied here")]
@@ -172,6 +174,9 @@ impl Model {
     /// ([`GgufError::MissingKey`]), [`ModelError::MissingTensor`], [`ModelError::TensorShape`],
     /// [`ModelError::UnsupportedTensorType`].
     pub fn from_file(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        if file.metadata().get_str("general.type").is_ok_and(|t| t == "adapter") {
+            return Err(ModelError::IsAdapter);
+        }
         let arch_name = file.metadata().get_str("general.architecture")?.to_string();
         let arch = Arch::from_name(&arch_name).ok_or(ModelError::UnsupportedArchitecture { arch: arch_name })?;
         let l = Loader { file: &file };
