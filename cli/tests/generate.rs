@@ -100,10 +100,25 @@ fn missing_model_and_unsupported_architecture() {
     let out = lora_run(&["-m", "/no/such.gguf", "-p", "hi"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot read /no/such.gguf"));
-    // A LoRA adapter GGUF is not a model: its architecture loads but its tensors are missing.
+    // A LoRA adapter GGUF is not a model.
     let adapter = lora_run_tests::fixtures_dir().join("adapters/gemma3-270m-jargon.gguf");
     let out = lora_run(&["-m", adapter.to_str().unwrap(), "-p", "hi"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: model is missing tensor `token_embd.weight`"), "{err}");
+    assert!(err.starts_with("error: this GGUF is a LoRA adapter"), "{err}");
+    // A model whose architecture is unknown: rewrite general.architecture of the tiny llama.
+    let f = runtime::gguf::GgufFile::open(lora_run_tests::fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
+    let mut w = runtime::gguf::GgufWriter::new();
+    w.metadata = f.metadata().clone();
+    w.metadata.set("general.architecture", runtime::gguf::GgufValue::String("mamba".into()));
+    for t in f.tensors() {
+        w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, f.view(t).data);
+    }
+    let p = std::env::temp_dir().join(format!("lora-run-mamba-{}.gguf", std::process::id()));
+    w.write_file(&p).unwrap();
+    let out = lora_run(&["-m", p.to_str().unwrap(), "-p", "hi"]);
+    std::fs::remove_file(&p).ok();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.starts_with("error: unsupported architecture `mamba` (supported: llama, qwen2, qwen3, gemma3)"), "{err}");
 }
