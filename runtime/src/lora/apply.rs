@@ -277,11 +277,21 @@ pub(crate) fn epilogue(prepared: &[Prepared<'_>], tok: usize, first: usize, vals
     for p in prepared {
         let ax = p.ax.get_or_init(|| lora_a_times(p.target, p.x, p.n_tok));
         let ax = &ax[tok * p.r..][..p.r];
-        for (k, &a) in ax.iter().enumerate() {
-            let c = p.scale * a;
-            let col = &p.b_t[k * p.n_out + first..][..vals.len()];
-            for (v, &b) in vals.iter_mut().zip(col) {
-                *v += c * b;
+        // d = B·(A·x) for these rows, summed over k in order (vectorized across rows through
+        // Bᵀ), then scaled and added: ggml's `build_lora_mm` order, (B·(A·x))·s + W·x.
+        let mut d = [0f32; 64];
+        for chunk_start in (0..vals.len()).step_by(64) {
+            let n = (vals.len() - chunk_start).min(64);
+            let d = &mut d[..n];
+            d.fill(0.0);
+            for (k, &a) in ax.iter().enumerate() {
+                let col = &p.b_t[k * p.n_out + first + chunk_start..][..n];
+                for (dv, &b) in d.iter_mut().zip(col) {
+                    *dv += b * a;
+                }
+            }
+            for (v, &dv) in vals[chunk_start..chunk_start + n].iter_mut().zip(d.iter()) {
+                *v += dv * p.scale;
             }
         }
         if let Some(f) = p.dora {
