@@ -76,3 +76,38 @@ pub trait VecDot: Block {
     /// Contract: `x.len() * Self::QK == y.len() * Self::Act::QK`.
     fn vec_dot(level: SimdLevel, x: &[Self], y: &[Self::Act]) -> f32;
 }
+
+/// Round half to even for |x| < 2²² (what `rintf` / `_mm256_round_ps(_MM_ROUND_NEAREST)` give
+/// under the default rounding mode), without a libm call: adding and subtracting 1.5·2²³ leaves
+/// the integer part, rounded to nearest even by the f32 addition itself.
+#[inline(always)]
+pub(crate) fn round_half_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    if x.abs() < 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
+    }
+}
+
+#[cfg(test)]
+mod round_tests {
+    use super::round_half_even_small;
+
+    #[test]
+    fn magic_rounding_equals_round_ties_even() {
+        // Every f32 in [-200, 200] on a fine grid, the exact halves, and large values.
+        let mut x = -200.0f32;
+        while x <= 200.0 {
+            assert_eq!(round_half_even_small(x), x.round_ties_even(), "{x}");
+            x += 0.0371;
+        }
+        for k in -300..300 {
+            let h = k as f32 + 0.5;
+            assert_eq!(round_half_even_small(h), h.round_ties_even(), "{h}");
+        }
+        for v in [5e6f32, -7e7, 1e30, 0.0, -0.0, 1e-40] {
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
+    }
+}

@@ -150,11 +150,12 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
             }
         }
     });
-    for o in 0..n_out {
-        for t in 0..n_tok {
-            y[t * n_out + o] = tmp[o * n_tok + t];
+    // Transpose to [n_tok, n_out], one token row per task.
+    y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = tmp[o * n_tok + t];
         }
-    }
+    });
     if let Some(f) = epilogue {
         y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
             for (c, ys) in row.chunks_mut(ROWS_PER_TASK).enumerate() {

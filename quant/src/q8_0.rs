@@ -64,7 +64,7 @@ fn quantize_row_act_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         b.d = f16::from_f32(d);
         for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = crate::round_half_even_small(v * id) as i8;
         }
     }
 }

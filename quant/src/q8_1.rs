@@ -76,7 +76,7 @@ impl QuantizeRef for BlockQ8_1 {
             b.d = f16::from_f32(d);
             let mut sum = 0i32;
             for (q, &v) in b.qs.iter_mut().zip(x) {
-                *q = (v * id).round_ties_even() as i8;
+                *q = crate::round_half_even_small(v * id) as i8;
                 sum += *q as i32;
             }
             b.s = f16::from_f32(d * sum as f32);
