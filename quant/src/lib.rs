@@ -75,7 +75,20 @@ pub trait VecDot: Block {
     ///
     /// Contract: `x.len() * Self::QK == y.len() * Self::Act::QK`.
     fn vec_dot(level: SimdLevel, x: &[Self], y: &[Self::Act]) -> f32;
+
+    /// The dot products of one weight row `x` with up to [`MULTI_TOKENS`] activation rows
+    /// `ys[t]` into `out[t]`, each bit-identical to [`VecDot::vec_dot`] of that pair. Formats
+    /// with a kernel that unpacks each weight block once for all rows override it (prompt
+    /// processing); the default calls `vec_dot` per row.
+    fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[Self::Act]], out: &mut [f32]) {
+        for (o, y) in out.iter_mut().zip(ys) {
+            *o = Self::vec_dot(level, x, y);
+        }
+    }
 }
+
+/// Most activation rows one [`VecDot::vec_dot_multi`] call takes.
+pub const MULTI_TOKENS: usize = 4;
 
 /// Round half to even for |x| < 2²² (what `rintf` / `_mm256_round_ps(_MM_ROUND_NEAREST)` give
 /// under the default rounding mode), without a libm call: adding and subtracting 1.5·2²³ leaves

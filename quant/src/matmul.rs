@@ -142,11 +142,16 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
     // tmp: [n_out, n_tok], so each task owns a contiguous run of output rows; each weight row
     // is read once and dotted with every token while it is in cache.
     let mut tmp = vec![0f32; n_out * n_tok];
+    let act_row = |t: usize| &act[t * a_per_row..][..a_per_row];
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(c, chunk)| {
         for (i, row) in chunk.chunks_mut(n_tok).enumerate() {
             let o = c * ROWS_PER_TASK + i;
-            for (t, v) in row.iter_mut().enumerate() {
-                *v = dot(o, t);
+            let w = &wb[o * w_per_row..][..w_per_row];
+            // Tokens in groups: formats with a multi-row kernel unpack each weight block once.
+            for (g, vals) in row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
+                let t0 = g * crate::MULTI_TOKENS;
+                let ys: [&[B::Act]; crate::MULTI_TOKENS] = std::array::from_fn(|j| act_row((t0 + j).min(n_tok - 1)));
+                B::vec_dot_multi(level, w, &ys[..vals.len()], vals);
             }
         }
     });
