@@ -240,11 +240,33 @@ pub(crate) struct Prepared<'p> {
     /// `A·x` (`[n_tok, r]`), computed by the first task that needs it, so it overlaps the
     /// other threads' share of `W·x` instead of running serially before it.
     ax: std::sync::OnceLock<Vec<f32>>,
+    /// Set by the task that computes `ax`; the others spin (a microsecond or two) instead of
+    /// sleeping on the lock.
+    claimed: std::sync::atomic::AtomicBool,
     target: &'p LoraTarget,
     x: &'p [f32],
     n_tok: usize,
     pub scale: f32,
     pub dora: Option<&'p [f32]>,
+}
+
+impl Prepared<'_> {
+    /// `A·x`: computed by the first task to ask, waited for (spinning) by the others.
+    fn ax(&self) -> &[f32] {
+        use std::sync::atomic::Ordering;
+        if let Some(v) = self.ax.get() {
+            return v;
+        }
+        if self.claimed.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let _ = self.ax.set(lora_a_times(self.target, self.x, self.n_tok));
+        }
+        loop {
+            if let Some(v) = self.ax.get() {
+                return v;
+            }
+            std::hint::spin_loop();
+        }
+    }
 }
 
 pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) -> Vec<Prepared<'p>> {
@@ -259,6 +281,7 @@ pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) 
                 // Prompt batches: computed now, in parallel. Single tokens: lazily, inside the
                 // pass (serial there: no nested parallelism under the OnceLock).
                 ax: if n_tok > 4 { std::sync::OnceLock::from(lora_a_times(t, x, n_tok)) } else { std::sync::OnceLock::new() },
+                claimed: std::sync::atomic::AtomicBool::new(n_tok > 4),
                 target: t,
                 x,
                 n_tok,
@@ -275,7 +298,7 @@ pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) 
 pub(crate) fn epilogue(prepared: &[Prepared<'_>], tok: usize, first: usize, vals: &mut [f32]) {
     let mut dora = None;
     for p in prepared {
-        let ax = p.ax.get_or_init(|| lora_a_times(p.target, p.x, p.n_tok));
+        let ax = p.ax();
         let ax = &ax[tok * p.r..][..p.r];
         // d = B·(A·x) for these rows, summed over k in order (vectorized across rows through
         // Bᵀ), then scaled and added: ggml's `build_lora_mm` order, (B·(A·x))·s + W·x.
