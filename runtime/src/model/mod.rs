@@ -337,6 +337,13 @@ impl Model {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
+        // Run the whole pass on a pool thread: its many parallel products then start from a
+        // worker that takes part in them, instead of a caller that sleeps and wakes for each.
+        if rayon::current_thread_index().is_none() {
+            let mut out = None;
+            rayon::scope(|s| s.spawn(|_| out = Some(self.forward_with(kv, tokens, logits, plan))));
+            return out.expect("the scope ran the pass");
+        }
         let x = self.forward_hidden(kv, tokens, plan)?;
         self.head(x, tokens.len(), logits, plan)
     }
