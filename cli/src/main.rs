@@ -602,16 +602,14 @@ fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     let active = load_adapters(&engine, m)?;
     let mut session = engine.session(m.ctx);
     let logits = session.logits(prompt, &active)?;
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    idx.truncate(top);
+    let idx = runtime::sampler::top_k(&logits, top);
     if json {
-        let top: Vec<_> = idx.iter().map(|&i| json!([i, logits[i]])).collect();
+        let top: Vec<_> = idx.iter().map(|&i| json!([i, logits[i as usize]])).collect();
         write_stdout(&format!("{}\n", json!({ "top": top })))
     } else {
         let mut s = String::new();
         for i in idx {
-            s.push_str(&format!("{i:>8} {:>10.4} {:?}\n", logits[i], engine.tokenizer.token_text(i as u32).unwrap_or("")));
+            s.push_str(&format!("{i:>8} {:>10.4} {:?}\n", logits[i as usize], engine.tokenizer.token_text(i).unwrap_or("")));
         }
         write_stdout(&s)
     }

@@ -24,6 +24,8 @@ pub mod q8_1;
 pub mod row;
 pub mod simd;
 pub mod types;
+#[cfg(test)]
+mod test_util;
 #[cfg(target_arch = "x86_64")]
 mod x86_util;
 #[cfg(target_arch = "aarch64")]
@@ -31,7 +33,7 @@ mod neon_util;
 
 pub use error::QuantError;
 pub use matmul::{matmul, matmul_dequantized, matmul_epilogue, matvec, Epilogue, QMatrix};
-pub use row::{dequantize_row, quantize_row, vec_dot};
+pub use row::{can_quantize, dequantize_row, quantize_row, vec_dot};
 pub use simd::SimdLevel;
 pub use types::{GgmlType, QK_K};
 

@@ -74,9 +74,9 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
 /// place. Lets callers fuse a cheap per-row term (a LoRA delta) without a second pass.
 pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
-/// [`matmul`] with an [`Epilogue`].
-pub fn matmul_epilogue(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Epilogue<'_>) -> Result<(), QuantError> {
-    matmul_epilogue_at(SimdLevel::detect(), w, x, n_tok, y, Some(epilogue))
+/// [`matmul`] with an optional [`Epilogue`].
+pub fn matmul_epilogue(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Option<Epilogue<'_>>) -> Result<(), QuantError> {
+    matmul_epilogue_at(SimdLevel::detect(), w, x, n_tok, y, epilogue)
 }
 
 fn matmul_epilogue_at(

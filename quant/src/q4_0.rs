@@ -205,6 +205,7 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::{dequant, abs_terms};
     use super::*;
     use bytemuck::Zeroable;
     use proptest::prelude::*;
@@ -230,20 +231,7 @@ mod tests {
         })
     }
 
-    fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
-        let mut v = vec![0f32; b.len() * B::QK];
-        B::dequantize_row(b, &mut v);
-        v
-    }
 
-    /// Σ|x_i·y_i| over the dequantized rows: the scale of the float rounding error.
-    fn abs_terms(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f64 {
-        dequant(x)
-            .iter()
-            .zip(dequant(y))
-            .map(|(a, b)| (*a as f64 * b as f64).abs())
-            .sum()
-    }
 
     proptest! {
         #[test]

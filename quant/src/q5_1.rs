@@ -198,6 +198,7 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_util::{dequant};
     use super::*;
     use proptest::prelude::*;
 
@@ -237,11 +238,6 @@ mod tests {
         })
     }
 
-    fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
-        let mut v = vec![0f32; b.len() * B::QK];
-        B::dequantize_row(b, &mut v);
-        v
-    }
 
     /// Σ over blocks of Σ|d_x·q_x|·|d_y·q_y| + |m·s|: the scale of the float rounding error.
     fn abs_terms(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f64 {

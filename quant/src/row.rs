@@ -147,6 +147,11 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
     Ok(())
 }
 
+/// Whether `ty` has a reference quantizer here ([`quantize_row`] accepts it).
+pub fn can_quantize(ty: GgmlType) -> bool {
+    with_quantize_block!(ty, _B => true, else false)
+}
+
 /// Fused dot product of `n` elements: a weight row of type `ty` against an activation row
 /// already in `ty.vec_dot_type()` (`ggml_vec_dot_*`, ggml-cpu), with the kernel for `level`.
 pub fn vec_dot(ty: GgmlType, level: SimdLevel, n: usize, w: &[u8], act: &[u8]) -> Result<f32, QuantError> {

@@ -407,8 +407,8 @@ impl Session {
             sampler: Sampler::new(opts.sampling.clone()),
             decoder: StreamDecoder::new(&self.engine.tokenizer),
             opts: opts.clone(),
-            prompt: prompt.to_vec(),
-            generated: Vec::new(),
+            tokens: prompt.to_vec(),
+            n_prompt: prompt.len(),
             text: String::new(),
             emitted: 0,
             logits,
@@ -426,8 +426,9 @@ pub struct TokenStream<'s> {
     sampler: Sampler,
     decoder: StreamDecoder,
     opts: GenerateOptions,
-    prompt: Vec<u32>,
-    generated: Vec<u32>,
+    /// Prompt then generated ids (the repetition penalty's history).
+    tokens: Vec<u32>,
+    n_prompt: usize,
     /// All text decoded so far, and how much of it was handed out.
     text: String,
     emitted: usize,
@@ -445,7 +446,12 @@ impl TokenStream<'_> {
             let tail = self.decoder.finish();
             self.text.push_str(&tail);
         }
-        Generation { prompt_tokens: self.prompt, tokens: self.generated, text: self.text, stop_reason, timings: self.timings }
+        let generated = self.tokens.split_off(self.n_prompt);
+        Generation { prompt_tokens: self.tokens, tokens: generated, text: self.text, stop_reason, timings: self.timings }
+    }
+
+    fn n_generated(&self) -> usize {
+        self.tokens.len() - self.n_prompt
     }
 
     /// Text up to which nothing can still turn out to be a stop string.
@@ -462,20 +468,18 @@ impl TokenStream<'_> {
         if self.stop.is_some() {
             return Ok(None);
         }
-        if self.generated.len() >= self.opts.n_predict {
+        if self.n_generated() >= self.opts.n_predict {
             self.stop = Some(StopReason::Length);
             return Ok(None);
         }
         let t0 = Instant::now();
         let engine = self.session.engine.clone();
-        let mut history = self.prompt.clone();
-        history.extend_from_slice(&self.generated);
-        let id = self.sampler.sample(&self.logits, &history);
+        let id = self.sampler.sample(&self.logits, &self.tokens);
         if self.opts.stop_at_eog && engine.tokenizer.is_eog(id) {
             self.stop = Some(StopReason::Eog);
             return Ok(None);
         }
-        self.generated.push(id);
+        self.tokens.push(id);
         self.text.push_str(&self.decoder.push(id));
         let mut out_end = self.safe_len();
         if let Some(pos) = self.opts.stop.iter().filter_map(|s| self.text[self.emitted.min(self.text.len())..].find(s.as_str()).map(|p| p + self.emitted)).min() {
@@ -486,7 +490,7 @@ impl TokenStream<'_> {
         let text = self.text[self.emitted..out_end].to_string();
         self.emitted = out_end;
         // Evaluate the new token unless this was the last one.
-        if self.stop.is_none() && self.generated.len() < self.opts.n_predict {
+        if self.stop.is_none() && self.n_generated() < self.opts.n_predict {
             if self.session.kv.len() >= self.session.kv.n_ctx() {
                 self.stop = Some(StopReason::Context);
             } else {

@@ -76,6 +76,14 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Ids of the `k` largest logits, largest first (lower id first on ties).
+pub fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
 impl Sampler {
     /// A sampler seeded with `opts.seed`.
     pub fn new(opts: SamplingOptions) -> Sampler {

@@ -49,13 +49,7 @@ pub fn reference(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Ids of the `k` largest logits, largest first.
-pub fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
-}
+pub use runtime::sampler::top_k;
 
 /// Ids of a reference `top20` list (`[[id, logit], ...]`).
 pub fn reference_top(top20: &serde_json::Value) -> Vec<(u32, f32)> {

@@ -10,6 +10,10 @@
 // Index loops mirror the C they reproduce, operation for operation.
 #![allow(clippy::needless_range_loop)]
 
+use half::f16;
+
+use crate::QK_K;
+
 /// Magic constant of `nearest_int`: 1.5 · 2^23. Adding it to |x| < 2^22 leaves round(x) in the
 /// low mantissa bits.
 const MAGIC: f32 = 12582912.0;
@@ -231,6 +235,68 @@ pub(crate) fn make_qkx2_quants(
         }
     }
     (scale, -min)
+}
+
+/// The part `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` share (ggml-quants.c): per
+/// 32-element sub-block of the super-block `x` (`QK_K` values) a weighted `make_qkx2_quants`
+/// fit (weights `sqrt(mean x²) + |x|`, levels `0..=nmax`, search `rmin`, rdelta 0.1, `nstep`
+/// steps), the scales and mins quantized to 6 bits against their maxima and packed, the
+/// super-block scales rounded to f16, then every element re-quantized into `l` against the
+/// rounded scales. Returns `(scales, d, dmin)`.
+pub(crate) fn quantize_scales_mins_k(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]) -> ([u8; 12], f16, f16) {
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for j in 0..QK_K / 32 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        scales[j] = s;
+        mins[j] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..QK_K / 32 {
+        // `uint8_t ls = nearest_int(...)` keeps the low byte before MIN(63, ...).
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    let packed = pack_scale_min_k4(&ls, &lm);
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+
+    for j in 0..QK_K / 32 {
+        let (sc, m) = get_scale_min_k4(j, &packed);
+        let dj = d.to_f32() * sc as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * m as f32;
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dm) / dj);
+            l[32 * j + ii] = 0.max(nmax.min(q)) as u8;
+        }
+    }
+    (packed, d, dmin)
 }
 
 /// `get_scale_min_k4` (ggml-quants.c): the 6-bit scale and min of sub-block `j` (0..8) from

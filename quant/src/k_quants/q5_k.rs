@@ -9,7 +9,7 @@
 
 use half::f16;
 
-use crate::k_quants::common::{get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, unpack_scales_mins_k4};
+use crate::k_quants::common::{get_scale_min_k4, quantize_scales_mins_k, unpack_scales_mins_k4};
 use crate::k_quants::q8_k::BlockQ8_K;
 use crate::{Block, GgmlType, QuantizeRef, SimdLevel, VecDot, QK_K};
 
@@ -61,59 +61,8 @@ impl QuantizeRef for BlockQ5_K {
     /// `rmin -0.5, rdelta 0.1, 15 steps`; the fifth bits go to `qh`.
     fn quantize_row_ref(src: &[f32], dst: &mut [Self]) {
         let mut l = [0u8; QK_K];
-        let mut mins = [0f32; QK_K / 32];
-        let mut scales = [0f32; QK_K / 32];
-        let mut weights = [0f32; 32];
-        let mut laux = [0u8; 32];
         for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
-            let mut max_scale = 0f32;
-            let mut max_min = 0f32;
-            for j in 0..QK_K / 32 {
-                let xs = &x[32 * j..32 * j + 32];
-                let mut sum_x2 = 0f32;
-                for &v in xs {
-                    sum_x2 += v * v;
-                }
-                let av_x = (sum_x2 / 32.0).sqrt();
-                for (w, &v) in weights.iter_mut().zip(xs) {
-                    *w = av_x + v.abs();
-                }
-                let (s, m) = make_qkx2_quants(31, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, -0.5, 0.1, 15, false);
-                scales[j] = s;
-                mins[j] = m;
-                if s > max_scale {
-                    max_scale = s;
-                }
-                if m > max_min {
-                    max_min = m;
-                }
-            }
-
-            let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
-            let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-            let mut ls = [0u8; 8];
-            let mut lm = [0u8; 8];
-            for j in 0..QK_K / 32 {
-                // `uint8_t ls = nearest_int(...)` keeps the low byte before MIN(63, ...).
-                ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-                lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
-            }
-            y.scales = pack_scale_min_k4(&ls, &lm);
-            y.d = f16::from_f32(max_scale / 63.0);
-            y.dmin = f16::from_f32(max_min / 63.0);
-
-            for j in 0..QK_K / 32 {
-                let (sc, m) = get_scale_min_k4(j, &y.scales);
-                let d = y.d.to_f32() * sc as f32;
-                if d == 0.0 {
-                    continue;
-                }
-                let dm = y.dmin.to_f32() * m as f32;
-                for ii in 0..32 {
-                    let q = nearest_int((x[32 * j + ii] + dm) / d);
-                    l[32 * j + ii] = 0.max(31.min(q)) as u8;
-                }
-            }
+            (y.scales, y.d, y.dmin) = quantize_scales_mins_k(x, 31, -0.5, 15, &mut l);
 
             y.qh = [0; 32];
             let (mut m1, mut m2) = (1u8, 2u8);
@@ -393,6 +342,7 @@ pub(crate) mod neon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k_quants::common::pack_scale_min_k4;
     use crate::k_quants::common::testutil::*;
     use bytemuck::Zeroable;
     use proptest::prelude::*;

@@ -25,7 +25,7 @@ pub struct AdapterHandle {
     pub version: u64,
     pub adapter: Arc<LoraAdapter>,
     /// DoRA row factors per scale, computed on first use.
-    pub(crate) dora_cache: Arc<Mutex<HashMap<u32, Arc<Vec<Vec<f32>>>>>>,
+    pub(crate) dora_cache: Arc<Mutex<HashMap<u32, DoraFactors>>>,
     /// Each target's B transposed (`[r, n_out]`), so the fused epilogue is `r` contiguous
     /// axpy passes over the output rows (vectorizes), not one tiny dot per row.
     pub(crate) b_t: Arc<Vec<Vec<f32>>>,
@@ -50,6 +50,9 @@ impl AdapterHandle {
         AdapterHandle { name, version, adapter: Arc::new(adapter), dora_cache: Default::default(), b_t: Arc::new(b_t) }
     }
 }
+
+/// DoRA row factors of every target of an adapter at one scale (empty for non-DoRA targets).
+pub(crate) type DoraFactors = Arc<Vec<Arc<Vec<f32>>>>;
 
 /// One active target on one linear layer.
 #[derive(Clone, Debug)]
@@ -123,7 +126,7 @@ impl LoraPlan {
                     target: ti,
                     b_t: h.b_t.clone(),
                     scale: scale * t.scale,
-                    dora: dora.as_ref().and_then(|d| if t.dora_magnitude.is_some() { Some(Arc::new(d[ti].clone())) } else { None }),
+                    dora: dora.as_ref().filter(|_| t.dora_magnitude.is_some()).map(|d| d[ti].clone()),
                 };
                 let slot = &mut per_linear[id];
                 if (entry.dora.is_some() && !slot.is_empty()) || slot.iter().any(|e| e.dora.is_some()) {
@@ -177,14 +180,14 @@ impl LoraPlan {
 /// DoRA row factors of every target of `h` at generation scale `scale`: `m / ‖W + s·B·A‖₂`
 /// per output row, with W the dequantized base (PEFT `DoraLinearLayer.get_weight_norm`).
 /// Cached per scale.
-fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<Arc<Vec<Vec<f32>>>, LoraError> {
+fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<DoraFactors, LoraError> {
     if let Some(f) = h.dora_cache.lock().expect("dora cache").get(&scale.to_bits()) {
         return Ok(f.clone());
     }
     let mut out = Vec::with_capacity(h.adapter.targets.len());
     for t in &h.adapter.targets {
         let Some(m) = &t.dora_magnitude else {
-            out.push(Vec::new());
+            out.push(Arc::new(Vec::new()));
             continue;
         };
         let w = model.dequantize_weight(&t.tensor).map_err(|e| LoraError::Plan { message: e.to_string() })?;
@@ -205,7 +208,7 @@ fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<Arc<Vec<
                 m[o] / (sum.sqrt() as f32)
             })
             .collect();
-        out.push(f);
+        out.push(Arc::new(f));
     }
     let out = Arc::new(out);
     h.dora_cache.lock().expect("dora cache").insert(scale.to_bits(), out.clone());

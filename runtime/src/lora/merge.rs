@@ -18,23 +18,23 @@ pub fn write_merged(baked: &Model, note: &str, out: &Path) -> Result<u64, GgufEr
     w.metadata = file.metadata().clone();
     let name = file.metadata().get_str("general.name").unwrap_or("model").to_string();
     w.metadata.set("general.name", GgufValue::String(format!("{name} {note}")));
-    let baked_by_name: std::collections::HashMap<&str, &crate::model::WeightRef> =
-        baked.linears().filter(|l| l.w.is_owned()).map(|l| (l.w.name.as_str(), &l.w)).collect();
+    // The baked weights: name → (type, shape, bytes).
+    let mut baked_by_name: std::collections::HashMap<&str, (quant::GgmlType, Vec<u64>, &[u8])> = baked
+        .linears()
+        .filter_map(|l| match &l.w.data {
+            WeightData::Owned(bytes) => Some((l.w.name.as_str(), (l.w.ty, vec![l.w.n_in as u64, l.w.n_out as u64], bytes.as_slice()))),
+            WeightData::Mapped { .. } => None,
+        })
+        .collect();
     for t in file.tensors() {
-        match baked_by_name.get(t.name.as_str()) {
-            Some(b) => {
-                let WeightData::Owned(bytes) = &b.data else { unreachable!("filtered on is_owned") };
-                w.add_tensor(t.name.clone(), t.shape.clone(), b.ty, Cow::Borrowed(bytes.as_slice()));
-            }
+        match baked_by_name.remove(t.name.as_str()) {
+            Some((ty, _, bytes)) => w.add_tensor(t.name.clone(), t.shape.clone(), ty, Cow::Borrowed(bytes)),
             None => w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, Cow::Borrowed(file.view(t).data)),
         }
     }
-    // An lm_head LoRA on a tied head: the merged file gets its own `output.weight`.
-    if file.header().tensor_info("output.weight").is_none() {
-        if let Some(b) = baked_by_name.get("output.weight") {
-            let WeightData::Owned(bytes) = &b.data else { unreachable!("filtered on is_owned") };
-            w.add_tensor("output.weight", vec![b.n_in as u64, b.n_out as u64], b.ty, Cow::Borrowed(bytes.as_slice()));
-        }
+    // What is left is an lm_head LoRA on a tied head: the merged file gets its own `output.weight`.
+    for (name, (ty, shape, bytes)) in baked_by_name {
+        w.add_tensor(name, shape, ty, Cow::Borrowed(bytes));
     }
     w.write_file(out)
 }

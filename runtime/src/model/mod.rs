@@ -73,10 +73,6 @@ impl WeightRef {
         WeightRef { name: self.name.clone(), ty, n_out: self.n_out, n_in: self.n_in, data: WeightData::Owned(Arc::new(bytes)) }
     }
 
-    /// Whether the bytes are an in-memory copy rather than the file's.
-    pub fn is_owned(&self) -> bool {
-        matches!(self.data, WeightData::Owned(_))
-    }
 }
 
 /// A linear layer: weight and optional bias (`[n_out]`).
@@ -286,21 +282,14 @@ impl Model {
     pub fn linear(&self, lin: &Linear, x: &[f32], n_tok: usize, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         let mut y = vec![0f32; n_tok * lin.w.n_out];
         let entries = plan.entries(lin.id);
+        let prepared = crate::lora::apply::prepare(entries, x, n_tok);
+        let epi = |t: usize, first: usize, vals: &mut [f32]| crate::lora::apply::epilogue(&prepared, t, first, vals);
+        let epi: Option<quant::Epilogue<'_>> = if entries.is_empty() { None } else { Some(&epi) };
         let m = self.matrix(&lin.w);
-        if entries.is_empty() {
-            if self.float_reference {
-                quant::matmul_dequantized(&m, x, n_tok, &mut y, None)?;
-            } else {
-                quant::matmul(&m, x, n_tok, &mut y)?;
-            }
+        if self.float_reference {
+            quant::matmul_dequantized(&m, x, n_tok, &mut y, epi)?;
         } else {
-            let prepared = crate::lora::apply::prepare(entries, x, n_tok);
-            let epi = |t: usize, first: usize, vals: &mut [f32]| crate::lora::apply::epilogue(&prepared, t, first, vals);
-            if self.float_reference {
-                quant::matmul_dequantized(&m, x, n_tok, &mut y, Some(&epi))?;
-            } else {
-                quant::matmul_epilogue(&m, x, n_tok, &mut y, &epi)?;
-            }
+            quant::matmul_epilogue(&m, x, n_tok, &mut y, epi)?;
         }
         if let Some(b) = &lin.bias {
             ops::add_bias(&mut y, b);
@@ -337,39 +326,36 @@ impl Model {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        // Run the whole pass on a pool thread: its many parallel products then start from a
-        // worker that takes part in them, instead of a caller that sleeps and wakes for each.
-        if rayon::current_thread_index().is_none() {
-            let mut out = None;
-            rayon::scope(|s| s.spawn(|_| out = Some(self.forward_with(kv, tokens, logits, plan))));
-            return out.expect("the scope ran the pass");
-        }
-        let x = self.forward_hidden(kv, tokens, plan)?;
-        self.head(x, tokens.len(), logits, plan)
+        on_pool(|| {
+            let x = self.forward_hidden(kv, tokens, plan)?;
+            self.head(x, tokens.len(), logits, plan)
+        })
     }
 
     /// Like [`Model::forward`], but returns the hidden states after the last block
     /// (`[n_tok, n_embd]`, before the final norm); [`Model::logits_of`] turns rows of them into
     /// logits.
     pub fn forward_hidden(&self, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
-        let needed = kv.len() + tokens.len();
-        if needed > kv.n_ctx() {
-            return Err(ModelError::ContextOverflow { needed, n_ctx: kv.n_ctx(), n_ctx_train: self.config.n_ctx_train });
-        }
-        let x = match self.config.arch {
-            Arch::Llama => llama::forward(self, kv, tokens, plan)?,
-            Arch::Qwen2 => qwen2::forward(self, kv, tokens, plan)?,
-            Arch::Qwen3 => qwen3::forward(self, kv, tokens, plan)?,
-            Arch::Gemma3 => gemma3::forward(self, kv, tokens, plan)?,
-        };
-        kv.advance(tokens.len());
-        Ok(x)
+        on_pool(|| {
+            let needed = kv.len() + tokens.len();
+            if needed > kv.n_ctx() {
+                return Err(ModelError::ContextOverflow { needed, n_ctx: kv.n_ctx(), n_ctx_train: self.config.n_ctx_train });
+            }
+            let x = match self.config.arch {
+                Arch::Llama => llama::forward(self, kv, tokens, plan)?,
+                Arch::Qwen2 => qwen2::forward(self, kv, tokens, plan)?,
+                Arch::Qwen3 => qwen3::forward(self, kv, tokens, plan)?,
+                Arch::Gemma3 => gemma3::forward(self, kv, tokens, plan)?,
+            };
+            kv.advance(tokens.len());
+            Ok(x)
+        })
     }
 
     /// Logits (`[n, n_vocab]`) of `n` rows of hidden states from [`Model::forward_hidden`].
     pub fn logits_of(&self, hidden: &[f32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
         let n = hidden.len() / self.config.n_embd;
-        self.head(hidden.to_vec(), n, Logits::All, plan)
+        on_pool(|| self.head(hidden.to_vec(), n, Logits::All, plan))
     }
 
     /// Final norm and output head over the hidden states `x` (`[n_tok, n_embd]`).
@@ -389,6 +375,18 @@ impl Model {
         let c = &self.config;
         KvCache::new(c.n_layer, n_ctx.min(c.n_ctx_train), c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v)
     }
+}
+
+/// Run `f` on a rayon pool thread (directly when already on one). A forward pass makes many
+/// parallel products; started from a worker, each one has that worker take part, instead of a
+/// caller thread that sleeps and wakes for every product.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let mut out = None;
+    rayon::scope(|s| s.spawn(|_| out = Some(f())));
+    out.expect("the scope ran the closure")
 }
 
 /// Looks tensors up by name and checks their shapes while loading.

@@ -342,17 +342,3 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
-
-/// In-place softmax (`ggml_soft_max`): subtract the max, exponentiate, sum in f64, normalize.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
