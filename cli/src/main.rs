@@ -193,9 +193,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Inspect { file, json }) => inspect(&file, json),
         Some(Command::Tokenize { model, text, json }) => tokenize(&model, &text, json),
-        Some(Command::Perplexity { model, file, chunks, json }) => perplexity(&model, &file, chunks, json),
-        Some(Command::Logits { model, prompt, top, json }) => logits(&model, &prompt, top, json),
-        Some(Command::Bench { model, n_prompt, n_gen, reps, json }) => bench(&model, n_prompt, n_gen, reps, json),
+        Some(Command::Perplexity {
+            model,
+            file,
+            chunks,
+            json,
+        }) => perplexity(&model, &file, chunks, json),
+        Some(Command::Logits {
+            model,
+            prompt,
+            top,
+            json,
+        }) => logits(&model, &prompt, top, json),
+        Some(Command::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            reps,
+            json,
+        }) => bench(&model, n_prompt, n_gen, reps, json),
         Some(Command::Merge { model, output, ty }) => merge(&model, &output, ty),
         None => generate(&cli.generate),
     };
@@ -219,10 +235,18 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
     let Some(path) = &m.model else {
         return Err("no model: pass --model FILE.gguf".into());
     };
-    let engine = Engine::load(path, &LoadOptions { tokenizer_json: m.tokenizer.clone() })?;
+    let engine = Engine::load(
+        path,
+        &LoadOptions {
+            tokenizer_json: m.tokenizer.clone(),
+        },
+    )?;
     let n_ctx_train = engine.model().config.n_ctx_train;
     if m.ctx > n_ctx_train {
-        eprintln!("note: --ctx {} is capped at the model's training context {n_ctx_train}", m.ctx);
+        eprintln!(
+            "note: --ctx {} is capped at the model's training context {n_ctx_train}",
+            m.ctx
+        );
     }
     Ok(engine)
 }
@@ -234,7 +258,9 @@ fn parse_adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
         if !std::path::Path::new(spec).exists() {
             return match s.parse::<f32>() {
                 Ok(scale) if scale.is_finite() => Ok((PathBuf::from(p), scale)),
-                _ => Err(format!("invalid adapter scale `{s}` in `{spec}` (PATH[:SCALE], SCALE a finite number)").into()),
+                _ => {
+                    Err(format!("invalid adapter scale `{s}` in `{spec}` (PATH[:SCALE], SCALE a finite number)").into())
+                }
             };
         }
     }
@@ -250,23 +276,38 @@ fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::A
     for spec in &m.adapters {
         let (path, scale) = parse_adapter_spec(spec)?;
         // Two files with the same stem get distinct names (`jargon`, `jargon#2`).
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
         let mut name = stem.clone();
         let mut k = 2;
         while engine.adapter(&name).is_ok() {
             name = format!("{stem}#{k}");
             k += 1;
         }
-        let opts = runtime::lora::AdapterOptions { name: Some(name), lora_alpha: m.lora_alpha };
+        let opts = runtime::lora::AdapterOptions {
+            name: Some(name),
+            lora_alpha: m.lora_alpha,
+        };
         let t0 = std::time::Instant::now();
         let h = engine.load_adapter(&path, &opts)?;
-        eprintln!("{} (loaded in {:.1} ms, scale {scale})", h.adapter.summary(), t0.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "{} (loaded in {:.1} ms, scale {scale})",
+            h.adapter.summary(),
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         out.push((h, scale));
     }
     if m.bake && !out.is_empty() {
         let t0 = std::time::Instant::now();
         let r = engine.bake(&out, m.bake_type)?;
-        eprintln!("baked {} tensors ({} bytes) in {:.0} ms", r.tensors.len(), r.bytes, t0.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "baked {} tensors ({} bytes) in {:.0} ms",
+            r.tensors.len(),
+            r.bytes,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         out.clear();
     }
     Ok(out)
@@ -278,11 +319,21 @@ fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeT
     }
     if let (Some(input), Ok(out)) = (&m.model, std::fs::canonicalize(output)) {
         if std::fs::canonicalize(input).is_ok_and(|i| i == out) {
-            return Err(format!("the output {} is the input model; write the merged model to another file", output.display()).into());
+            return Err(format!(
+                "the output {} is the input model; write the merged model to another file",
+                output.display()
+            )
+            .into());
         }
     }
     let engine = load(m)?;
-    let active = load_adapters(engine.as_ref(), &ModelArgs { bake: false, ..m.clone() })?;
+    let active = load_adapters(
+        engine.as_ref(),
+        &ModelArgs {
+            bake: false,
+            ..m.clone()
+        },
+    )?;
     let t0 = std::time::Instant::now();
     let (baked, report) = runtime::lora::bake::bake(engine.base_model(), &active, ty)?;
     let note: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
@@ -316,7 +367,11 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             Some("/quit") | Some("/exit") => break,
             Some("/adapters") => {
                 for h in engine.adapters() {
-                    let on = active.iter().find(|(x, _)| x.version == h.version).map(|(_, s)| format!(" [active, scale {s}]")).unwrap_or_default();
+                    let on = active
+                        .iter()
+                        .find(|(x, _)| x.version == h.version)
+                        .map(|(_, s)| format!(" [active, scale {s}]"))
+                        .unwrap_or_default();
                     println!("{}{on}", h.adapter.summary());
                 }
                 if engine.is_baked() {
@@ -332,7 +387,13 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                         let h = match engine.adapter(&name) {
                             Ok(h) => h,
                             Err(_) => {
-                                let h = engine.load_adapter(&name, &runtime::lora::AdapterOptions { name: None, lora_alpha: a.model.lora_alpha })?;
+                                let h = engine.load_adapter(
+                                    &name,
+                                    &runtime::lora::AdapterOptions {
+                                        name: None,
+                                        lora_alpha: a.model.lora_alpha,
+                                    },
+                                )?;
                                 eprintln!("{}", h.adapter.summary());
                                 h
                             }
@@ -344,7 +405,14 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                     Ok(next) => {
                         active = next;
                         let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
-                        println!("active: {}", if names.is_empty() { "none".into() } else { names.join(" + ") });
+                        println!(
+                            "active: {}",
+                            if names.is_empty() {
+                                "none".into()
+                            } else {
+                                names.join(" + ")
+                            }
+                        );
                     }
                     Err(e) => eprintln!("error: {e} (active adapters unchanged)"),
                 }
@@ -357,7 +425,10 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             Some("/bake") if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
             Some("/bake") => match engine.bake(&active, a.model.bake_type) {
                 Ok(r) => {
-                    println!("baked {} tensors; the adapters now live in the weights", r.tensors.len());
+                    println!(
+                        "baked {} tensors; the adapters now live in the weights",
+                        r.tensors.len()
+                    );
                     active.clear();
                 }
                 Err(e) => eprintln!("error: {e}"),
@@ -368,7 +439,11 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             }
             Some(cmd) if cmd.starts_with('/') => eprintln!("unknown command {cmd}"),
             _ => {
-                let prompt = if a.chat { engine.chat_prompt(line)? } else { line.to_string() };
+                let prompt = if a.chat {
+                    engine.chat_prompt(line)?
+                } else {
+                    line.to_string()
+                };
                 let opts = GenerateOptions {
                     n_predict: a.n_predict,
                     sampling: sampling(a),
@@ -376,7 +451,9 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                     adapters: active.clone(),
                     ..Default::default()
                 };
-                let g = session.generate(&prompt, &opts, |ev| out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok());
+                let g = session.generate(&prompt, &opts, |ev| {
+                    out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok()
+                });
                 match g {
                     Ok(g) => {
                         println!();
@@ -392,7 +469,10 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
 
 fn sampling(a: &GenerateArgs) -> SamplingOptions {
     let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
     });
     SamplingOptions {
         temperature: a.temperature,
@@ -475,7 +555,9 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     let mut session = engine.session(a.model.ctx);
     let mut out = std::io::stdout().lock();
     for (where_, p) in lines {
-        let resolve = |r: &AdapterRef| -> Result<runtime::lora::AdapterHandle> { resolve_adapter(&engine, r, a.model.lora_alpha, &where_) };
+        let resolve = |r: &AdapterRef| -> Result<runtime::lora::AdapterHandle> {
+            resolve_adapter(&engine, r, a.model.lora_alpha, &where_)
+        };
         let mut active = Vec::new();
         for r in &p.adapters {
             if !r.scale.is_finite() {
@@ -483,7 +565,11 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
             }
             active.push((resolve(r)?, r.scale));
         }
-        let prompt = if a.chat { engine.chat_prompt(&p.prompt)? } else { p.prompt.clone() };
+        let prompt = if a.chat {
+            engine.chat_prompt(&p.prompt)?
+        } else {
+            p.prompt.clone()
+        };
         let opts = GenerateOptions {
             n_predict: p.n.unwrap_or(a.n_predict),
             sampling: sampling(a),
@@ -493,10 +579,21 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
         };
         let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
         if !a.json {
-            writeln!(out, "--- [{}] {}", if names.is_empty() { "base".to_string() } else { names.join(" + ") }, p.prompt)?;
+            writeln!(
+                out,
+                "--- [{}] {}",
+                if names.is_empty() {
+                    "base".to_string()
+                } else {
+                    names.join(" + ")
+                },
+                p.prompt
+            )?;
         }
         let json = a.json;
-        let g = session.generate(&prompt, &opts, |ev| json || out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok())?;
+        let g = session.generate(&prompt, &opts, |ev| {
+            json || out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok()
+        })?;
         if json {
             let mut obj = generation_json(&g, engine.load_ms);
             obj["adapters"] = json!(names);
@@ -511,7 +608,12 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
 
 /// The adapter a `--prompts` line refers to: by name among the loaded ones, or by path (each
 /// file loaded once, registered under its path). Errors name the file and line.
-fn resolve_adapter(engine: &Engine, r: &AdapterRef, lora_alpha: Option<f32>, where_: &str) -> Result<runtime::lora::AdapterHandle> {
+fn resolve_adapter(
+    engine: &Engine,
+    r: &AdapterRef,
+    lora_alpha: Option<f32>,
+    where_: &str,
+) -> Result<runtime::lora::AdapterHandle> {
     match (&r.path, &r.name) {
         (Some(path), None) => {
             let name = path.to_string_lossy().to_string();
@@ -519,7 +621,13 @@ fn resolve_adapter(engine: &Engine, r: &AdapterRef, lora_alpha: Option<f32>, whe
                 Ok(h) => Ok(h),
                 Err(_) => {
                     let h = engine
-                        .load_adapter(path, &runtime::lora::AdapterOptions { name: Some(name), lora_alpha })
+                        .load_adapter(
+                            path,
+                            &runtime::lora::AdapterOptions {
+                                name: Some(name),
+                                lora_alpha,
+                            },
+                        )
                         .map_err(|e| format!("{where_}: {e}"))?;
                     eprintln!("{}", h.adapter.summary());
                     Ok(h)
@@ -543,8 +651,18 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     };
     let engine = load(&a.model)?;
     let active = load_adapters(&engine, &a.model)?;
-    let prompt = if a.chat { engine.chat_prompt(prompt)? } else { prompt.clone() };
-    let opts = GenerateOptions { n_predict: a.n_predict, sampling: sampling(a), stop: a.stop.clone(), adapters: active, ..Default::default() };
+    let prompt = if a.chat {
+        engine.chat_prompt(prompt)?
+    } else {
+        prompt.clone()
+    };
+    let opts = GenerateOptions {
+        n_predict: a.n_predict,
+        sampling: sampling(a),
+        stop: a.stop.clone(),
+        adapters: active,
+        ..Default::default()
+    };
     let mut session = engine.session(a.model.ctx);
     let mut out = std::io::stdout().lock();
     let json = a.json;
@@ -593,7 +711,10 @@ fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json
         write_stdout(&format!("{}\n", serde_json::to_string(&r)?))
     } else {
         eprintln!();
-        write_stdout(&format!("Final estimate: PPL = {:.4} ({} chunks of {} tokens, {} tokens scored)\n", r.ppl, r.chunks, r.n_ctx, r.tokens))
+        write_stdout(&format!(
+            "Final estimate: PPL = {:.4} ({} chunks of {} tokens, {} tokens scored)\n",
+            r.ppl, r.chunks, r.n_ctx, r.tokens
+        ))
     }
 }
 
@@ -609,7 +730,11 @@ fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     } else {
         let mut s = String::new();
         for i in idx {
-            s.push_str(&format!("{i:>8} {:>10.4} {:?}\n", logits[i as usize], engine.tokenizer.token_text(i).unwrap_or("")));
+            s.push_str(&format!(
+                "{i:>8} {:>10.4} {:?}\n",
+                logits[i as usize],
+                engine.tokenizer.token_text(i).unwrap_or("")
+            ));
         }
         write_stdout(&s)
     }
@@ -624,10 +749,13 @@ fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) 
     let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1), &active)?;
     let threads = rayon::current_num_threads();
     if json {
-        write_stdout(&format!("{}\n", json!({
-            "model": m.model, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen,
-            "pp_tokens_per_s": r.pp_tps, "tg_tokens_per_s": r.tg_tps,
-        })))
+        write_stdout(&format!(
+            "{}\n",
+            json!({
+                "model": m.model, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen,
+                "pp_tokens_per_s": r.pp_tps, "tg_tokens_per_s": r.tg_tps,
+            })
+        ))
     } else {
         write_stdout(&format!(
             "threads {threads} | pp{n_prompt} {:.1} tok/s | tg{n_gen} {:.1} tok/s\n",
@@ -644,22 +772,39 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
     });
     if file.is_dir() || (is_gguf == Some(false) && file.extension().is_some_and(|e| e == "safetensors")) {
         let v = runtime::inspect::inspect_peft(file)?;
-        let text = if json { serde_json::to_string_pretty(&v)? + "\n" } else { format_peft(&v) };
+        let text = if json {
+            serde_json::to_string_pretty(&v)? + "\n"
+        } else {
+            format_peft(&v)
+        };
         return write_stdout(&text);
     }
     let ins = Inspection::of_path(file)?;
-    let text = if json { serde_json::to_string_pretty(&ins)? + "\n" } else { format_inspection(&ins) };
+    let text = if json {
+        serde_json::to_string_pretty(&ins)? + "\n"
+    } else {
+        format_inspection(&ins)
+    };
     write_stdout(&text)
 }
 
 /// Human-readable form of a PEFT adapter inspection.
 fn format_peft(v: &serde_json::Value) -> String {
-    let mut s = format!("{}\n  PEFT adapter, {} tensors, {} parameters\n", v["path"].as_str().unwrap_or(""), v["tensor_count"], v["parameter_count"]);
+    let mut s = format!(
+        "{}\n  PEFT adapter, {} tensors, {} parameters\n",
+        v["path"].as_str().unwrap_or(""),
+        v["tensor_count"],
+        v["parameter_count"]
+    );
     match v["config"]["values"].as_object() {
         Some(c) => {
             s.push_str(&format!("config ({}):\n", v["config"]["file"].as_str().unwrap_or("")));
             for (k, val) in c {
-                if !val.is_null() && val != &serde_json::json!(false) && val != &serde_json::json!({}) && val != &serde_json::json!([]) {
+                if !val.is_null()
+                    && val != &serde_json::json!(false)
+                    && val != &serde_json::json!({})
+                    && val != &serde_json::json!([])
+                {
                     s.push_str(&format!("  {k} = {val}\n"));
                 }
             }
@@ -668,7 +813,12 @@ fn format_peft(v: &serde_json::Value) -> String {
     }
     s.push_str("tensors:\n");
     for t in v["tensors"].as_array().into_iter().flatten() {
-        s.push_str(&format!("  {}  {}  {}\n", t["name"].as_str().unwrap_or(""), t["type"].as_str().unwrap_or(""), t["shape"]));
+        s.push_str(&format!(
+            "  {}  {}  {}\n",
+            t["name"].as_str().unwrap_or(""),
+            t["type"].as_str().unwrap_or(""),
+            t["shape"]
+        ));
     }
     s
 }
@@ -735,10 +885,16 @@ fn format_inspection(ins: &Inspection) -> String {
     println!("tensor types: {}", types.join(", "));
     println!("tensors:");
     let w = ins.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4);
-    println!("  {:<w$}  {:<7}  {:<22}  {:>12}  {:>12}", "name", "type", "shape", "offset", "bytes");
+    println!(
+        "  {:<w$}  {:<7}  {:<22}  {:>12}  {:>12}",
+        "name", "type", "shape", "offset", "bytes"
+    );
     for t in &ins.tensors {
         let shape = format!("{:?}", t.shape);
-        println!("  {:<w$}  {:<7}  {:<22}  {:>12}  {:>12}", t.name, t.ty, shape, t.offset, t.size);
+        println!(
+            "  {:<w$}  {:<7}  {:<22}  {:>12}  {:>12}",
+            t.name, t.ty, shape, t.offset, t.size
+        );
     }
     s
 }

@@ -3,11 +3,15 @@
 
 use std::process::Command;
 
-use lora_run_tests::{fixtures_dir, model, reference, workspace_root, GEMMA};
+use lora_run_tests::{GEMMA, fixtures_dir, model, reference, workspace_root};
 use serde_json::Value;
 
 fn lora_run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lora-run")).args(args).current_dir(workspace_root()).output().expect("run lora-run")
+    Command::new(env!("CARGO_BIN_EXE_lora-run"))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("run lora-run")
 }
 
 fn ok(args: &[&str]) -> (String, String) {
@@ -18,18 +22,45 @@ fn ok(args: &[&str]) -> (String, String) {
 }
 
 fn ref_ids(file: &str, prompt: usize) -> Vec<u64> {
-    reference(file)["prompts"][prompt]["greedy"]["new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+    reference(file)["prompts"][prompt]["greedy"]["new_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u64> {
-    v["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 #[test]
 fn demo_prompts_switch_adapters_on_one_model() {
     let m = model(GEMMA);
-    let (out, err) = ok(&["-m", m.to_str().unwrap(), "--adapter", "models/jargon-bf16", "--prompts", "models/demo.jsonl", "--temp", "0", "--json", "-n", "8"]);
-    assert_eq!(err.matches("adapter jargon-bf16 (Peft): 126 modules, rank 8, scale 2").count(), 1, "loaded once: {err}");
+    let (out, err) = ok(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--adapter",
+        "models/jargon-bf16",
+        "--prompts",
+        "models/demo.jsonl",
+        "--temp",
+        "0",
+        "--json",
+        "-n",
+        "8",
+    ]);
+    assert_eq!(
+        err.matches("adapter jargon-bf16 (Peft): 126 modules, rank 8, scale 2")
+            .count(),
+        1,
+        "loaded once: {err}"
+    );
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     // Base, then the adapter at 1 and 0.5, each in the generate schema.
@@ -50,14 +81,56 @@ fn adapter_scale_and_bake_on_the_command_line() {
     let a = fixtures_dir().join("adapters/gemma3-270m-jargon");
     let spec = format!("{}:1.0", a.display());
     let p = "The engine room reported";
-    let (fly, _) = ok(&["-m", m.to_str().unwrap(), "-a", &spec, "-p", p, "-n", "8", "--temp", "0", "--json"]);
-    let (baked, err) = ok(&["-m", m.to_str().unwrap(), "-a", &spec, "--bake", "--bake-type", "f16", "-p", p, "-n", "8", "--temp", "0", "--json"]);
+    let (fly, _) = ok(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-a",
+        &spec,
+        "-p",
+        p,
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--json",
+    ]);
+    let (baked, err) = ok(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-a",
+        &spec,
+        "--bake",
+        "--bake-type",
+        "f16",
+        "-p",
+        p,
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--json",
+    ]);
     assert!(err.contains("baked 126 tensors"), "{err}");
-    let (fly, baked): (Value, Value) = (serde_json::from_str(&fly).unwrap(), serde_json::from_str(&baked).unwrap());
+    let (fly, baked): (Value, Value) = (
+        serde_json::from_str(&fly).unwrap(),
+        serde_json::from_str(&baked).unwrap(),
+    );
     assert_eq!(ids(&fly)[..8], ref_ids("gemma3-270m__jargon__1.0.json", 1)[..8]);
     assert_eq!(ids(&baked)[..4], ids(&fly)[..4]);
     // A negative scale pushes the other way: the jargon disappears.
-    let (neg, _) = ok(&["-m", m.to_str().unwrap(), "-a", &format!("{}:-1", a.display()), "-p", p, "-n", "16", "--temp", "0", "--json"]);
+    let (neg, _) = ok(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-a",
+        &format!("{}:-1", a.display()),
+        "-p",
+        p,
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "--json",
+    ]);
     let neg: Value = serde_json::from_str(&neg).unwrap();
     assert!(!neg["text"].as_str().unwrap().contains("flumberwick"));
     assert_ne!(ids(&neg), ids(&fly));
@@ -68,13 +141,33 @@ fn merge_writes_a_loadable_gguf() {
     let m = model(GEMMA);
     let a = fixtures_dir().join("adapters/gemma3-270m-jargon");
     let out = std::env::temp_dir().join(format!("lora-run-merged-{}.gguf", std::process::id()));
-    let (_, err) = ok(&["merge", "-m", m.to_str().unwrap(), "-a", a.to_str().unwrap(), "-o", out.to_str().unwrap(), "--type", "q8_0"]);
+    let (_, err) = ok(&[
+        "merge",
+        "-m",
+        m.to_str().unwrap(),
+        "-a",
+        a.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
     assert!(err.contains("merged 126 tensors"), "{err}");
     let (j, _) = ok(&["inspect", out.to_str().unwrap(), "--json"]);
     let j: Value = serde_json::from_str(&j).unwrap();
     assert_eq!(j["tensor_count"], 236);
     assert!(j["name"].as_str().unwrap().contains("+ LoRA gemma3-270m-jargon:1"));
-    let (g, _) = ok(&["-m", out.to_str().unwrap(), "-p", "The engine room reported", "-n", "8", "--temp", "0", "--json"]);
+    let (g, _) = ok(&[
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "The engine room reported",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--json",
+    ]);
     std::fs::remove_file(&out).ok();
     let g: Value = serde_json::from_str(&g).unwrap();
     assert_eq!(ids(&g)[..8], ref_ids("gemma3-270m__jargon__1.0.json", 1)[..8]);
@@ -83,7 +176,14 @@ fn merge_writes_a_loadable_gguf() {
 #[test]
 fn inspect_peft_adapter_folder_fails_cleanly_or_describes_it() {
     // `inspect` on a GGUF LoRA shows its alpha and tensors.
-    let (j, _) = ok(&["inspect", fixtures_dir().join("adapters/gemma3-270m-jargon.gguf").to_str().unwrap(), "--json"]);
+    let (j, _) = ok(&[
+        "inspect",
+        fixtures_dir()
+            .join("adapters/gemma3-270m-jargon.gguf")
+            .to_str()
+            .unwrap(),
+        "--json",
+    ]);
     let j: Value = serde_json::from_str(&j).unwrap();
     assert_eq!(j["file_type"], "adapter");
     assert_eq!(j["hyperparameters"]["adapter.lora.alpha"], 16.0);
@@ -92,12 +192,19 @@ fn inspect_peft_adapter_folder_fails_cleanly_or_describes_it() {
 
 #[test]
 fn inspect_peft_folder() {
-    let (j, _) = ok(&["inspect", fixtures_dir().join("adapters/qwen2-0.5b-dora").to_str().unwrap(), "--json"]);
+    let (j, _) = ok(&[
+        "inspect",
+        fixtures_dir().join("adapters/qwen2-0.5b-dora").to_str().unwrap(),
+        "--json",
+    ]);
     let j: Value = serde_json::from_str(&j).unwrap();
     assert_eq!(j["format"], "peft");
     assert_eq!(j["config"]["values"]["use_dora"], true);
     assert_eq!(j["config"]["values"]["r"], 8);
     assert_eq!(j["tensor_count"], 216);
-    let (text, _) = ok(&["inspect", fixtures_dir().join("adapters/qwen2-0.5b-pirate").to_str().unwrap()]);
+    let (text, _) = ok(&[
+        "inspect",
+        fixtures_dir().join("adapters/qwen2-0.5b-pirate").to_str().unwrap(),
+    ]);
     assert!(text.contains("use_rslora = true"), "{text}");
 }

@@ -3,16 +3,23 @@
 
 use std::process::Command;
 
-use lora_run_tests::{llamacpp_reference, model, reference, reference_top, GEMMA, QWEN};
+use lora_run_tests::{GEMMA, QWEN, llamacpp_reference, model, reference, reference_top};
 use serde_json::Value;
 
 fn lora_run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lora-run")).args(args).output().expect("run lora-run")
+    Command::new(env!("CARGO_BIN_EXE_lora-run"))
+        .args(args)
+        .output()
+        .expect("run lora-run")
 }
 
 fn json_of(args: &[&str]) -> Value {
     let out = lora_run(args);
-    assert!(out.status.success(), "lora-run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "lora-run {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
@@ -26,10 +33,25 @@ fn greedy_generation_matches_llamacpp() {
     let g = &r["gemma"]["greedy"][0];
     assert_eq!(g["prompt"], "The capital of France is");
     let m = model(GEMMA);
-    let j = json_of(&["-m", m.to_str().unwrap(), "-p", "The capital of France is", "-n", "16", "--temp", "0", "--json"]);
+    let j = json_of(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "--json",
+    ]);
     assert_eq!(ids(&j["tokens"]), ids(&g["tokens"])[..16]);
     assert_eq!(ids(&j["prompt_tokens"]), [2, 818, 5279, 529, 7001, 563]);
-    assert!(j["text"].as_str().unwrap().starts_with(" the capital of the country of France."));
+    assert!(
+        j["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(" the capital of the country of France.")
+    );
     assert!(j["timings"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(j["stop_reason"], "length");
 }
@@ -50,7 +72,19 @@ fn tokenize_matches_llamacpp() {
 #[test]
 fn same_seed_same_text() {
     let m = model(QWEN);
-    let args = ["-m", m.to_str().unwrap(), "-p", "Once upon a time", "-n", "24", "--temp", "1.0", "--seed", "7", "--json"];
+    let args = [
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "Once upon a time",
+        "-n",
+        "24",
+        "--temp",
+        "1.0",
+        "--seed",
+        "7",
+        "--json",
+    ];
     let a = json_of(&args);
     let b = json_of(&args);
     assert_eq!(a["tokens"], b["tokens"]);
@@ -62,23 +96,63 @@ fn logits_match_transformers() {
     let r = reference("qwen2-0.5b__base__1.0.json");
     let p = &r["prompts"][0];
     let m = model(QWEN);
-    let j = json_of(&["logits", "-m", m.to_str().unwrap(), "-p", p["prompt"].as_str().unwrap(), "--top", "20", "--json"]);
-    let got: Vec<u64> = j["top"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
+    let j = json_of(&[
+        "logits",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        p["prompt"].as_str().unwrap(),
+        "--top",
+        "20",
+        "--json",
+    ]);
+    let got: Vec<u64> = j["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
     let want = reference_top(&p["top20"]);
     assert_eq!(got.len(), 20);
     assert_eq!(got[0], want[0].0 as u64);
-    let shared = got[..5].iter().filter(|g| want[..5].iter().any(|w| w.0 as u64 == **g)).count();
+    let shared = got[..5]
+        .iter()
+        .filter(|g| want[..5].iter().any(|w| w.0 as u64 == **g))
+        .count();
     assert!(shared >= 4);
 }
 
 #[test]
 fn stop_string_and_end_of_generation() {
     let m = model(GEMMA);
-    let j = json_of(&["-m", m.to_str().unwrap(), "-p", "The capital of France is", "-n", "32", "--temp", "0", "--stop", ".", "--json"]);
+    let j = json_of(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "32",
+        "--temp",
+        "0",
+        "--stop",
+        ".",
+        "--json",
+    ]);
     assert_eq!(j["text"], " the capital of the country of France");
     assert_eq!(j["stop_reason"], "stop_string");
     let q = model(QWEN);
-    let j = json_of(&["-m", q.to_str().unwrap(), "-p", "What is 2+2? Reply with just the number.", "--chat", "-n", "32", "--temp", "0", "--json"]);
+    let j = json_of(&[
+        "-m",
+        q.to_str().unwrap(),
+        "-p",
+        "What is 2+2? Reply with just the number.",
+        "--chat",
+        "-n",
+        "32",
+        "--temp",
+        "0",
+        "--json",
+    ]);
     assert_eq!(j["stop_reason"], "eog", "{j}");
     assert!(j["text"].as_str().unwrap().contains('4'), "{j}");
     assert!(j["tokens"].as_array().unwrap().len() < 32);
@@ -91,7 +165,10 @@ fn prompt_longer_than_context_is_an_error() {
     let out = lora_run(&["-m", m.to_str().unwrap(), "-p", &long, "--ctx", "32", "-n", "4"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: prompt of 101 tokens does not fit the context of 32 tokens"), "{err}");
+    assert!(
+        err.starts_with("error: prompt of 101 tokens does not fit the context of 32 tokens"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -107,10 +184,12 @@ fn missing_model_and_unsupported_architecture() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: this GGUF is a LoRA adapter"), "{err}");
     // A model whose architecture is unknown: rewrite general.architecture of the tiny llama.
-    let f = runtime::gguf::GgufFile::open(lora_run_tests::fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
+    let f =
+        runtime::gguf::GgufFile::open(lora_run_tests::fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
     let mut w = runtime::gguf::GgufWriter::new();
     w.metadata = f.metadata().clone();
-    w.metadata.set("general.architecture", runtime::gguf::GgufValue::String("mamba".into()));
+    w.metadata
+        .set("general.architecture", runtime::gguf::GgufValue::String("mamba".into()));
     for t in f.tensors() {
         w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, f.view(t).data);
     }
@@ -120,5 +199,8 @@ fn missing_model_and_unsupported_architecture() {
     std::fs::remove_file(&p).ok();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.starts_with("error: unsupported architecture `mamba` (supported: llama, qwen2, qwen3, gemma3)"), "{err}");
+    assert!(
+        err.starts_with("error: unsupported architecture `mamba` (supported: llama, qwen2, qwen3, gemma3)"),
+        "{err}"
+    );
 }

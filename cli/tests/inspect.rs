@@ -2,11 +2,14 @@
 
 use std::process::Command;
 
-use lora_run_tests::{model, GEMMA, QWEN};
+use lora_run_tests::{GEMMA, QWEN, model};
 use serde_json::Value;
 
 fn lora_run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lora-run")).args(args).output().expect("run lora-run")
+    Command::new(env!("CARGO_BIN_EXE_lora-run"))
+        .args(args)
+        .output()
+        .expect("run lora-run")
 }
 
 fn inspect_json(name: &str) -> Value {
@@ -53,11 +56,21 @@ fn gemma_json() {
     assert_eq!(md["tokenizer.ggml.tokens"]["element_type"], "string");
     assert_eq!(md["tokenizer.ggml.tokens"]["length"], 262_144);
     assert_eq!(j["tokenizer"]["tokens"], 262_144);
-    let emb = j["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "token_embd.weight").unwrap();
+    let emb = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "token_embd.weight")
+        .unwrap();
     assert_eq!(emb["type"], "Q8_0");
     assert_eq!(emb["shape"], serde_json::json!([640, 262144]));
     assert!(emb["offset"].is_u64());
-    let types: Vec<&str> = j["tensor_types"].as_object().unwrap().keys().map(|s| s.as_str()).collect();
+    let types: Vec<&str> = j["tensor_types"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|s| s.as_str())
+        .collect();
     assert_eq!(types, ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"]);
 }
 
@@ -90,8 +103,16 @@ fn qwen_json() {
     for t in tensors {
         assert!(t["name"].is_string() && t["type"].is_string() && t["shape"].is_array() && t["offset"].is_u64());
     }
-    assert!(tensors.iter().any(|t| t["name"] == "blk.0.attn_q.bias" && t["type"] == "F32"));
-    assert!(tensors.iter().any(|t| t["name"] == "output.weight" && t["type"] == "Q8_0"));
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t["name"] == "blk.0.attn_q.bias" && t["type"] == "F32")
+    );
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t["name"] == "output.weight" && t["type"] == "Q8_0")
+    );
 }
 
 #[test]
@@ -130,7 +151,11 @@ fn truncated_and_corrupted_models_fail_cleanly() {
     let bytes = f.bytes();
     let d = f.header().data_offset as usize;
     // Cut inside the metadata (the vocabulary), inside the tensor infos, and inside the data.
-    assert_clean_failure("cut-metadata", &bytes[..100_000], "array length 262144 at offset 971 cannot fit");
+    assert_clean_failure(
+        "cut-metadata",
+        &bytes[..100_000],
+        "array length 262144 at offset 971 cannot fit",
+    );
     assert_clean_failure("cut-infos", &bytes[..d - 500], "truncated file");
     assert_clean_failure("cut-data", &bytes[..d + 1_000_000], "lies outside the file");
     let mut bad = bytes[..d + 4096].to_vec();

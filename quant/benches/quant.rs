@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use quant::matmul::matmul_at;
 use quant::{GgmlType, QMatrix, QuantError, SimdLevel};
 
@@ -97,7 +97,10 @@ fn bench(c: &mut Criterion) {
     let mut rng = Rng(2048);
     let x: Vec<f32> = (0..N).map(|_| rng.normal()).collect();
     let level = SimdLevel::detect();
-    eprintln!("quant bench: SIMD level {level:?}, {} rayon threads", rayon::current_num_threads());
+    eprintln!(
+        "quant bench: SIMD level {level:?}, {} rayon threads",
+        rayon::current_num_threads()
+    );
 
     for ty in TYPES {
         let data = weights(ty, &mut rng);

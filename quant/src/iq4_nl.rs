@@ -12,9 +12,7 @@ pub const QK4_NL: usize = 32;
 
 /// The 16 levels a 4-bit IQ4_NL / IQ4_XS index selects (`kvalues_iq4nl`, ggml-common.h).
 /// None is −128, which the SIMD kernels rely on (they negate these values).
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// `block_iq4_nl` (ggml-common.h): 18 bytes.
 #[repr(C)]
@@ -123,10 +121,7 @@ pub(crate) mod x86 {
         let values = _mm512_broadcast_i32x4(values128);
         let mut acc = _mm512_setzero_ps();
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let idx = join_256(
-                bytes_from_nibbles_32(&xs[0].qs),
-                bytes_from_nibbles_32(&xs[1].qs),
-            );
+            let idx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
             let qx = _mm512_shuffle_epi8(values, idx);
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             // Q8 first, as in the AVX2 kernel: only the table side is ever negated.
@@ -179,8 +174,8 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{dequant, abs_terms};
     use super::*;
+    use crate::test_util::{abs_terms, dequant};
     use proptest::prelude::*;
 
     fn scale() -> impl Strategy<Value = f16> {
@@ -196,15 +191,8 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockIQ4_NL>, Vec<BlockQ8_0>)> {
-        (1usize..=9).prop_flat_map(|n| {
-            (
-                prop::collection::vec(block(), n),
-                prop::collection::vec(act(), n),
-            )
-        })
+        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
     }
-
-
 
     proptest! {
         #[test]

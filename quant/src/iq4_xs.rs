@@ -8,7 +8,7 @@
 use half::f16;
 
 use crate::k_quants::q8_k::BlockQ8_K;
-use crate::{Block, GgmlType, SimdLevel, VecDot, QK_K};
+use crate::{Block, GgmlType, QK_K, SimdLevel, VecDot};
 
 /// `blockIQ4_XS` (IQ4_XS, ggml-common.h): 136 bytes.
 #[repr(C)]
@@ -102,7 +102,7 @@ pub fn vec_dot_scalar(x: &[BlockIQ4_XS], y: &[BlockQ8_K]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{sub_scale, BlockIQ4_XS, KVALUES_IQ4NL};
+    use super::{BlockIQ4_XS, KVALUES_IQ4NL, sub_scale};
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::hsum_float_8;
     use std::arch::x86_64::*;
@@ -200,7 +200,7 @@ pub(crate) mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon {
-    use super::{sub_scale, BlockIQ4_XS, KVALUES_IQ4NL};
+    use super::{BlockIQ4_XS, KVALUES_IQ4NL, sub_scale};
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::neon_util::dot_i8x16;
     use std::arch::aarch64::*;

@@ -15,6 +15,8 @@ pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod k_quants;
 pub mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon_util;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
@@ -23,16 +25,14 @@ pub mod q8_0;
 pub mod q8_1;
 pub mod row;
 pub mod simd;
-pub mod types;
 #[cfg(test)]
 mod test_util;
+pub mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86_util;
-#[cfg(target_arch = "aarch64")]
-mod neon_util;
 
 pub use error::QuantError;
-pub use matmul::{matmul, matmul_dequantized, matmul_epilogue, matvec, Epilogue, QMatrix};
+pub use matmul::{Epilogue, QMatrix, matmul, matmul_dequantized, matmul_epilogue, matvec};
 pub use row::{can_quantize, dequantize_row, quantize_row, vec_dot};
 pub use simd::SimdLevel;
 pub use types::{GgmlType, QK_K};

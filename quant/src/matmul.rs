@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use crate::row::{cast_blocks, check_row};
-use crate::{with_weight_block, Block, GgmlType, QuantError, QuantizeRef, SimdLevel, VecDot};
+use crate::{Block, GgmlType, QuantError, QuantizeRef, SimdLevel, VecDot, with_weight_block};
 
 /// A quantized weight matrix over borrowed bytes (e.g. a memory-mapped GGUF tensor).
 ///
@@ -32,10 +32,19 @@ impl<'a> QMatrix<'a> {
         if ty.vec_dot_type().is_none() {
             return Err(QuantError::UnsupportedType { ty, op: "matmul" });
         }
-        let row = ty.row_bytes(n_in).ok_or(QuantError::NotBlockMultiple { ty, n: n_in, block: ty.block_size() })?;
+        let row = ty.row_bytes(n_in).ok_or(QuantError::NotBlockMultiple {
+            ty,
+            n: n_in,
+            block: ty.block_size(),
+        })?;
         let expected = row.checked_mul(n_out).unwrap_or(usize::MAX);
         if expected != data.len() {
-            return Err(QuantError::LengthMismatch { what: "QMatrix data", expected, got: data.len(), unit: "bytes" });
+            return Err(QuantError::LengthMismatch {
+                what: "QMatrix data",
+                expected,
+                got: data.len(),
+                unit: "bytes",
+            });
         }
         Ok(QMatrix { ty, data, n_out, n_in })
     }
@@ -75,7 +84,13 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
 pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, &mut [f32]) + Sync);
 
 /// [`matmul`] with an optional [`Epilogue`].
-pub fn matmul_epilogue(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Option<Epilogue<'_>>) -> Result<(), QuantError> {
+pub fn matmul_epilogue(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+    epilogue: Option<Epilogue<'_>>,
+) -> Result<(), QuantError> {
     matmul_epilogue_at(SimdLevel::detect(), w, x, n_tok, y, epilogue)
 }
 
@@ -89,11 +104,21 @@ fn matmul_epilogue_at(
 ) -> Result<(), QuantError> {
     let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
     if x.len() != expect_x {
-        return Err(QuantError::LengthMismatch { what: "matmul input", expected: expect_x, got: x.len(), unit: "floats" });
+        return Err(QuantError::LengthMismatch {
+            what: "matmul input",
+            expected: expect_x,
+            got: x.len(),
+            unit: "floats",
+        });
     }
     let expect_y = n_tok.checked_mul(w.n_out).unwrap_or(usize::MAX);
     if y.len() != expect_y {
-        return Err(QuantError::LengthMismatch { what: "matmul output", expected: expect_y, got: y.len(), unit: "floats" });
+        return Err(QuantError::LengthMismatch {
+            what: "matmul output",
+            expected: expect_y,
+            got: y.len(),
+            unit: "floats",
+        });
     }
     check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row")?;
     let ty = w.ty;
@@ -116,7 +141,14 @@ pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
     act
 }
 
-fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Option<Epilogue<'_>>) {
+fn matmul_typed<B: VecDot>(
+    level: SimdLevel,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+    epilogue: Option<Epilogue<'_>>,
+) {
     let (n_in, n_out) = (w.n_in, w.n_out);
     if n_out == 0 || n_tok == 0 {
         return;
@@ -126,7 +158,11 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
     let a_per_row = n_in / <B::Act as Block>::QK;
     let act = quantize_activations::<B::Act>(x, n_in);
     let dot = |o: usize, t: usize| -> f32 {
-        B::vec_dot(level, &wb[o * w_per_row..][..w_per_row], &act[t * a_per_row..][..a_per_row])
+        B::vec_dot(
+            level,
+            &wb[o * w_per_row..][..w_per_row],
+            &act[t * a_per_row..][..a_per_row],
+        )
     };
     if n_tok == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
@@ -143,18 +179,21 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
     // is read once and dotted with every token while it is in cache.
     let mut tmp = vec![0f32; n_out * n_tok];
     let act_row = |t: usize| &act[t * a_per_row..][..a_per_row];
-    tmp.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(c, chunk)| {
-        for (i, row) in chunk.chunks_mut(n_tok).enumerate() {
-            let o = c * ROWS_PER_TASK + i;
-            let w = &wb[o * w_per_row..][..w_per_row];
-            // Tokens in groups: formats with a multi-row kernel unpack each weight block once.
-            for (g, vals) in row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
-                let t0 = g * crate::MULTI_TOKENS;
-                let ys: [&[B::Act]; crate::MULTI_TOKENS] = std::array::from_fn(|j| act_row((t0 + j).min(n_tok - 1)));
-                B::vec_dot_multi(level, w, &ys[..vals.len()], vals);
+    tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (i, row) in chunk.chunks_mut(n_tok).enumerate() {
+                let o = c * ROWS_PER_TASK + i;
+                let w = &wb[o * w_per_row..][..w_per_row];
+                // Tokens in groups: formats with a multi-row kernel unpack each weight block once.
+                for (g, vals) in row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
+                    let t0 = g * crate::MULTI_TOKENS;
+                    let ys: [&[B::Act]; crate::MULTI_TOKENS] =
+                        std::array::from_fn(|j| act_row((t0 + j).min(n_tok - 1)));
+                    B::vec_dot_multi(level, w, &ys[..vals.len()], vals);
+                }
             }
-        }
-    });
+        });
     // Transpose to [n_tok, n_out], one token row per task.
     y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
         for (o, v) in row.iter_mut().enumerate() {
@@ -175,30 +214,52 @@ fn matmul_typed<B: VecDot>(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: 
 /// transformers do on dequantized weights. Much slower than [`matmul`]; for checks against
 /// float references. Shapes and errors as [`matmul`]; the [`Epilogue`] as
 /// [`matmul_epilogue`].
-pub fn matmul_dequantized(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32], epilogue: Option<Epilogue<'_>>) -> Result<(), QuantError> {
+pub fn matmul_dequantized(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+    epilogue: Option<Epilogue<'_>>,
+) -> Result<(), QuantError> {
     let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
     if x.len() != expect_x {
-        return Err(QuantError::LengthMismatch { what: "matmul input", expected: expect_x, got: x.len(), unit: "floats" });
+        return Err(QuantError::LengthMismatch {
+            what: "matmul input",
+            expected: expect_x,
+            got: x.len(),
+            unit: "floats",
+        });
     }
     let expect_y = n_tok.checked_mul(w.n_out).unwrap_or(usize::MAX);
     if y.len() != expect_y {
-        return Err(QuantError::LengthMismatch { what: "matmul output", expected: expect_y, got: y.len(), unit: "floats" });
+        return Err(QuantError::LengthMismatch {
+            what: "matmul output",
+            expected: expect_y,
+            got: y.len(),
+            unit: "floats",
+        });
     }
     let rb = check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row").map(|nb| nb * w.ty.type_size())?;
     let (n_in, n_out) = (w.n_in, w.n_out);
     let mut tmp = vec![0f32; n_out * n_tok];
-    tmp.par_chunks_mut(n_tok.max(1)).enumerate().try_for_each(|(o, row)| -> Result<(), QuantError> {
-        let mut wf = vec![0f32; n_in];
-        crate::row::dequantize_row(w.ty, &w.data[o * rb..][..rb], &mut wf)?;
-        for (t, v) in row.iter_mut().enumerate() {
-            let s: f64 = wf.iter().zip(&x[t * n_in..][..n_in]).map(|(a, b)| *a as f64 * *b as f64).sum();
-            *v = s as f32;
-            if let Some(f) = epilogue {
-                f(t, o, std::slice::from_mut(v));
+    tmp.par_chunks_mut(n_tok.max(1))
+        .enumerate()
+        .try_for_each(|(o, row)| -> Result<(), QuantError> {
+            let mut wf = vec![0f32; n_in];
+            crate::row::dequantize_row(w.ty, &w.data[o * rb..][..rb], &mut wf)?;
+            for (t, v) in row.iter_mut().enumerate() {
+                let s: f64 = wf
+                    .iter()
+                    .zip(&x[t * n_in..][..n_in])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                *v = s as f32;
+                if let Some(f) = epilogue {
+                    f(t, o, std::slice::from_mut(v));
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
     for o in 0..n_out {
         for t in 0..n_tok {
             y[t * n_out + o] = tmp[o * n_tok + t];

@@ -150,10 +150,7 @@ pub(crate) mod x86 {
         let mut acc = _mm512_setzero_ps();
         let off = _mm512_set1_epi8(8);
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let qx = join_256(
-                bytes_from_nibbles_32(&xs[0].qs),
-                bytes_from_nibbles_32(&xs[1].qs),
-            );
+            let qx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
             let qx = _mm512_sub_epi8(qx, off);
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             // Q8 first, as in the AVX2 kernel: only the weight side is ever negated.
@@ -205,8 +202,8 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{dequant, abs_terms};
     use super::*;
+    use crate::test_util::{abs_terms, dequant};
     use bytemuck::Zeroable;
     use proptest::prelude::*;
 
@@ -223,15 +220,8 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ4_0>, Vec<BlockQ8_0>)> {
-        (1usize..=9).prop_flat_map(|n| {
-            (
-                prop::collection::vec(block(), n),
-                prop::collection::vec(act(), n),
-            )
-        })
+        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
     }
-
-
 
     proptest! {
         #[test]

@@ -118,10 +118,7 @@ pub(crate) mod x86 {
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
             summs += fp16_to_f32(xs[0].m) * fp16_to_f32(ys[0].s);
             summs += fp16_to_f32(xs[1].m) * fp16_to_f32(ys[1].s);
-            let qx = join_256(
-                bytes_from_nibbles_32(&xs[0].qs),
-                bytes_from_nibbles_32(&xs[1].qs),
-            );
+            let qx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             let q = _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(qx, qy));
             let d = scales_2x8(
@@ -174,8 +171,8 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{dequant};
     use super::*;
+    use crate::test_util::dequant;
     use proptest::prelude::*;
 
     fn scale() -> impl Strategy<Value = f16> {
@@ -183,11 +180,7 @@ mod tests {
     }
 
     fn block() -> impl Strategy<Value = BlockQ4_1> {
-        (scale(), scale(), prop::array::uniform16(any::<u8>())).prop_map(|(d, m, qs)| BlockQ4_1 {
-            d,
-            m,
-            qs,
-        })
+        (scale(), scale(), prop::array::uniform16(any::<u8>())).prop_map(|(d, m, qs)| BlockQ4_1 { d, m, qs })
     }
 
     /// A Q8_1 block with random quants whose `s` is consistent with them, as the quantizer
@@ -204,14 +197,8 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ4_1>, Vec<BlockQ8_1>)> {
-        (1usize..=9).prop_flat_map(|n| {
-            (
-                prop::collection::vec(block(), n),
-                prop::collection::vec(act(), n),
-            )
-        })
+        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
     }
-
 
     /// Σ over blocks of Σ|d_x·q_x|·|d_y·q_y| + |m·s|: the scale of the float rounding error.
     fn abs_terms(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f64 {

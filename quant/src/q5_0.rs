@@ -179,13 +179,9 @@ pub(crate) mod x86 {
         let mut acc = _mm512_setzero_ps();
         let hi = _mm512_set1_epi8(0xF0u8 as i8);
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
-            let nib = join_256(
-                bytes_from_nibbles_32(&xs[0].qs),
-                bytes_from_nibbles_32(&xs[1].qs),
-            );
+            let nib = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
             // Byte j of the register is element j % 32 of block j / 32: bit j of this mask.
-            let k =
-                u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
+            let k = u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
             // Fifth bit set: the nibble; clear: nibble | 0xF0 = nibble − 16.
             let qx = _mm512_mask_blend_epi8(k, _mm512_or_si512(nib, hi), nib);
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
@@ -277,8 +273,8 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{dequant, abs_terms};
     use super::*;
+    use crate::test_util::{abs_terms, dequant};
     use bytemuck::Zeroable;
     use proptest::prelude::*;
 
@@ -300,15 +296,8 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ5_0>, Vec<BlockQ8_0>)> {
-        (1usize..=9).prop_flat_map(|n| {
-            (
-                prop::collection::vec(block(), n),
-                prop::collection::vec(act(), n),
-            )
-        })
+        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
     }
-
-
 
     proptest! {
         /// The multi-row kernel gives exactly what the single-row kernel gives, row by row.

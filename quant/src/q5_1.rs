@@ -134,13 +134,9 @@ pub(crate) mod x86 {
         for (xs, ys) in x.chunks_exact(2).zip(y.chunks_exact(2)) {
             summs += fp16_to_f32(xs[0].m) * fp16_to_f32(ys[0].s);
             summs += fp16_to_f32(xs[1].m) * fp16_to_f32(ys[1].s);
-            let nib = join_256(
-                bytes_from_nibbles_32(&xs[0].qs),
-                bytes_from_nibbles_32(&xs[1].qs),
-            );
+            let nib = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
             // Byte j of the register is element j % 32 of block j / 32: bit j of this mask.
-            let k =
-                u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
+            let k = u32::from_le_bytes(xs[0].qh) as u64 | ((u32::from_le_bytes(xs[1].qh) as u64) << 32);
             let qx = _mm512_mask_blend_epi8(k, nib, _mm512_or_si512(nib, bit5));
             let qy = join_256(load_i8_32(&ys[0].qs), load_i8_32(&ys[1].qs));
             let q = _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(qx, qy));
@@ -198,8 +194,8 @@ pub(crate) mod neon {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{dequant};
     use super::*;
+    use crate::test_util::dequant;
     use proptest::prelude::*;
 
     fn scale() -> impl Strategy<Value = f16> {
@@ -230,14 +226,8 @@ mod tests {
     }
 
     fn rows() -> impl Strategy<Value = (Vec<BlockQ5_1>, Vec<BlockQ8_1>)> {
-        (1usize..=9).prop_flat_map(|n| {
-            (
-                prop::collection::vec(block(), n),
-                prop::collection::vec(act(), n),
-            )
-        })
+        (1usize..=9).prop_flat_map(|n| (prop::collection::vec(block(), n), prop::collection::vec(act(), n)))
     }
-
 
     /// Σ over blocks of Σ|d_x·q_x|·|d_y·q_y| + |m·s|: the scale of the float rounding error.
     fn abs_terms(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f64 {

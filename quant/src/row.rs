@@ -13,23 +13,74 @@ macro_rules! with_block {
     ($ty:expr, $B:ident => $body:expr, else $other:expr) => {{
         use $crate::GgmlType as T;
         match $ty {
-            T::F32 => { type $B = f32; $body }
-            T::F16 => { type $B = half::f16; $body }
-            T::BF16 => { type $B = half::bf16; $body }
-            T::Q4_0 => { type $B = $crate::q4_0::BlockQ4_0; $body }
-            T::Q4_1 => { type $B = $crate::q4_1::BlockQ4_1; $body }
-            T::Q5_0 => { type $B = $crate::q5_0::BlockQ5_0; $body }
-            T::Q5_1 => { type $B = $crate::q5_1::BlockQ5_1; $body }
-            T::Q8_0 => { type $B = $crate::q8_0::BlockQ8_0; $body }
-            T::Q8_1 => { type $B = $crate::q8_1::BlockQ8_1; $body }
-            T::Q2_K => { type $B = $crate::k_quants::q2_k::BlockQ2_K; $body }
-            T::Q3_K => { type $B = $crate::k_quants::q3_k::BlockQ3_K; $body }
-            T::Q4_K => { type $B = $crate::k_quants::q4_k::BlockQ4_K; $body }
-            T::Q5_K => { type $B = $crate::k_quants::q5_k::BlockQ5_K; $body }
-            T::Q6_K => { type $B = $crate::k_quants::q6_k::BlockQ6_K; $body }
-            T::Q8_K => { type $B = $crate::k_quants::q8_k::BlockQ8_K; $body }
-            T::IQ4_NL => { type $B = $crate::iq4_nl::BlockIQ4_NL; $body }
-            T::IQ4_XS => { type $B = $crate::iq4_xs::BlockIQ4_XS; $body }
+            T::F32 => {
+                type $B = f32;
+                $body
+            }
+            T::F16 => {
+                type $B = half::f16;
+                $body
+            }
+            T::BF16 => {
+                type $B = half::bf16;
+                $body
+            }
+            T::Q4_0 => {
+                type $B = $crate::q4_0::BlockQ4_0;
+                $body
+            }
+            T::Q4_1 => {
+                type $B = $crate::q4_1::BlockQ4_1;
+                $body
+            }
+            T::Q5_0 => {
+                type $B = $crate::q5_0::BlockQ5_0;
+                $body
+            }
+            T::Q5_1 => {
+                type $B = $crate::q5_1::BlockQ5_1;
+                $body
+            }
+            T::Q8_0 => {
+                type $B = $crate::q8_0::BlockQ8_0;
+                $body
+            }
+            T::Q8_1 => {
+                type $B = $crate::q8_1::BlockQ8_1;
+                $body
+            }
+            T::Q2_K => {
+                type $B = $crate::k_quants::q2_k::BlockQ2_K;
+                $body
+            }
+            T::Q3_K => {
+                type $B = $crate::k_quants::q3_k::BlockQ3_K;
+                $body
+            }
+            T::Q4_K => {
+                type $B = $crate::k_quants::q4_k::BlockQ4_K;
+                $body
+            }
+            T::Q5_K => {
+                type $B = $crate::k_quants::q5_k::BlockQ5_K;
+                $body
+            }
+            T::Q6_K => {
+                type $B = $crate::k_quants::q6_k::BlockQ6_K;
+                $body
+            }
+            T::Q8_K => {
+                type $B = $crate::k_quants::q8_k::BlockQ8_K;
+                $body
+            }
+            T::IQ4_NL => {
+                type $B = $crate::iq4_nl::BlockIQ4_NL;
+                $body
+            }
+            T::IQ4_XS => {
+                type $B = $crate::iq4_xs::BlockIQ4_XS;
+                $body
+            }
             _ => $other,
         }
     }};
@@ -41,21 +92,66 @@ macro_rules! with_weight_block {
     ($ty:expr, $B:ident => $body:expr, else $other:expr) => {{
         use $crate::GgmlType as T;
         match $ty {
-            T::F32 => { type $B = f32; $body }
-            T::F16 => { type $B = half::f16; $body }
-            T::BF16 => { type $B = half::bf16; $body }
-            T::Q4_0 => { type $B = $crate::q4_0::BlockQ4_0; $body }
-            T::Q4_1 => { type $B = $crate::q4_1::BlockQ4_1; $body }
-            T::Q5_0 => { type $B = $crate::q5_0::BlockQ5_0; $body }
-            T::Q5_1 => { type $B = $crate::q5_1::BlockQ5_1; $body }
-            T::Q8_0 => { type $B = $crate::q8_0::BlockQ8_0; $body }
-            T::Q2_K => { type $B = $crate::k_quants::q2_k::BlockQ2_K; $body }
-            T::Q3_K => { type $B = $crate::k_quants::q3_k::BlockQ3_K; $body }
-            T::Q4_K => { type $B = $crate::k_quants::q4_k::BlockQ4_K; $body }
-            T::Q5_K => { type $B = $crate::k_quants::q5_k::BlockQ5_K; $body }
-            T::Q6_K => { type $B = $crate::k_quants::q6_k::BlockQ6_K; $body }
-            T::IQ4_NL => { type $B = $crate::iq4_nl::BlockIQ4_NL; $body }
-            T::IQ4_XS => { type $B = $crate::iq4_xs::BlockIQ4_XS; $body }
+            T::F32 => {
+                type $B = f32;
+                $body
+            }
+            T::F16 => {
+                type $B = half::f16;
+                $body
+            }
+            T::BF16 => {
+                type $B = half::bf16;
+                $body
+            }
+            T::Q4_0 => {
+                type $B = $crate::q4_0::BlockQ4_0;
+                $body
+            }
+            T::Q4_1 => {
+                type $B = $crate::q4_1::BlockQ4_1;
+                $body
+            }
+            T::Q5_0 => {
+                type $B = $crate::q5_0::BlockQ5_0;
+                $body
+            }
+            T::Q5_1 => {
+                type $B = $crate::q5_1::BlockQ5_1;
+                $body
+            }
+            T::Q8_0 => {
+                type $B = $crate::q8_0::BlockQ8_0;
+                $body
+            }
+            T::Q2_K => {
+                type $B = $crate::k_quants::q2_k::BlockQ2_K;
+                $body
+            }
+            T::Q3_K => {
+                type $B = $crate::k_quants::q3_k::BlockQ3_K;
+                $body
+            }
+            T::Q4_K => {
+                type $B = $crate::k_quants::q4_k::BlockQ4_K;
+                $body
+            }
+            T::Q5_K => {
+                type $B = $crate::k_quants::q5_k::BlockQ5_K;
+                $body
+            }
+            T::Q6_K => {
+                type $B = $crate::k_quants::q6_k::BlockQ6_K;
+                $body
+            }
+            T::IQ4_NL => {
+                type $B = $crate::iq4_nl::BlockIQ4_NL;
+                $body
+            }
+            T::IQ4_XS => {
+                type $B = $crate::iq4_xs::BlockIQ4_XS;
+                $body
+            }
             _ => $other,
         }
     }};
@@ -67,17 +163,50 @@ macro_rules! with_quantize_block {
     ($ty:expr, $B:ident => $body:expr, else $other:expr) => {{
         use $crate::GgmlType as T;
         match $ty {
-            T::F32 => { type $B = f32; $body }
-            T::F16 => { type $B = half::f16; $body }
-            T::BF16 => { type $B = half::bf16; $body }
-            T::Q4_0 => { type $B = $crate::q4_0::BlockQ4_0; $body }
-            T::Q5_0 => { type $B = $crate::q5_0::BlockQ5_0; $body }
-            T::Q8_0 => { type $B = $crate::q8_0::BlockQ8_0; $body }
-            T::Q8_1 => { type $B = $crate::q8_1::BlockQ8_1; $body }
-            T::Q4_K => { type $B = $crate::k_quants::q4_k::BlockQ4_K; $body }
-            T::Q5_K => { type $B = $crate::k_quants::q5_k::BlockQ5_K; $body }
-            T::Q6_K => { type $B = $crate::k_quants::q6_k::BlockQ6_K; $body }
-            T::Q8_K => { type $B = $crate::k_quants::q8_k::BlockQ8_K; $body }
+            T::F32 => {
+                type $B = f32;
+                $body
+            }
+            T::F16 => {
+                type $B = half::f16;
+                $body
+            }
+            T::BF16 => {
+                type $B = half::bf16;
+                $body
+            }
+            T::Q4_0 => {
+                type $B = $crate::q4_0::BlockQ4_0;
+                $body
+            }
+            T::Q5_0 => {
+                type $B = $crate::q5_0::BlockQ5_0;
+                $body
+            }
+            T::Q8_0 => {
+                type $B = $crate::q8_0::BlockQ8_0;
+                $body
+            }
+            T::Q8_1 => {
+                type $B = $crate::q8_1::BlockQ8_1;
+                $body
+            }
+            T::Q4_K => {
+                type $B = $crate::k_quants::q4_k::BlockQ4_K;
+                $body
+            }
+            T::Q5_K => {
+                type $B = $crate::k_quants::q5_k::BlockQ5_K;
+                $body
+            }
+            T::Q6_K => {
+                type $B = $crate::k_quants::q6_k::BlockQ6_K;
+                $body
+            }
+            T::Q8_K => {
+                type $B = $crate::k_quants::q8_k::BlockQ8_K;
+                $body
+            }
             _ => $other,
         }
     }};
@@ -95,16 +224,27 @@ pub fn cast_blocks<B: Block>(bytes: &[u8]) -> Cow<'_, [B]> {
 /// Check that `n` elements of `ty` take `got` bytes; returns the block count.
 pub fn check_row(ty: GgmlType, n: usize, got: usize, what: &'static str) -> Result<usize, QuantError> {
     if n % ty.block_size() != 0 {
-        return Err(QuantError::NotBlockMultiple { ty, n, block: ty.block_size() });
+        return Err(QuantError::NotBlockMultiple {
+            ty,
+            n,
+            block: ty.block_size(),
+        });
     }
-    let expected = (n / ty.block_size()).checked_mul(ty.type_size()).ok_or(QuantError::LengthMismatch {
-        what,
-        expected: usize::MAX,
-        got,
-        unit: "bytes",
-    })?;
+    let expected = (n / ty.block_size())
+        .checked_mul(ty.type_size())
+        .ok_or(QuantError::LengthMismatch {
+            what,
+            expected: usize::MAX,
+            got,
+            unit: "bytes",
+        })?;
     if expected != got {
-        return Err(QuantError::LengthMismatch { what, expected, got, unit: "bytes" });
+        return Err(QuantError::LengthMismatch {
+            what,
+            expected,
+            got,
+            unit: "bytes",
+        });
     }
     Ok(n / ty.block_size())
 }

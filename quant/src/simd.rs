@@ -27,7 +27,11 @@ impl SimdLevel {
     pub fn detect() -> SimdLevel {
         *DETECTED.get_or_init(|| {
             let best = Self::available().last().copied().unwrap_or(SimdLevel::Scalar);
-            match std::env::var("LORA_RUN_SIMD").ok().as_deref().map(str::to_ascii_lowercase) {
+            match std::env::var("LORA_RUN_SIMD")
+                .ok()
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+            {
                 Some(s) => {
                     let want = match s.as_str() {
                         "scalar" => Some(SimdLevel::Scalar),

@@ -11,5 +11,9 @@ pub fn dequant<B: Block>(b: &[B]) -> Vec<f32> {
 
 /// Σ|x_i·y_i| over the dequantized rows: the scale of a dot product's float rounding error.
 pub fn abs_terms<W: Block, A: Block>(x: &[W], y: &[A]) -> f64 {
-    dequant(x).iter().zip(dequant(y)).map(|(a, b)| (*a as f64 * b as f64).abs()).sum()
+    dequant(x)
+        .iter()
+        .zip(dequant(y))
+        .map(|(a, b)| (*a as f64 * b as f64).abs())
+        .sum()
 }

@@ -52,21 +52,59 @@ pub const QK_K: usize = 256;
 impl GgmlType {
     /// Every known type, in id order.
     pub const ALL: [GgmlType; 32] = [
-        GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
-        GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q2_K, GgmlType::Q3_K,
-        GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K, GgmlType::IQ2_XXS,
-        GgmlType::IQ2_XS, GgmlType::IQ3_XXS, GgmlType::IQ1_S, GgmlType::IQ4_NL, GgmlType::IQ3_S,
-        GgmlType::IQ2_S, GgmlType::IQ4_XS, GgmlType::I8, GgmlType::I16, GgmlType::I32,
-        GgmlType::I64, GgmlType::F64, GgmlType::IQ1_M, GgmlType::BF16, GgmlType::TQ1_0,
-        GgmlType::TQ2_0, GgmlType::MXFP4,
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ1_S,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ3_S,
+        GgmlType::IQ2_S,
+        GgmlType::IQ4_XS,
+        GgmlType::I8,
+        GgmlType::I16,
+        GgmlType::I32,
+        GgmlType::I64,
+        GgmlType::F64,
+        GgmlType::IQ1_M,
+        GgmlType::BF16,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
     ];
 
     /// The types this crate dequantizes (and, for weight types, multiplies).
     pub const SUPPORTED: [GgmlType; 17] = [
-        GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
-        GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q2_K,
-        GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K,
-        GgmlType::IQ4_NL, GgmlType::IQ4_XS,
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ];
 
     /// The type with GGUF id `id`, or `None` for an id ggml does not define (or has retired).
@@ -83,19 +121,47 @@ impl GgmlType {
     pub fn name(self) -> &'static str {
         use GgmlType::*;
         match self {
-            F32 => "F32", F16 => "F16", Q4_0 => "Q4_0", Q4_1 => "Q4_1", Q5_0 => "Q5_0",
-            Q5_1 => "Q5_1", Q8_0 => "Q8_0", Q8_1 => "Q8_1", Q2_K => "Q2_K", Q3_K => "Q3_K",
-            Q4_K => "Q4_K", Q5_K => "Q5_K", Q6_K => "Q6_K", Q8_K => "Q8_K", IQ2_XXS => "IQ2_XXS",
-            IQ2_XS => "IQ2_XS", IQ3_XXS => "IQ3_XXS", IQ1_S => "IQ1_S", IQ4_NL => "IQ4_NL",
-            IQ3_S => "IQ3_S", IQ2_S => "IQ2_S", IQ4_XS => "IQ4_XS", I8 => "I8", I16 => "I16",
-            I32 => "I32", I64 => "I64", F64 => "F64", IQ1_M => "IQ1_M", BF16 => "BF16",
-            TQ1_0 => "TQ1_0", TQ2_0 => "TQ2_0", MXFP4 => "MXFP4",
+            F32 => "F32",
+            F16 => "F16",
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q8_1 => "Q8_1",
+            Q2_K => "Q2_K",
+            Q3_K => "Q3_K",
+            Q4_K => "Q4_K",
+            Q5_K => "Q5_K",
+            Q6_K => "Q6_K",
+            Q8_K => "Q8_K",
+            IQ2_XXS => "IQ2_XXS",
+            IQ2_XS => "IQ2_XS",
+            IQ3_XXS => "IQ3_XXS",
+            IQ1_S => "IQ1_S",
+            IQ4_NL => "IQ4_NL",
+            IQ3_S => "IQ3_S",
+            IQ2_S => "IQ2_S",
+            IQ4_XS => "IQ4_XS",
+            I8 => "I8",
+            I16 => "I16",
+            I32 => "I32",
+            I64 => "I64",
+            F64 => "F64",
+            IQ1_M => "IQ1_M",
+            BF16 => "BF16",
+            TQ1_0 => "TQ1_0",
+            TQ2_0 => "TQ2_0",
+            MXFP4 => "MXFP4",
         }
     }
 
     /// Parse a ggml type name, case-insensitively (`"q4_k"`, `"F16"`).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        GgmlType::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
+        GgmlType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Elements per block (`blck_size`, ggml.c): 1 for plain types, 32 for the legacy
@@ -113,11 +179,38 @@ impl GgmlType {
     pub fn type_size(self) -> usize {
         use GgmlType::*;
         match self {
-            F32 => 4, F16 => 2, BF16 => 2, I8 => 1, I16 => 2, I32 => 4, I64 => 8, F64 => 8,
-            Q4_0 => 18, Q4_1 => 20, Q5_0 => 22, Q5_1 => 24, Q8_0 => 34, Q8_1 => 36,
-            Q2_K => 84, Q3_K => 110, Q4_K => 144, Q5_K => 176, Q6_K => 210, Q8_K => 292,
-            IQ2_XXS => 66, IQ2_XS => 74, IQ3_XXS => 98, IQ1_S => 50, IQ4_NL => 18, IQ3_S => 110,
-            IQ2_S => 82, IQ4_XS => 136, IQ1_M => 56, TQ1_0 => 54, TQ2_0 => 66, MXFP4 => 17,
+            F32 => 4,
+            F16 => 2,
+            BF16 => 2,
+            I8 => 1,
+            I16 => 2,
+            I32 => 4,
+            I64 => 8,
+            F64 => 8,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2_K => 84,
+            Q3_K => 110,
+            Q4_K => 144,
+            Q5_K => 176,
+            Q6_K => 210,
+            Q8_K => 292,
+            IQ2_XXS => 66,
+            IQ2_XS => 74,
+            IQ3_XXS => 98,
+            IQ1_S => 50,
+            IQ4_NL => 18,
+            IQ3_S => 110,
+            IQ2_S => 82,
+            IQ4_XS => 136,
+            IQ1_M => 56,
+            TQ1_0 => 54,
+            TQ2_0 => 66,
+            MXFP4 => 17,
         }
     }
 

@@ -23,12 +23,27 @@ use serde_json::Value;
 // golden files
 
 fn load(ty: GgmlType) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{}.json", ty.name()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{}.json", ty.name()));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
-    assert_eq!(v["type"].as_str(), Some(ty.name()), "{}: wrong type field", path.display());
-    assert_eq!(v["block_size"].as_u64(), Some(ty.block_size() as u64), "{ty}: block size in the golden file");
-    assert_eq!(v["type_size"].as_u64(), Some(ty.type_size() as u64), "{ty}: type size in the golden file");
+    assert_eq!(
+        v["type"].as_str(),
+        Some(ty.name()),
+        "{}: wrong type field",
+        path.display()
+    );
+    assert_eq!(
+        v["block_size"].as_u64(),
+        Some(ty.block_size() as u64),
+        "{ty}: block size in the golden file"
+    );
+    assert_eq!(
+        v["type_size"].as_u64(),
+        Some(ty.type_size() as u64),
+        "{ty}: type size in the golden file"
+    );
     v
 }
 
@@ -43,7 +58,10 @@ fn hex(s: &Value) -> Vec<u8> {
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     assert!(bytes.len() % 4 == 0);
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn cases<'a>(g: &'a Value, key: &str) -> &'a [Value] {
@@ -65,7 +83,11 @@ fn compare_f32(got: &[f32], want: &[f32]) -> Option<(usize, usize)> {
 }
 
 fn block_note(c: &Value, block: usize) -> String {
-    match c["blocks"].as_array().and_then(|b| b.get(block)).and_then(|v| v.as_str()) {
+    match c["blocks"]
+        .as_array()
+        .and_then(|b| b.get(block))
+        .and_then(|v| v.as_str())
+    {
         Some(s) => format!(" [{s}]"),
         None => String::new(),
     }
@@ -110,7 +132,13 @@ fn check_dequantize(ty: GgmlType) {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} {ty} dequantize checks failed:\n{}", failures.len(), 2 * cs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} {ty} dequantize checks failed:\n{}",
+        failures.len(),
+        2 * cs.len(),
+        failures.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,11 +168,18 @@ fn check_quantize(ty: GgmlType) {
         let name = case_name(c);
         let input = f32s(&hex(&c["input"]));
         let want = hex(&c["expected"]);
-        assert_eq!(input.len(), c["n"].as_u64().unwrap() as usize, "{ty} {name}: golden file inconsistent");
+        assert_eq!(
+            input.len(),
+            c["n"].as_u64().unwrap() as usize,
+            "{ty} {name}: golden file inconsistent"
+        );
         let mut got = vec![0xa5u8; want.len()];
         match quant::quantize_row(ty, &input, &mut got) {
             Err(QuantError::UnsupportedType { .. }) if !QUANTIZERS.contains(&ty) => {
-                eprintln!("{ty}: no quantizer in this crate; {} golden quantize cases not checked", cs.len());
+                eprintln!(
+                    "{ty}: no quantizer in this crate; {} golden quantize cases not checked",
+                    cs.len()
+                );
                 return;
             }
             Err(e) => {
@@ -158,7 +193,12 @@ fn check_quantize(ty: GgmlType) {
             let ts = ty.type_size();
             let b = i / ts;
             let elems = b * ty.block_size()..(b + 1) * ty.block_size();
-            let show = |v: &[u8]| v[b * ts..(b + 1) * ts].iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let show = |v: &[u8]| {
+                v[b * ts..(b + 1) * ts]
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+            };
             failures.push(format!(
                 "{ty} quantize '{name}': {} of {} bytes differ; first at byte {i} (block {b}, byte {} in block, \
                  input elements {elems:?}): got {:#04x}, expected {:#04x}\n    got block      {}\n    expected block {}",
@@ -172,7 +212,13 @@ fn check_quantize(ty: GgmlType) {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} {ty} quantize cases failed:\n{}", failures.len(), cs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} {ty} quantize cases failed:\n{}",
+        failures.len(),
+        cs.len(),
+        failures.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,9 +285,11 @@ fn check_matmul(ty: GgmlType) {
     for t in 0..n_tok {
         let xt = &x[t * n_in..][..n_in];
         let mut qa = vec![0u8; act_bytes];
-        quant::quantize_row(act_ty, xt, &mut qa).unwrap_or_else(|e| panic!("{ty}: quantize activations to {act_ty}: {e}"));
+        quant::quantize_row(act_ty, xt, &mut qa)
+            .unwrap_or_else(|e| panic!("{ty}: quantize activations to {act_ty}: {e}"));
         let mut xa = vec![0f32; n_in];
-        quant::dequantize_row(act_ty, &qa, &mut xa).unwrap_or_else(|e| panic!("{ty}: dequantize {act_ty} activations: {e}"));
+        quant::dequantize_row(act_ty, &qa, &mut xa)
+            .unwrap_or_else(|e| panic!("{ty}: dequantize {act_ty} activations: {e}"));
         let sum_abs_x: f64 = xa.iter().map(|v| v.abs() as f64).sum();
         for o in 0..n_out {
             let wr = &wf[o * n_in..][..n_in];
@@ -267,7 +315,10 @@ fn check_matmul(ty: GgmlType) {
             // f32 rounding inside the kernels: relative to the size of the terms they add up;
             // with mins (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) the scaled and the min parts are summed
             // separately, each up to ~max|w| * sum|x|.
-            let with_mins = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K);
+            let with_mins = matches!(
+                ty,
+                GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K
+            );
             let scale = if with_mins { abs + 3.0 * wmax * sum_abs_x } else { abs };
             reference[t * n_out + o] = dot;
             tol[t * n_out + o] = 2e-6 * scale + 1e-30;
@@ -320,7 +371,8 @@ fn check_matmul(ty: GgmlType) {
     let mut qa = vec![0u8; act_bytes];
     quant::quantize_row(act_ty, &x[..n_in], &mut qa).unwrap();
     for l in SimdLevel::available() {
-        let d = quant::vec_dot(ty, l, n_in, &data[..row_bytes], &qa).unwrap_or_else(|e| panic!("{ty}: vec_dot({l:?}): {e}"));
+        let d = quant::vec_dot(ty, l, n_in, &data[..row_bytes], &qa)
+            .unwrap_or_else(|e| panic!("{ty}: vec_dot({l:?}): {e}"));
         let err = (d as f64 - reference[0]).abs();
         worst = worst.max(err / tol[0]);
         if !(err <= tol[0]) {
@@ -331,7 +383,12 @@ fn check_matmul(ty: GgmlType) {
         }
     }
     eprintln!("{ty}: matmul worst |diff|/tol = {worst:.3}");
-    assert!(failures.is_empty(), "{} {ty} matmul checks failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} {ty} matmul checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,17 +475,26 @@ fn unsupported_types_are_refused() {
     let mut out = vec![0f32; 256];
     assert!(matches!(
         quant::dequantize_row(GgmlType::IQ2_XXS, &[0u8; 66], &mut out),
-        Err(QuantError::UnsupportedType { ty: GgmlType::IQ2_XXS, .. })
+        Err(QuantError::UnsupportedType {
+            ty: GgmlType::IQ2_XXS,
+            ..
+        })
     ));
     // Activation-only types are not weight types.
     for ty in [GgmlType::Q8_1, GgmlType::Q8_K] {
         let bytes = vec![0u8; ty.type_size()];
         assert!(
-            matches!(QMatrix::new(ty, &bytes, 1, ty.block_size()), Err(QuantError::UnsupportedType { .. })),
+            matches!(
+                QMatrix::new(ty, &bytes, 1, ty.block_size()),
+                Err(QuantError::UnsupportedType { .. })
+            ),
             "QMatrix::new({ty}) should be refused"
         );
         assert!(
-            matches!(quant::vec_dot(ty, SimdLevel::Scalar, ty.block_size(), &bytes, &bytes), Err(QuantError::UnsupportedType { .. })),
+            matches!(
+                quant::vec_dot(ty, SimdLevel::Scalar, ty.block_size(), &bytes, &bytes),
+                Err(QuantError::UnsupportedType { .. })
+            ),
             "vec_dot({ty}) should be refused"
         );
     }
@@ -443,18 +509,24 @@ fn wrong_lengths_are_refused() {
         // byte count off by one
         let mut out = vec![0f32; n];
         match quant::dequantize_row(ty, &vec![0u8; 2 * ts - 1], &mut out) {
-            Err(QuantError::LengthMismatch { expected, got, .. }) => assert_eq!((expected, got), (2 * ts, 2 * ts - 1), "{ty}"),
+            Err(QuantError::LengthMismatch { expected, got, .. }) => {
+                assert_eq!((expected, got), (2 * ts, 2 * ts - 1), "{ty}")
+            }
             other => panic!("dequantize_row({ty}) short source: expected LengthMismatch, got {other:?}"),
         }
         match quant::dequantize_row(ty, &vec![0u8; 2 * ts + 1], &mut out) {
-            Err(QuantError::LengthMismatch { expected, got, .. }) => assert_eq!((expected, got), (2 * ts, 2 * ts + 1), "{ty}"),
+            Err(QuantError::LengthMismatch { expected, got, .. }) => {
+                assert_eq!((expected, got), (2 * ts, 2 * ts + 1), "{ty}")
+            }
             other => panic!("dequantize_row({ty}) long source: expected LengthMismatch, got {other:?}"),
         }
         // element count not a whole number of blocks
         if bs > 1 {
             let mut out = vec![0f32; n - 1];
             match quant::dequantize_row(ty, &vec![0u8; 2 * ts], &mut out) {
-                Err(QuantError::NotBlockMultiple { ty: t, n: got_n, block }) => assert_eq!((t, got_n, block), (ty, n - 1, bs)),
+                Err(QuantError::NotBlockMultiple { ty: t, n: got_n, block }) => {
+                    assert_eq!((t, got_n, block), (ty, n - 1, bs))
+                }
                 other => panic!("dequantize_row({ty}) partial block: expected NotBlockMultiple, got {other:?}"),
             }
             let src = vec![0f32; n + 1];
@@ -477,26 +549,60 @@ fn wrong_lengths_are_refused() {
     // vec_dot: weight or activation row of the wrong size
     let w = vec![0u8; Q4_0.type_size() * 2];
     let a = vec![0u8; Q8_0.type_size() * 2];
-    assert!(matches!(quant::vec_dot(Q4_0, SimdLevel::Scalar, 64, &w[..35], &a), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(quant::vec_dot(Q4_0, SimdLevel::Scalar, 64, &w, &a[..67]), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(quant::vec_dot(Q4_0, SimdLevel::Scalar, 48, &w, &a), Err(QuantError::NotBlockMultiple { .. })));
+    assert!(matches!(
+        quant::vec_dot(Q4_0, SimdLevel::Scalar, 64, &w[..35], &a),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        quant::vec_dot(Q4_0, SimdLevel::Scalar, 64, &w, &a[..67]),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        quant::vec_dot(Q4_0, SimdLevel::Scalar, 48, &w, &a),
+        Err(QuantError::NotBlockMultiple { .. })
+    ));
     // a K-quant row of 128 elements is half a super-block
     assert!(matches!(
         quant::dequantize_row(Q4_K, &[0u8; 144], &mut [0f32; 128]),
-        Err(QuantError::NotBlockMultiple { ty: Q4_K, n: 128, block: 256 })
+        Err(QuantError::NotBlockMultiple {
+            ty: Q4_K,
+            n: 128,
+            block: 256
+        })
     ));
 
     // QMatrix and the products
     let data = vec![0u8; Q8_0.type_size() * 2 * 3]; // 3 rows of 64
-    assert!(matches!(QMatrix::new(Q8_0, &data[1..], 3, 64), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(QMatrix::new(Q8_0, &data, 4, 64), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(QMatrix::new(Q8_0, &data, 3, 48), Err(QuantError::NotBlockMultiple { .. })));
+    assert!(matches!(
+        QMatrix::new(Q8_0, &data[1..], 3, 64),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        QMatrix::new(Q8_0, &data, 4, 64),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        QMatrix::new(Q8_0, &data, 3, 48),
+        Err(QuantError::NotBlockMultiple { .. })
+    ));
     let w = QMatrix::new(Q8_0, &data, 3, 64).unwrap();
     let mut y = vec![0f32; 3];
-    assert!(matches!(quant::matvec(&w, &[0f32; 63], &mut y), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(quant::matvec(&w, &[0f32; 64], &mut [0f32; 2]), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(quant::matmul(&w, &[0f32; 128], 2, &mut [0f32; 3]), Err(QuantError::LengthMismatch { .. })));
-    assert!(matches!(quant::matmul(&w, &[0f32; 64], 2, &mut [0f32; 6]), Err(QuantError::LengthMismatch { .. })));
+    assert!(matches!(
+        quant::matvec(&w, &[0f32; 63], &mut y),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        quant::matvec(&w, &[0f32; 64], &mut [0f32; 2]),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        quant::matmul(&w, &[0f32; 128], 2, &mut [0f32; 3]),
+        Err(QuantError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        quant::matmul(&w, &[0f32; 64], 2, &mut [0f32; 6]),
+        Err(QuantError::LengthMismatch { .. })
+    ));
     quant::matvec(&w, &[0f32; 64], &mut y).unwrap();
     assert_eq!(y, [0.0; 3]);
 }

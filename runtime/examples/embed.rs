@@ -12,7 +12,11 @@ use runtime::{Engine, GenerateOptions, LoadOptions, SamplingOptions};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: embed MODEL.gguf")?;
     let engine = Engine::load(&path, &LoadOptions::default())?; // Arc<Engine>: Send + Sync
-    let opts = GenerateOptions { n_predict: 24, sampling: SamplingOptions::greedy(), ..Default::default() };
+    let opts = GenerateOptions {
+        n_predict: 24,
+        sampling: SamplingOptions::greedy(),
+        ..Default::default()
+    };
 
     // Callback streaming.
     let mut a = engine.session(1024);
@@ -28,7 +32,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handle = std::thread::spawn(move || -> Result<String, runtime::Error> {
         let mut b = shared.session(1024);
         let mut text = String::new();
-        let opts = GenerateOptions { n_predict: 24, sampling: SamplingOptions { seed: 3, ..Default::default() }, ..Default::default() };
+        let opts = GenerateOptions {
+            n_predict: 24,
+            sampling: SamplingOptions {
+                seed: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let mut stream = b.stream("Once upon a time", &opts)?;
         for ev in &mut stream {
             text.push_str(&ev?.text);

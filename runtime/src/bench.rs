@@ -61,5 +61,8 @@ pub fn bench(
             }
         }
     }
-    Ok(BenchResult { pp_tps: pp_best, tg_tps: tg_best })
+    Ok(BenchResult {
+        pp_tps: pp_best,
+        tg_tps: tg_best,
+    })
 }

@@ -23,7 +23,8 @@ pub fn render(md: &Metadata, tok: &Tokenizer, arch: Arch, user: &str) -> Result<
     env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
     });
-    env.add_template("chat", template).map_err(|e| Error::Template(e.to_string()))?;
+    env.add_template("chat", template)
+        .map_err(|e| Error::Template(e.to_string()))?;
     let tmpl = env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
     let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default().to_string();
     tmpl.render(minijinja::context! {

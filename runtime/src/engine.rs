@@ -112,7 +112,13 @@ impl Engine {
     /// A new session with a KV cache of `n_ctx` positions (capped at the training context).
     pub fn session(self: &Arc<Self>, n_ctx: usize) -> Session {
         let model = self.model();
-        Session { engine: self.clone(), kv: model.new_kv_cache(n_ctx), cached: Vec::new(), key: CacheKey::default(), model }
+        Session {
+            engine: self.clone(),
+            kv: model.new_kv_cache(n_ctx),
+            cached: Vec::new(),
+            key: CacheKey::default(),
+            model,
+        }
     }
 
     /// Load an adapter (PEFT folder, `.safetensors`, or GGUF LoRA) into the adapter set under
@@ -120,11 +126,18 @@ impl Engine {
     /// with a new version; nothing else is reloaded.
     ///
     /// Errors: [`Error::Lora`] naming the file and the tensor or field at fault.
-    pub fn load_adapter(&self, path: impl AsRef<Path>, opts: &crate::lora::AdapterOptions) -> Result<AdapterHandle, Error> {
+    pub fn load_adapter(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &crate::lora::AdapterOptions,
+    ) -> Result<AdapterHandle, Error> {
         let adapter = crate::lora::load_adapter(path.as_ref(), &self.base, opts)?;
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let h = AdapterHandle::new(adapter.name.clone(), version, adapter);
-        self.adapters.write().expect("adapter lock").insert(h.name.clone(), h.clone());
+        self.adapters
+            .write()
+            .expect("adapter lock")
+            .insert(h.name.clone(), h.clone());
         Ok(h)
     }
 
@@ -132,7 +145,11 @@ impl Engine {
     /// the previous one). Sessions use the baked weights from their next generation on.
     ///
     /// Errors: [`Error::Lora`] (see [`crate::lora::bake::bake`]).
-    pub fn bake(&self, active: &[(AdapterHandle, f32)], ty: crate::lora::bake::BakeType) -> Result<crate::lora::bake::BakeReport, Error> {
+    pub fn bake(
+        &self,
+        active: &[(AdapterHandle, f32)],
+        ty: crate::lora::bake::BakeType,
+    ) -> Result<crate::lora::bake::BakeReport, Error> {
         let (m, report) = crate::lora::bake::bake(&self.base, active, ty)?;
         self.set_model(Arc::new(m));
         Ok(report)
@@ -160,7 +177,12 @@ impl Engine {
 
     /// The loaded adapter `name`. Errors: [`Error::UnknownAdapter`].
     pub fn adapter(&self, name: &str) -> Result<AdapterHandle, Error> {
-        self.adapters.read().expect("adapter lock").get(name).cloned().ok_or_else(|| Error::UnknownAdapter(name.to_string()))
+        self.adapters
+            .read()
+            .expect("adapter lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownAdapter(name.to_string()))
     }
 
     /// Token ids of `text`, with BOS where the model adds it and special tokens parsed.
@@ -172,7 +194,12 @@ impl Engine {
     /// rendered with minijinja (`messages`, `add_generation_prompt`, `bos_token`,
     /// `eos_token`), or the built-in Gemma / ChatML format when the file has no template.
     pub fn chat_prompt(&self, user: &str) -> Result<String, Error> {
-        crate::chat::render(self.base.file().metadata(), &self.tokenizer, self.base.config.arch, user)
+        crate::chat::render(
+            self.base.file().metadata(),
+            &self.tokenizer,
+            self.base.config.arch,
+            user,
+        )
     }
 }
 
@@ -306,7 +333,10 @@ impl Session {
     pub fn prepare(&mut self, active: &[(AdapterHandle, f32)]) -> Result<LoraPlan, Error> {
         self.model = self.engine.model();
         let plan = LoraPlan::new(&self.model, active)?;
-        let key = CacheKey { model: Arc::as_ptr(&self.model) as usize, adapters: plan.key().to_vec() };
+        let key = CacheKey {
+            model: Arc::as_ptr(&self.model) as usize,
+            adapters: plan.key().to_vec(),
+        };
         if key != self.key {
             self.reset();
             self.key = key;
@@ -323,17 +353,31 @@ impl Session {
             return Err(Error::EmptyPrompt);
         }
         if tokens.len() > self.kv.n_ctx() {
-            return Err(Error::PromptTooLong { n_prompt: tokens.len(), n_ctx: self.kv.n_ctx() });
+            return Err(Error::PromptTooLong {
+                n_prompt: tokens.len(),
+                n_ctx: self.kv.n_ctx(),
+            });
         }
         // Keep the common prefix, but always evaluate at least the last token for its logits.
-        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        let common = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(tokens.len() - 1);
         self.kv.truncate(common);
         self.cached.truncate(common);
         let mut logits = Vec::new();
         let rest = &tokens[common..];
         for (i, chunk) in rest.chunks(n_batch.max(1)).enumerate() {
             let last = (i + 1) * n_batch.max(1) >= rest.len();
-            logits = self.model.forward_with(&mut self.kv, chunk, if last { Logits::Last } else { Logits::None }, plan)?;
+            logits = self.model.forward_with(
+                &mut self.kv,
+                chunk,
+                if last { Logits::Last } else { Logits::None },
+                plan,
+            )?;
             self.cached.extend_from_slice(chunk);
         }
         Ok(logits)
@@ -402,7 +446,11 @@ impl Session {
         let t0 = Instant::now();
         let plan = self.prepare(&opts.adapters)?;
         let logits = self.eval_prompt(prompt, opts.n_batch, &plan)?;
-        let timings = Timings { prompt_tokens: prompt.len(), prompt_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
+        let timings = Timings {
+            prompt_tokens: prompt.len(),
+            prompt_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..Default::default()
+        };
         Ok(TokenStream {
             sampler: Sampler::new(opts.sampling.clone()),
             decoder: StreamDecoder::new(&self.engine.tokenizer),
@@ -447,7 +495,13 @@ impl TokenStream<'_> {
             self.text.push_str(&tail);
         }
         let generated = self.tokens.split_off(self.n_prompt);
-        Generation { prompt_tokens: self.tokens, tokens: generated, text: self.text, stop_reason, timings: self.timings }
+        Generation {
+            prompt_tokens: self.tokens,
+            tokens: generated,
+            text: self.text,
+            stop_reason,
+            timings: self.timings,
+        }
     }
 
     fn n_generated(&self) -> usize {
@@ -456,7 +510,13 @@ impl TokenStream<'_> {
 
     /// Text up to which nothing can still turn out to be a stop string.
     fn safe_len(&self) -> usize {
-        let hold = self.opts.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let hold = self
+            .opts
+            .stop
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
         let mut end = self.text.len().saturating_sub(hold).max(self.emitted);
         while !self.text.is_char_boundary(end) {
             end -= 1;
@@ -482,7 +542,17 @@ impl TokenStream<'_> {
         self.tokens.push(id);
         self.text.push_str(&self.decoder.push(id));
         let mut out_end = self.safe_len();
-        if let Some(pos) = self.opts.stop.iter().filter_map(|s| self.text[self.emitted.min(self.text.len())..].find(s.as_str()).map(|p| p + self.emitted)).min() {
+        if let Some(pos) = self
+            .opts
+            .stop
+            .iter()
+            .filter_map(|s| {
+                self.text[self.emitted.min(self.text.len())..]
+                    .find(s.as_str())
+                    .map(|p| p + self.emitted)
+            })
+            .min()
+        {
             self.text.truncate(pos);
             out_end = pos.max(self.emitted);
             self.stop = Some(StopReason::StopString);

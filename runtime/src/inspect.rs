@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::gguf::{GgufArray, GgufError, GgufFile, GgufValue};
 
@@ -123,7 +123,12 @@ fn array_to_json(a: &GgufArray) -> Value {
     if a.len() > MAX_LISTED_ARRAY {
         return json!({"type": "array", "element_type": a.elem_type().name(), "length": a.len()});
     }
-    Value::Array((0..a.len()).filter_map(|i| a.get(i)).map(|v| value_to_json(&v)).collect())
+    Value::Array(
+        (0..a.len())
+            .filter_map(|i| a.get(i))
+            .map(|v| value_to_json(&v))
+            .collect(),
+    )
 }
 
 impl Inspection {
@@ -141,12 +146,22 @@ impl Inspection {
         let md = file.metadata();
         let architecture = md.get_str("general.architecture").ok().map(str::to_string);
         let mut hyperparameters = BTreeMap::new();
-        let prefixes: Vec<String> =
-            architecture.iter().map(|a| format!("{a}.")).chain(std::iter::once("adapter.".to_string())).collect();
+        let prefixes: Vec<String> = architecture
+            .iter()
+            .map(|a| format!("{a}."))
+            .chain(std::iter::once("adapter.".to_string()))
+            .collect();
         for (k, v) in md.iter() {
             for p in &prefixes {
                 if let Some(rest) = k.strip_prefix(p.as_str()) {
-                    hyperparameters.insert(if p == "adapter." { k.to_string() } else { rest.to_string() }, value_to_json(v));
+                    hyperparameters.insert(
+                        if p == "adapter." {
+                            k.to_string()
+                        } else {
+                            rest.to_string()
+                        },
+                        value_to_json(v),
+                    );
                 }
             }
         }
@@ -204,16 +219,29 @@ impl Inspection {
 /// Errors: [`crate::lora::LoraError::Io`] naming the file that cannot be read or parsed.
 pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
     use crate::lora::LoraError;
-    let io = |p: &Path, m: String| LoraError::Io { path: p.to_path_buf(), message: m };
+    let io = |p: &Path, m: String| LoraError::Io {
+        path: p.to_path_buf(),
+        message: m,
+    };
     let (weights, configs) = if path.is_dir() {
-        (path.join("adapter_model.safetensors"), vec![path.join("adapter_config.json")])
+        (
+            path.join("adapter_model.safetensors"),
+            vec![path.join("adapter_config.json")],
+        )
     } else {
         let dir = path.parent().unwrap_or(Path::new("."));
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        (path.to_path_buf(), vec![dir.join(format!("{stem}.json")), dir.join("adapter_config.json")])
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        (
+            path.to_path_buf(),
+            vec![dir.join(format!("{stem}.json")), dir.join("adapter_config.json")],
+        )
     };
     let bytes = std::fs::read(&weights).map_err(|e| io(&weights, e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| io(&weights, format!("not a valid safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| io(&weights, format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&weights, e.to_string()))?;
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();

@@ -2,8 +2,8 @@
 //! src/llama-sampling.cpp): repetition penalty → top-k → top-p → min-p → temperature →
 //! draw; temperature ≤ 0 is greedy (argmax).
 
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// Sampling settings. The defaults are llama.cpp's.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,7 +27,15 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        SamplingOptions { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplingOptions {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -47,14 +55,20 @@ impl SamplingOptions {
             return Err(format!("min-p {} is outside [0, 1]", self.min_p));
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return Err(format!("repeat penalty {} must be a positive number", self.repeat_penalty));
+            return Err(format!(
+                "repeat penalty {} must be a positive number",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
 
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        SamplingOptions { temperature: 0.0, ..Default::default() }
+        SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 }
 
@@ -106,7 +120,11 @@ impl Sampler {
             for &t in &history[start..] {
                 if seen.insert(t) {
                     if let Some(l) = logits.get_mut(t as usize) {
-                        *l = if *l <= 0.0 { *l * o.repeat_penalty } else { *l / o.repeat_penalty };
+                        *l = if *l <= 0.0 {
+                            *l * o.repeat_penalty
+                        } else {
+                            *l / o.repeat_penalty
+                        };
                     }
                 }
             }
@@ -116,7 +134,11 @@ impl Sampler {
         }
         // Candidates sorted by logit, descending.
         let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let k = if o.top_k == 0 { cand.len() } else { o.top_k.min(cand.len()) };
+        let k = if o.top_k == 0 {
+            cand.len()
+        } else {
+            o.top_k.min(cand.len())
+        };
         if k < cand.len() {
             cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
             cand.truncate(k);
@@ -177,7 +199,10 @@ mod tests {
 
     #[test]
     fn repeat_penalty_changes_greedy_choice() {
-        let o = SamplingOptions { repeat_penalty: 2.0, ..SamplingOptions::greedy() };
+        let o = SamplingOptions {
+            repeat_penalty: 2.0,
+            ..SamplingOptions::greedy()
+        };
         let mut s = Sampler::new(o);
         assert_eq!(s.sample(&[0.0, 3.0, 2.0], &[1]), 2);
         assert_eq!(s.sample(&[-1.0, -3.0, -1.5], &[0]), 2);
@@ -186,18 +211,38 @@ mod tests {
     #[test]
     fn same_seed_same_draws_and_filters_apply() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let o = SamplingOptions { temperature: 1.0, top_k: 5, top_p: 1.0, min_p: 0.0, seed: 42, ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(o.clone()); (0..50).map(|_| s.sample(&logits, &[])).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(o.clone()); (0..50).map(|_| s.sample(&logits, &[])).collect() };
+        let o = SamplingOptions {
+            temperature: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..Default::default()
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(o.clone());
+            (0..50).map(|_| s.sample(&logits, &[])).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(o.clone());
+            (0..50).map(|_| s.sample(&logits, &[])).collect()
+        };
         assert_eq!(a, b);
         let mut idx: Vec<u32> = (0..100).collect();
         idx.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
         assert!(a.iter().all(|t| idx[..5].contains(t)), "top-k 5 respected");
-        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1, "it samples");
+        assert!(
+            a.iter().collect::<std::collections::HashSet<_>>().len() > 1,
+            "it samples"
+        );
         // min-p 0.5 keeps only tokens within ln 2 of the best: here only the best.
         let mut peaked = logits.clone();
         peaked[idx[0] as usize] += 1.0;
-        let mut s = Sampler::new(SamplingOptions { temperature: 1.0, min_p: 0.5, ..o });
+        let mut s = Sampler::new(SamplingOptions {
+            temperature: 1.0,
+            min_p: 0.5,
+            ..o
+        });
         assert!((0..20).all(|_| s.sample(&peaked, &[]) == idx[0]));
     }
 }

@@ -29,8 +29,8 @@ mod stream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use detok::{attr, Pieces};
-pub use error::{TokenizerError, SUPPORTED_MODELS};
+use detok::{Pieces, attr};
+pub use error::{SUPPORTED_MODELS, TokenizerError};
 use partition::{Fragment, Partitioner};
 pub use stream::StreamDecoder;
 
@@ -140,7 +140,9 @@ impl Tokenizer {
     /// [`TokenizerError::EmptyVocab`], [`TokenizerError::MissingSpecialToken`],
     /// [`TokenizerError::Build`].
     pub fn from_gguf(metadata: &Metadata) -> Result<Tokenizer, TokenizerError> {
-        Ok(Tokenizer { inner: Arc::new(gguf::load(metadata)?) })
+        Ok(Tokenizer {
+            inner: Arc::new(gguf::load(metadata)?),
+        })
     }
 
     /// The tokenizer of a Hugging Face `tokenizer.json` (the `--tokenizer` override). Its added
@@ -150,7 +152,9 @@ impl Tokenizer {
     ///
     /// Errors: [`TokenizerError::File`] naming the path when it cannot be read or parsed.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer, TokenizerError> {
-        Ok(Tokenizer { inner: Arc::new(json::load(path.as_ref())?) })
+        Ok(Tokenizer {
+            inner: Arc::new(json::load(path.as_ref())?),
+        })
     }
 
     /// Token ids of `text`, with special tokens written in it recognized (llama.cpp's

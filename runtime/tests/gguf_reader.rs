@@ -66,7 +66,10 @@ fn sample_writer() -> GgufWriter<'static> {
     md.set("t.i64", GgufValue::I64(i64::MIN));
     md.set("t.f64", GgufValue::F64(-2.5e300));
     md.set("t.str", GgufValue::String("héllo ✓".into()));
-    md.set("t.arr_str", GgufValue::Array(GgufArray::String(vec!["a".into(), "".into(), "ü".into()])));
+    md.set(
+        "t.arr_str",
+        GgufValue::Array(GgufArray::String(vec!["a".into(), "".into(), "ü".into()])),
+    );
     md.set("t.arr_f32", GgufValue::Array(GgufArray::F32(vec![1.0, -0.5, f32::MAX])));
     md.set("t.arr_bool", GgufValue::Array(GgufArray::Bool(vec![true, false])));
     md.set("t.arr_i64", GgufValue::Array(GgufArray::I64(vec![-1, 2])));
@@ -158,11 +161,18 @@ fn every_truncation_is_an_error() {
     let bytes = sample_bytes();
     // The file may end right after the last tensor's data (the trailing padding is optional).
     let h = GgufHeader::parse(&bytes).unwrap();
-    let end = h.tensors.iter().map(|t| h.data_offset + t.offset + t.size).max().unwrap() as usize;
+    let end = h
+        .tensors
+        .iter()
+        .map(|t| h.data_offset + t.offset + t.size)
+        .max()
+        .unwrap() as usize;
     assert!(GgufHeader::parse(&bytes[..end]).is_ok());
     for len in 0..end {
         match GgufHeader::parse(&bytes[..len]) {
-            Err(GgufError::Truncated { .. }) | Err(GgufError::TensorOutOfBounds { .. }) | Err(GgufError::AbsurdCount { .. }) => {}
+            Err(GgufError::Truncated { .. })
+            | Err(GgufError::TensorOutOfBounds { .. })
+            | Err(GgufError::AbsurdCount { .. }) => {}
             other => panic!("prefix of {len} bytes: expected a truncation error, got {other:?}"),
         }
     }
@@ -190,7 +200,10 @@ fn unsupported_versions() {
 fn big_endian_file() {
     let mut b = sample_bytes();
     b[4..8].copy_from_slice(&3u32.to_be_bytes());
-    assert!(matches!(GgufHeader::parse(&b), Err(GgufError::BigEndian { version: 3 })));
+    assert!(matches!(
+        GgufHeader::parse(&b),
+        Err(GgufError::BigEndian { version: 3 })
+    ));
 }
 
 #[test]
@@ -205,13 +218,25 @@ fn string_length_past_end() {
     }
     // A value string.
     let e = parse(Raw::header(0, 1).str("k").u32(8).u64(u64::MAX)).unwrap_err();
-    assert!(matches!(&e, GgufError::Truncated { what, .. } if what.contains("`k`")), "{e}");
+    assert!(
+        matches!(&e, GgufError::Truncated { what, .. } if what.contains("`k`")),
+        "{e}"
+    );
 }
 
 #[test]
 fn array_length_past_end() {
     let e = parse(Raw::header(0, 1).str("arr").u32(9).u32(4).u64(u64::MAX / 2)).unwrap_err();
-    assert!(matches!(e, GgufError::AbsurdCount { what: "array length", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::AbsurdCount {
+                what: "array length",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Strings need at least 8 bytes each.
     let e = parse(Raw::header(0, 1).str("arr").u32(9).u32(8).u64(3).u64(0).u64(0)).unwrap_err();
     assert!(matches!(e, GgufError::AbsurdCount { .. }), "{e}");
@@ -220,15 +245,36 @@ fn array_length_past_end() {
 #[test]
 fn absurd_counts() {
     let e = parse(Raw::header(u64::MAX, 0)).unwrap_err();
-    assert!(matches!(e, GgufError::AbsurdCount { what: "tensor count", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::AbsurdCount {
+                what: "tensor count",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = parse(Raw::header(0, 1 << 50)).unwrap_err();
-    assert!(matches!(e, GgufError::AbsurdCount { what: "metadata key/value count", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::AbsurdCount {
+                what: "metadata key/value count",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_value_type() {
     let e = parse(Raw::header(0, 1).str("k").u32(13).u32(0)).unwrap_err();
-    assert!(matches!(&e, GgufError::UnknownValueType { type_id: 13, what, .. } if what.contains("`k`")), "{e}");
+    assert!(
+        matches!(&e, GgufError::UnknownValueType { type_id: 13, what, .. } if what.contains("`k`")),
+        "{e}"
+    );
     let e = parse(Raw::header(0, 1).str("k").u32(9).u32(77).u64(0)).unwrap_err();
     assert!(matches!(e, GgufError::UnknownValueType { type_id: 77, .. }), "{e}");
 }
@@ -254,7 +300,10 @@ fn nesting_too_deep() {
 #[test]
 fn duplicate_key() {
     let e = parse(Raw::header(0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2)).unwrap_err();
-    assert!(matches!(&e, GgufError::DuplicateKey { key, offset: 41 } if key == "k"), "{e}");
+    assert!(
+        matches!(&e, GgufError::DuplicateKey { key, offset: 41 } if key == "k"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -270,7 +319,10 @@ fn bad_alignment() {
 #[test]
 fn too_many_dims() {
     let e = parse(Raw::header(1, 0).tensor("t", &[1, 1, 1, 1, 1], 0, 0).data(4)).unwrap_err();
-    assert!(matches!(&e, GgufError::TooManyDims { tensor, n_dims: 5, .. } if tensor == "t"), "{e}");
+    assert!(
+        matches!(&e, GgufError::TooManyDims { tensor, n_dims: 5, .. } if tensor == "t"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -287,20 +339,29 @@ fn zero_and_overflowing_dims() {
 fn unknown_ggml_type() {
     for ty in [4u32, 5, 31, 40, 1000] {
         let e = parse(Raw::header(1, 0).tensor("t", &[32], ty, 0).data(64)).unwrap_err();
-        assert!(matches!(&e, GgufError::UnknownGgmlType { type_id, tensor, .. } if *type_id == ty && tensor == "t"), "{e}");
+        assert!(
+            matches!(&e, GgufError::UnknownGgmlType { type_id, tensor, .. } if *type_id == ty && tensor == "t"),
+            "{e}"
+        );
     }
 }
 
 #[test]
 fn not_a_block_multiple() {
     let e = parse(Raw::header(1, 0).tensor("t", &[33], 8, 0).data(64)).unwrap_err();
-    assert!(matches!(e, GgufError::NotBlockMultiple { ne0: 33, block: 32, .. }), "{e}");
+    assert!(
+        matches!(e, GgufError::NotBlockMultiple { ne0: 33, block: 32, .. }),
+        "{e}"
+    );
 }
 
 #[test]
 fn data_out_of_bounds() {
     let e = parse(Raw::header(1, 0).tensor("t", &[8], 0, 0).data(31)).unwrap_err();
-    assert!(matches!(&e, GgufError::TensorOutOfBounds { tensor, .. } if tensor == "t"), "{e}");
+    assert!(
+        matches!(&e, GgufError::TensorOutOfBounds { tensor, .. } if tensor == "t"),
+        "{e}"
+    );
     let e = parse(Raw::header(1, 0).tensor("t", &[8], 0, u64::MAX - 31).data(64)).unwrap_err();
     assert!(matches!(e, GgufError::TensorOutOfBounds { .. }), "{e}");
 }
@@ -308,19 +369,47 @@ fn data_out_of_bounds() {
 #[test]
 fn misaligned_offset() {
     let e = parse(Raw::header(1, 0).tensor("t", &[8], 0, 4).data(64)).unwrap_err();
-    assert!(matches!(e, GgufError::TensorMisaligned { offset: 4, alignment: 32, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::TensorMisaligned {
+                offset: 4,
+                alignment: 32,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn overlapping_tensors() {
-    let e = parse(Raw::header(2, 0).tensor("a", &[16], 0, 0).tensor("b", &[16], 0, 32).data(128)).unwrap_err();
-    assert!(matches!(&e, GgufError::TensorOverlap { first, second, .. } if first == "a" && second == "b"), "{e}");
+    let e = parse(
+        Raw::header(2, 0)
+            .tensor("a", &[16], 0, 0)
+            .tensor("b", &[16], 0, 32)
+            .data(128),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, GgufError::TensorOverlap { first, second, .. } if first == "a" && second == "b"),
+        "{e}"
+    );
 }
 
 #[test]
 fn duplicate_tensor() {
-    let e = parse(Raw::header(2, 0).tensor("a", &[8], 0, 0).tensor("a", &[8], 0, 32).data(64)).unwrap_err();
-    assert!(matches!(&e, GgufError::DuplicateTensor { name, .. } if name == "a"), "{e}");
+    let e = parse(
+        Raw::header(2, 0)
+            .tensor("a", &[8], 0, 0)
+            .tensor("a", &[8], 0, 32)
+            .data(64),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, GgufError::DuplicateTensor { name, .. } if name == "a"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -37,7 +37,11 @@ fn models_dir() -> PathBuf {
 }
 
 fn load_model(path: PathBuf) -> Model {
-    assert!(path.is_file(), "model missing: {} (fetch it with models/fetch)", path.display());
+    assert!(
+        path.is_file(),
+        "model missing: {} (fetch it with models/fetch)",
+        path.display()
+    );
     Model::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
@@ -114,7 +118,10 @@ fn gemma_jargon_bf16_matches_f32() {
     assert_eq!(bf16.targets.len(), 126);
     assert_eq!(bf16.ranks(), vec![8]);
     for (x, y) in f32a.targets.iter().zip(&bf16.targets) {
-        assert_eq!((&x.tensor, x.r, x.n_in, x.n_out, x.scale), (&y.tensor, y.r, y.n_in, y.n_out, y.scale));
+        assert_eq!(
+            (&x.tensor, x.r, x.n_in, x.n_out, x.scale),
+            (&y.tensor, y.r, y.n_in, y.n_out, y.scale)
+        );
         // bf16 keeps 8 significant bits: the cast rounds within 2^-9 relative.
         for (u, v) in x.a.iter().zip(&y.a).chain(x.b.iter().zip(&y.b)) {
             assert!(close(*u, *v, 1.0 / 256.0), "{}: {u} vs {v}", x.tensor);
@@ -134,7 +141,10 @@ fn gemma_jargon_gguf_equals_peft() {
     assert_model_order(&gguf, model);
     // convert_lora_to_gguf.py wrote the PEFT tensors as f32 unchanged.
     for (p, g) in peft.targets.iter().zip(&gguf.targets) {
-        assert_eq!((&p.tensor, p.r, p.n_in, p.n_out, p.scale), (&g.tensor, g.r, g.n_in, g.n_out, g.scale));
+        assert_eq!(
+            (&p.tensor, p.r, p.n_in, p.n_out, p.scale),
+            (&g.tensor, g.r, g.n_in, g.n_out, g.scale)
+        );
         assert!(p.a == g.a, "{}: A differs", p.tensor);
         assert!(p.b == g.b, "{}: B differs", p.tensor);
     }
@@ -149,9 +159,21 @@ fn qwen2_pirate_rslora() {
     assert_eq!(a.ranks(), vec![16]);
     assert!(a.use_rslora);
     // rsLoRA: 32 / sqrt(16) = 8.
-    assert!(a.targets.iter().all(|t| t.scale == 8.0), "{:?}", a.targets.iter().map(|t| t.scale).collect::<Vec<_>>());
+    assert!(
+        a.targets.iter().all(|t| t.scale == 8.0),
+        "{:?}",
+        a.targets.iter().map(|t| t.scale).collect::<Vec<_>>()
+    );
     let kinds: Vec<&str> = a.targets[..4].iter().map(|t| t.tensor.as_str()).collect();
-    assert_eq!(kinds, ["blk.0.attn_q.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight"]);
+    assert_eq!(
+        kinds,
+        [
+            "blk.0.attn_q.weight",
+            "blk.0.attn_v.weight",
+            "blk.0.attn_output.weight",
+            "blk.0.ffn_down.weight"
+        ]
+    );
     assert_model_order(&a, model);
 }
 
@@ -163,7 +185,10 @@ fn qwen2_dora_has_magnitudes() {
     assert_eq!(a.ranks(), vec![8]);
     for t in &a.targets {
         assert_eq!(t.scale, 2.0);
-        let m = t.dora_magnitude.as_ref().unwrap_or_else(|| panic!("{}: no magnitude", t.tensor));
+        let m = t
+            .dora_magnitude
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no magnitude", t.tensor));
         assert_eq!(m.len(), t.n_out, "{}", t.tensor);
         assert!(m.iter().all(|&x| x > 0.0), "{}: magnitudes are norms", t.tensor);
     }
@@ -178,7 +203,11 @@ fn raw_f32(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
         .into_iter()
         .map(|(name, v)| {
             assert_eq!(v.dtype(), Dtype::F32);
-            let data = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             (name, (v.shape().to_vec(), data))
         })
         .collect()
@@ -196,7 +225,10 @@ fn tinyllama_peft_permuted_like_gguf() {
     assert_model_order(&peft, model);
     let raw = raw_f32(&adapter_path("tinyllama-a-lora").join("adapter_model.safetensors"));
     for (p, g) in peft.targets.iter().zip(&gguf.targets) {
-        assert_eq!((&p.tensor, p.r, p.n_in, p.n_out, p.scale), (&g.tensor, g.r, g.n_in, g.n_out, g.scale));
+        assert_eq!(
+            (&p.tensor, p.r, p.n_in, p.n_out, p.scale),
+            (&g.tensor, g.r, g.n_in, g.n_out, g.scale)
+        );
         assert_eq!(p.scale, 2.0);
         assert!(p.a == g.a, "{}: A differs", p.tensor);
         // q/k: the PEFT lora_B, permuted like llama.cpp's converter permuted the weight, is the
@@ -233,15 +265,27 @@ impl Tensors {
         let bytes = std::fs::read(path).unwrap();
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
-        let map = st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
-        Tensors { map, metadata: header.metadata().clone() }
+        let map = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+            .collect();
+        Tensors {
+            map,
+            metadata: header.metadata().clone(),
+        }
     }
 
     fn write(&self, path: &Path) {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .map
             .iter()
-            .map(|(n, (dt, shape, data))| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap()))
+            .map(|(n, (dt, shape, data))| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap(),
+                )
+            })
             .collect();
         std::fs::write(path, safetensors::serialize(views, self.metadata.clone()).unwrap()).unwrap();
     }
@@ -258,7 +302,10 @@ const TINY_Q_A: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.
 const TINY_Q_B: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
 
 /// A copy of the tinyllama PEFT folder in a temp dir, its tensors and config modified.
-fn tiny_copy(edit_tensors: impl FnOnce(&mut Tensors), edit_config: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, PathBuf) {
+fn tiny_copy(
+    edit_tensors: impl FnOnce(&mut Tensors),
+    edit_config: impl FnOnce(&mut serde_json::Value),
+) -> (tempfile::TempDir, PathBuf) {
     let src = adapter_path("tinyllama-a-lora");
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("tiny-bad");
@@ -266,13 +313,21 @@ fn tiny_copy(edit_tensors: impl FnOnce(&mut Tensors), edit_config: impl FnOnce(&
     let mut t = Tensors::read(&src.join("adapter_model.safetensors"));
     edit_tensors(&mut t);
     t.write(&dst.join("adapter_model.safetensors"));
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
     edit_config(&mut cfg);
-    std::fs::write(dst.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dst.join("adapter_config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
     (dir, dst)
 }
 
-fn tiny_err(edit_tensors: impl FnOnce(&mut Tensors), edit_config: impl FnOnce(&mut serde_json::Value)) -> (LoraError, String) {
+fn tiny_err(
+    edit_tensors: impl FnOnce(&mut Tensors),
+    edit_config: impl FnOnce(&mut serde_json::Value),
+) -> (LoraError, String) {
     let (_dir, path) = tiny_copy(edit_tensors, edit_config);
     let e = load_err(&path, tinyllama(), &AdapterOptions::default());
     let msg = e.to_string();
@@ -291,7 +346,15 @@ fn unmodified_copy_loads() {
     let a = load(&path, tinyllama());
     assert_eq!(a.name, "tiny-bad");
     assert_eq!(a.targets.len(), 28);
-    let named = load_adapter(&path, tinyllama(), &AdapterOptions { name: Some("mine".into()), lora_alpha: None }).unwrap();
+    let named = load_adapter(
+        &path,
+        tinyllama(),
+        &AdapterOptions {
+            name: Some("mine".into()),
+            lora_alpha: None,
+        },
+    )
+    .unwrap();
     assert_eq!(named.name, "mine");
     // The files inside the folder name the same adapter.
     for inner in ["adapter_config.json", "adapter_model.safetensors"] {
@@ -330,8 +393,10 @@ fn tensor_matching_no_module() {
 
 #[test]
 fn tensor_of_untargeted_module() {
-    let (e, msg) =
-        tiny_err(|_| {}, |c| c["target_modules"] = serde_json::json!(["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]));
+    let (e, msg) = tiny_err(
+        |_| {},
+        |c| c["target_modules"] = serde_json::json!(["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]),
+    );
     assert!(matches!(e, LoraError::NotTargeted { .. }), "{e:?}");
     assert_names(&msg, &["gate_proj.lora_A.weight", "target_modules"]);
 }
@@ -346,18 +411,43 @@ fn wrong_shape() {
         },
         |_| {},
     );
-    assert!(matches!(&e, LoraError::ShapeMismatch { expected, got, .. } if expected == &[8, 256] && got == &[8, 255]), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::ShapeMismatch { expected, got, .. } if expected == &[8, 256] && got == &[8, 255]),
+        "{e:?}"
+    );
     assert_names(&msg, &[TINY_Q_A]);
 }
 
 #[test]
 fn rank_differs_from_config() {
     let (e, msg) = tiny_err(|_| {}, |c| c["r"] = serde_json::json!(4));
-    assert!(matches!(&e, LoraError::RankMismatch { expected: 4, got: 8, field, .. } if field == "r"), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::RankMismatch { expected: 4, got: 8, field, .. } if field == "r"),
+        "{e:?}"
+    );
     assert_names(&msg, &["lora_A.weight", "`r`"]);
-    let (e, msg) = tiny_err(|_| {}, |c| c["rank_pattern"] = serde_json::json!({"layers.2.mlp.up_proj": 16}));
-    assert!(matches!(&e, LoraError::RankMismatch { expected: 16, got: 8, .. }), "{e:?}");
-    assert_names(&msg, &["model.layers.2.mlp.up_proj.lora_A.weight", "rank_pattern.layers.2.mlp.up_proj"]);
+    let (e, msg) = tiny_err(
+        |_| {},
+        |c| c["rank_pattern"] = serde_json::json!({"layers.2.mlp.up_proj": 16}),
+    );
+    assert!(
+        matches!(
+            &e,
+            LoraError::RankMismatch {
+                expected: 16,
+                got: 8,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_names(
+        &msg,
+        &[
+            "model.layers.2.mlp.up_proj.lora_A.weight",
+            "rank_pattern.layers.2.mlp.up_proj",
+        ],
+    );
 }
 
 #[test]
@@ -389,7 +479,11 @@ fn adapter_for_another_model() {
     assert!(matches!(e, LoraError::WrongBaseModel { .. }), "{e:?}");
     assert_names(&e.to_string(), &["qwen2-0.5b-pirate", "layers.0.", "hf/qwen2-0.5b"]);
     // GGUF: general.architecture differs.
-    let e = load_err(&adapter_path("tinyllama-a-lora.gguf"), gemma(), &AdapterOptions::default());
+    let e = load_err(
+        &adapter_path("tinyllama-a-lora.gguf"),
+        gemma(),
+        &AdapterOptions::default(),
+    );
     assert!(matches!(e, LoraError::WrongBaseModel { .. }), "{e:?}");
     assert_names(&e.to_string(), &["general.architecture", "\"llama\"", "\"gemma3\""]);
     // Same architecture, other sizes: the tinyllama PEFT adapter on qwen2 maps names but fits nothing.
@@ -423,7 +517,8 @@ fn duplicate_key_forms() {
     let (e, msg) = tiny_err(
         |t| {
             let a = t.map[TINY_Q_A].clone();
-            t.map.insert(TINY_Q_A.replace("lora_A.weight", "lora_A.default.weight"), a);
+            t.map
+                .insert(TINY_Q_A.replace("lora_A.weight", "lora_A.default.weight"), a);
         },
         |_| {},
     );
@@ -443,7 +538,10 @@ fn key_forms_and_f16() {
                     .chunks_exact(4)
                     .flat_map(|c| half::f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
                     .collect();
-                let name = name.strip_prefix("base_model.model.").unwrap().replace(".weight", ".default.weight");
+                let name = name
+                    .strip_prefix("base_model.model.")
+                    .unwrap()
+                    .replace(".weight", ".default.weight");
                 t.map.insert(name, (Dtype::F16, shape, f16));
             }
         },
@@ -463,14 +561,20 @@ fn key_forms_and_f16() {
 #[test]
 fn modules_to_save_refused() {
     let (e, msg) = tiny_err(|_| {}, |c| c["modules_to_save"] = serde_json::json!(["lm_head"]));
-    assert!(matches!(&e, LoraError::Unsupported { field, .. } if field == "modules_to_save"), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::Unsupported { field, .. } if field == "modules_to_save"),
+        "{e:?}"
+    );
     assert_names(&msg, &["modules_to_save", "adapter_config.json"]);
 }
 
 #[test]
 fn bias_all_refused() {
     let (e, msg) = tiny_err(|_| {}, |c| c["bias"] = serde_json::json!("all"));
-    assert!(matches!(&e, LoraError::Unsupported { field, .. } if field == "bias"), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::Unsupported { field, .. } if field == "bias"),
+        "{e:?}"
+    );
     assert_names(&msg, &["`bias`", "\"all\""]);
 }
 
@@ -485,17 +589,26 @@ fn other_refusals() {
         ("target_parameters", serde_json::json!(["mlp.experts.down_proj"])),
     ] {
         let (e, msg) = tiny_err(|_| {}, |c| c[field] = value.clone());
-        assert!(matches!(&e, LoraError::Unsupported { field: f, .. } if f == field), "{field}: {e:?}");
+        assert!(
+            matches!(&e, LoraError::Unsupported { field: f, .. } if f == field),
+            "{field}: {e:?}"
+        );
         assert_names(&msg, &[field]);
     }
     // DoRA magnitudes in a file whose config says use_dora = false.
     let (e, msg) = tiny_err(
         |t| {
-            t.map.insert(TINY_Q_A.replace("lora_A.weight", "lora_magnitude_vector"), (Dtype::F32, vec![256], vec![0; 1024]));
+            t.map.insert(
+                TINY_Q_A.replace("lora_A.weight", "lora_magnitude_vector"),
+                (Dtype::F32, vec![256], vec![0; 1024]),
+            );
         },
         |_| {},
     );
-    assert!(matches!(&e, LoraError::Config { field, .. } if field == "use_dora"), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::Config { field, .. } if field == "use_dora"),
+        "{e:?}"
+    );
     assert_names(&msg, &["lora_magnitude_vector"]);
 }
 
@@ -504,7 +617,11 @@ fn fan_in_fan_out_accepted_with_a_note() {
     let (_dir, path) = tiny_copy(|_| {}, |c| c["fan_in_fan_out"] = serde_json::json!(true));
     let a = load(&path, tinyllama());
     assert_eq!(a.targets.len(), 28);
-    assert!(a.warnings.iter().any(|w| w.contains("fan_in_fan_out")), "{:?}", a.warnings);
+    assert!(
+        a.warnings.iter().any(|w| w.contains("fan_in_fan_out")),
+        "{:?}",
+        a.warnings
+    );
 }
 
 /// The tinyllama tensors alone, as `<dir>/<name>`, with the given metadata.
@@ -526,7 +643,15 @@ fn missing_config_needs_lora_alpha() {
     assert!(matches!(e, LoraError::MissingAlpha { .. }), "{e:?}");
     assert_names(&e.to_string(), &["x.safetensors", "--lora-alpha", "lora_alpha"]);
     // With the option: rank from the shapes, scale alpha / r.
-    let a = load_adapter(&path, tinyllama(), &AdapterOptions { name: None, lora_alpha: Some(16.0) }).unwrap();
+    let a = load_adapter(
+        &path,
+        tinyllama(),
+        &AdapterOptions {
+            name: None,
+            lora_alpha: Some(16.0),
+        },
+    )
+    .unwrap();
     assert_eq!(a.name, "x");
     assert_eq!(a.targets.len(), 28);
     assert!(a.targets.iter().all(|t| t.r == 8 && t.scale == 2.0));
@@ -544,13 +669,29 @@ fn bare_file_configs() {
     assert!(matches!(e, LoraError::RankMismatch { .. }), "{e:?}");
     // From `<stem>.json` beside it.
     let (dir, path) = bare_file("side.safetensors", None);
-    std::fs::write(dir.path().join("side.json"), r#"{"lora_alpha": 8, "r": 8, "target_modules": "all-linear"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("side.json"),
+        r#"{"lora_alpha": 8, "r": 8, "target_modules": "all-linear"}"#,
+    )
+    .unwrap();
     let a = load(&path, tinyllama());
     assert!(a.targets.iter().all(|t| t.scale == 1.0));
     // From `adapter_config.json` in its folder (an option given too: the config wins, noted).
     let (dir, path) = bare_file("other.safetensors", None);
-    std::fs::copy(adapter_path("tinyllama-a-lora").join("adapter_config.json"), dir.path().join("adapter_config.json")).unwrap();
-    let a = load_adapter(&path, tinyllama(), &AdapterOptions { name: None, lora_alpha: Some(64.0) }).unwrap();
+    std::fs::copy(
+        adapter_path("tinyllama-a-lora").join("adapter_config.json"),
+        dir.path().join("adapter_config.json"),
+    )
+    .unwrap();
+    let a = load_adapter(
+        &path,
+        tinyllama(),
+        &AdapterOptions {
+            name: None,
+            lora_alpha: Some(64.0),
+        },
+    )
+    .unwrap();
     assert!(a.targets.iter().all(|t| t.scale == 2.0));
     assert!(a.warnings.iter().any(|w| w.contains("lora_alpha")), "{:?}", a.warnings);
 }
@@ -560,14 +701,24 @@ fn bad_safetensors_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("garbage");
     std::fs::create_dir(&folder).unwrap();
-    std::fs::copy(adapter_path("tinyllama-a-lora").join("adapter_config.json"), folder.join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        adapter_path("tinyllama-a-lora").join("adapter_config.json"),
+        folder.join("adapter_config.json"),
+    )
+    .unwrap();
     let good = std::fs::read(adapter_path("tinyllama-a-lora").join("adapter_model.safetensors")).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("garbage", b"definitely not a safetensors file".to_vec()),
-        ("huge header length", [u64::MAX.to_le_bytes().to_vec(), vec![b'{'; 16]].concat()),
+        (
+            "huge header length",
+            [u64::MAX.to_le_bytes().to_vec(), vec![b'{'; 16]].concat(),
+        ),
         ("truncated", good[..good.len() / 2].to_vec()),
-        ("bad json", [20u64.to_le_bytes().to_vec(), b"{\"a\": {\"dtype\": \"F3".to_vec()].concat()),
+        (
+            "bad json",
+            [20u64.to_le_bytes().to_vec(), b"{\"a\": {\"dtype\": \"F3".to_vec()].concat(),
+        ),
         ("offsets past the end", {
             let h = br#"{"x.lora_A.weight":{"dtype":"F32","shape":[4000000000,4000000000],"data_offsets":[0,64]}}"#;
             [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0; 64]].concat()
@@ -595,7 +746,11 @@ fn bad_safetensors_bytes() {
 #[test]
 fn missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    let e = load_err(&dir.path().join("nope.safetensors"), tinyllama(), &AdapterOptions::default());
+    let e = load_err(
+        &dir.path().join("nope.safetensors"),
+        tinyllama(),
+        &AdapterOptions::default(),
+    );
     assert!(matches!(e, LoraError::NotFound { .. }), "{e:?}");
     assert_names(&e.to_string(), &["nope.safetensors"]);
     // A folder without the weights file.
@@ -612,7 +767,11 @@ fn missing_file() {
 #[test]
 fn gguf_bad_cases() {
     // A model file is not an adapter.
-    let e = load_err(&fixtures().join("tinyllama/tinyllama-a-q8_0.gguf"), tinyllama(), &AdapterOptions::default());
+    let e = load_err(
+        &fixtures().join("tinyllama/tinyllama-a-q8_0.gguf"),
+        tinyllama(),
+        &AdapterOptions::default(),
+    );
     assert!(matches!(e, LoraError::UnknownFormat { .. }), "{e:?}");
     assert_names(&e.to_string(), &["general.type"]);
     // Truncated GGUF.
@@ -647,11 +806,19 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// A PEFT folder `<dir>/<name>` with these f32 tensors and this config.
-fn peft_folder(dir: &Path, name: &str, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>, config: serde_json::Value) -> PathBuf {
+fn peft_folder(
+    dir: &Path,
+    name: &str,
+    tensors: Vec<(&str, Vec<usize>, Vec<f32>)>,
+    config: serde_json::Value,
+) -> PathBuf {
     let folder = dir.join(name);
     std::fs::create_dir(&folder).unwrap();
     let t = Tensors {
-        map: tensors.into_iter().map(|(n, shape, data)| (n.to_string(), (Dtype::F32, shape, f32_bytes(&data)))).collect(),
+        map: tensors
+            .into_iter()
+            .map(|(n, shape, data)| (n.to_string(), (Dtype::F32, shape, f32_bytes(&data))))
+            .collect(),
         metadata: None,
     };
     t.write(&folder.join("adapter_model.safetensors"));
@@ -688,8 +855,16 @@ fn embedding_lora_peft_and_gguf_agree() {
         dir.path(),
         "emb",
         vec![
-            ("base_model.model.model.embed_tokens.lora_embedding_A", vec![r, n_vocab], a.clone()),
-            ("base_model.model.model.embed_tokens.lora_embedding_B", vec![n_embd, r], b.clone()),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                vec![r, n_vocab],
+                a.clone(),
+            ),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_B",
+                vec![n_embd, r],
+                b.clone(),
+            ),
         ],
         serde_json::json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["embed_tokens"]}),
     );
@@ -725,8 +900,16 @@ fn embedding_lora_peft_and_gguf_agree() {
         dir.path(),
         "emb-untargeted",
         vec![
-            ("base_model.model.model.embed_tokens.lora_embedding_A", vec![r, n_vocab], values(1, r * n_vocab)),
-            ("base_model.model.model.embed_tokens.lora_embedding_B", vec![n_embd, r], values(2, n_embd * r)),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                vec![r, n_vocab],
+                values(1, r * n_vocab),
+            ),
+            (
+                "base_model.model.model.embed_tokens.lora_embedding_B",
+                vec![n_embd, r],
+                values(2, n_embd * r),
+            ),
         ],
         serde_json::json!({"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}),
     );
@@ -739,10 +922,20 @@ fn replacement_embedding() {
     let model = tinyllama();
     let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
     let name = "base_model.model.model.embed_tokens.base_layer.weight";
-    let emb: Vec<half::bf16> = values(3, n_vocab * n_embd).into_iter().map(half::bf16::from_f32).collect();
+    let emb: Vec<half::bf16> = values(3, n_vocab * n_embd)
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect();
     let (_dir, path) = tiny_copy(
         |t| {
-            t.map.insert(name.into(), (Dtype::BF16, vec![n_vocab, n_embd], emb.iter().flat_map(|x| x.to_le_bytes()).collect()));
+            t.map.insert(
+                name.into(),
+                (
+                    Dtype::BF16,
+                    vec![n_vocab, n_embd],
+                    emb.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
+            );
         },
         |_| {},
     );
@@ -763,7 +956,10 @@ fn replacement_embedding() {
     t.map.insert(name.into(), (Dtype::F32, vec![2, 2], vec![0; 16]));
     t.write(&folder.join("adapter_model.safetensors"));
     let e = load_err(&folder, gemma(), &AdapterOptions::default());
-    assert!(matches!(&e, LoraError::Unsupported { field, .. } if field == "save_embedding_layers"), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::Unsupported { field, .. } if field == "save_embedding_layers"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains(name), "{e}");
 }
 
@@ -779,7 +975,9 @@ fn dora_magnitude_permuted_on_llama() {
             tensors.push((name.as_str(), shape.clone(), data.clone()));
         }
     }
-    let mags: Vec<String> = (0..4).map(|i| format!("base_model.model.model.layers.{i}.self_attn.q_proj.lora_magnitude_vector")).collect();
+    let mags: Vec<String> = (0..4)
+        .map(|i| format!("base_model.model.model.layers.{i}.self_attn.q_proj.lora_magnitude_vector"))
+        .collect();
     for m in &mags {
         tensors.push((m.as_str(), vec![256], magnitude.clone()));
     }
@@ -794,7 +992,12 @@ fn dora_magnitude_permuted_on_llama() {
     let n_head = model.config.n_head;
     let expected = runtime::lora::mapping::permute_rows(&magnitude, 256, 1, n_head).unwrap();
     for t in &a.targets {
-        assert_eq!(t.dora_magnitude.as_deref(), Some(expected.as_slice()), "{}: the magnitude follows B's rows", t.tensor);
+        assert_eq!(
+            t.dora_magnitude.as_deref(),
+            Some(expected.as_slice()),
+            "{}: the magnitude follows B's rows",
+            t.tensor
+        );
     }
     // use_dora without a magnitude for some module.
     let mut tensors = Vec::new();
@@ -812,7 +1015,11 @@ fn dora_magnitude_permuted_on_llama() {
     );
     let e = load_err(&folder, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::Unpaired { .. }), "{e:?}");
-    assert!(e.to_string().contains("layers.1.self_attn.q_proj.lora_magnitude_vector"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("layers.1.self_attn.q_proj.lora_magnitude_vector"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -823,17 +1030,35 @@ fn gguf_synthesized_bad_cases() {
     let b = values(5, 256 * 8);
     // Unpaired lora_a.
     let path = dir.path().join("unpaired.gguf");
-    gguf_lora(&path, "llama", Some(16.0), vec![("blk.0.attn_q.weight.lora_a", vec![256, 8], a.clone())]);
+    gguf_lora(
+        &path,
+        "llama",
+        Some(16.0),
+        vec![("blk.0.attn_q.weight.lora_a", vec![256, 8], a.clone())],
+    );
     let e = load_err(&path, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::Unpaired { .. }), "{e:?}");
     assert!(e.to_string().contains("blk.0.attn_q.weight.lora_b"), "{e}");
     // No alpha: the option supplies it.
     let path = dir.path().join("noalpha.gguf");
-    let pair = || vec![("blk.0.attn_q.weight.lora_a", vec![256, 8], a.clone()), ("blk.0.attn_q.weight.lora_b", vec![8, 256], b.clone())];
+    let pair = || {
+        vec![
+            ("blk.0.attn_q.weight.lora_a", vec![256, 8], a.clone()),
+            ("blk.0.attn_q.weight.lora_b", vec![8, 256], b.clone()),
+        ]
+    };
     gguf_lora(&path, "llama", None, pair());
     let e = load_err(&path, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::MissingAlpha { .. }), "{e:?}");
-    let ok = load_adapter(&path, model, &AdapterOptions { name: None, lora_alpha: Some(4.0) }).unwrap();
+    let ok = load_adapter(
+        &path,
+        model,
+        &AdapterOptions {
+            name: None,
+            lora_alpha: Some(4.0),
+        },
+    )
+    .unwrap();
     assert_eq!(ok.targets[0].scale, 0.5);
     // A weight the model lacks.
     let path = dir.path().join("nolayer.gguf");
@@ -841,8 +1066,14 @@ fn gguf_synthesized_bad_cases() {
         &path,
         "llama",
         Some(16.0),
-        [pair(), vec![("blk.9.attn_q.weight.lora_a", vec![256, 8], a.clone()), ("blk.9.attn_q.weight.lora_b", vec![8, 256], b.clone())]]
-            .concat(),
+        [
+            pair(),
+            vec![
+                ("blk.9.attn_q.weight.lora_a", vec![256, 8], a.clone()),
+                ("blk.9.attn_q.weight.lora_b", vec![8, 256], b.clone()),
+            ],
+        ]
+        .concat(),
     );
     let e = load_err(&path, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::NoSuchWeight { .. }), "{e:?}");
@@ -853,11 +1084,20 @@ fn gguf_synthesized_bad_cases() {
         &path,
         "llama",
         Some(16.0),
-        [pair(), vec![("blk.1.attn_k.weight.lora_a", vec![256, 8], a.clone()), ("blk.1.attn_k.weight.lora_b", vec![8, 256], b.clone())]]
-            .concat(),
+        [
+            pair(),
+            vec![
+                ("blk.1.attn_k.weight.lora_a", vec![256, 8], a.clone()),
+                ("blk.1.attn_k.weight.lora_b", vec![8, 256], b.clone()),
+            ],
+        ]
+        .concat(),
     );
     let e = load_err(&path, model, &AdapterOptions::default());
-    assert!(matches!(&e, LoraError::ShapeMismatch { expected, got, .. } if expected == &[8, 64] && got == &[8, 256]), "{e:?}");
+    assert!(
+        matches!(&e, LoraError::ShapeMismatch { expected, got, .. } if expected == &[8, 64] && got == &[8, 256]),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("blk.1.attn_k.weight.lora_b"), "{e}");
     // NaN.
     let path = dir.path().join("nan.gguf");
@@ -867,13 +1107,21 @@ fn gguf_synthesized_bad_cases() {
         &path,
         "llama",
         Some(16.0),
-        vec![("blk.0.attn_q.weight.lora_a", vec![256, 8], a.clone()), ("blk.0.attn_q.weight.lora_b", vec![8, 256], bad)],
+        vec![
+            ("blk.0.attn_q.weight.lora_a", vec![256, 8], a.clone()),
+            ("blk.0.attn_q.weight.lora_b", vec![8, 256], bad),
+        ],
     );
     let e = load_err(&path, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::NonFinite { index: 3, .. }), "{e:?}");
     // Not a LoRA tensor.
     let path = dir.path().join("norm.gguf");
-    gguf_lora(&path, "llama", Some(16.0), [pair(), vec![("blk.0.attn_norm.weight", vec![256], vec![1.0; 256])]].concat());
+    gguf_lora(
+        &path,
+        "llama",
+        Some(16.0),
+        [pair(), vec![("blk.0.attn_norm.weight", vec![256], vec![1.0; 256])]].concat(),
+    );
     let e = load_err(&path, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::UnknownTensor { .. }), "{e:?}");
     assert!(e.to_string().contains("blk.0.attn_norm.weight"), "{e}");
@@ -897,7 +1145,11 @@ fn mutations_never_panic() {
     let digits: Vec<usize> = (8..8 + header_len).filter(|&i| st[i].is_ascii_digit()).collect();
     let folder = dir.path().join("mut");
     std::fs::create_dir(&folder).unwrap();
-    std::fs::copy(adapter_path("tinyllama-a-lora").join("adapter_config.json"), folder.join("adapter_config.json")).unwrap();
+    std::fs::copy(
+        adapter_path("tinyllama-a-lora").join("adapter_config.json"),
+        folder.join("adapter_config.json"),
+    )
+    .unwrap();
     let (mut ok, mut err) = (0, 0);
     for _ in 0..300 {
         let mut bytes = st.clone();

@@ -23,7 +23,11 @@ fn model_path(name: &str) -> PathBuf {
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/lora-run/models"),
     };
     let path = dir.join(name);
-    assert!(path.is_file(), "missing model {}: run `python3 models/fetch`", path.display());
+    assert!(
+        path.is_file(),
+        "missing model {}: run `python3 models/fetch`",
+        path.display()
+    );
     path
 }
 
@@ -47,7 +51,12 @@ fn cases(model: &str) -> Vec<(String, Vec<u32>)> {
     list.iter()
         .map(|c| {
             let text = c["text"].as_str().expect("text").to_string();
-            let ids = c["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids = c["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
             (text, ids)
         })
         .collect()
@@ -62,7 +71,11 @@ fn load(name: &str) -> &'static Tokenizer {
         let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
         let t0 = Instant::now();
         let tok = Tokenizer::from_gguf(file.metadata()).expect("tokenizer loads");
-        eprintln!("{name}: tokenizer built in {:.0} ms ({} tokens)", t0.elapsed().as_secs_f64() * 1e3, tok.vocab_size());
+        eprintln!(
+            "{name}: tokenizer built in {:.0} ms ({} tokens)",
+            t0.elapsed().as_secs_f64() * 1e3,
+            tok.vocab_size()
+        );
         tok
     })
 }
@@ -83,7 +96,12 @@ fn check_reference(tok: &Tokenizer, model: &str) {
             failures.push(format!("{text:?}\n  llama.cpp: {want:?}\n  ours:      {got:?}"));
         }
     }
-    assert!(failures.is_empty(), "{model}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{model}: {} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -111,12 +129,19 @@ fn metadata_facts() {
     let g = gemma();
     assert_eq!(g.model(), "llama");
     assert_eq!(g.vocab_size(), 262_144);
-    assert_eq!((g.bos(), g.eos(), g.unk(), g.pad()), (Some(2), Some(1), Some(3), Some(0)));
+    assert_eq!(
+        (g.bos(), g.eos(), g.unk(), g.pad()),
+        (Some(2), Some(1), Some(3), Some(0))
+    );
     assert!(g.adds_bos());
     assert_eq!(g.token_id("<end_of_turn>"), Some(106));
     assert_eq!(g.eot(), Some(106));
     assert!(g.is_eog(1) && g.is_eog(106));
-    assert!(!g.is_eog(2) && !g.is_eog(105) && !g.is_eog(212), "eog: {:?}", g.eog_ids());
+    assert!(
+        !g.is_eog(2) && !g.is_eog(105) && !g.is_eog(212),
+        "eog: {:?}",
+        g.eog_ids()
+    );
     assert_eq!(g.token_type(105), Some(TokenType::Control));
     assert_eq!(g.token_type(107), Some(TokenType::UserDefined));
     assert_eq!(g.token_type(248), Some(TokenType::Byte));
@@ -142,7 +167,11 @@ fn decode_round_trips() {
             let ids = tok.encode(&text, true).unwrap();
             // Control tokens (<start_of_turn>, <|im_start|>) print nothing in `decode`, as in
             // llama.cpp; `decode_special` prints them.
-            assert_eq!(tok.decode_special(&ids[usize::from(tok.adds_bos())..]), text, "{model}: {text:?}");
+            assert_eq!(
+                tok.decode_special(&ids[usize::from(tok.adds_bos())..]),
+                text,
+                "{model}: {text:?}"
+            );
             let plain = tok.decode(&ids);
             let controls: Vec<&str> = ids
                 .iter()
@@ -231,10 +260,17 @@ fn stream_decoder_invalid_and_truncated_bytes() {
 #[test]
 fn long_text_and_special_tokens_everywhere() {
     let g = gemma();
-    let text = "<start_of_turn>user\n".to_string() + &"The quick brown fox jumps over the lazy dog. ".repeat(400) + "<end_of_turn>\n";
+    let text = "<start_of_turn>user\n".to_string()
+        + &"The quick brown fox jumps over the lazy dog. ".repeat(400)
+        + "<end_of_turn>\n";
     let t0 = Instant::now();
     let ids = g.encode(&text, true).unwrap();
-    eprintln!("gemma: {} bytes -> {} tokens in {:.1} ms", text.len(), ids.len(), t0.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "gemma: {} bytes -> {} tokens in {:.1} ms",
+        text.len(),
+        ids.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     assert_eq!(ids[..3], [2, 105, 2364]);
     assert_eq!(ids[ids.len() - 2..], [106, 107]);
     assert_eq!(g.decode_special(&ids[1..]), text);
@@ -262,9 +298,15 @@ fn unsupported_model_is_a_typed_error() {
         ("tokenizer.ggml.tokens", strings(&["a", "b"])),
     ]);
     let err = Tokenizer::from_gguf(&md).unwrap_err();
-    assert!(matches!(&err, TokenizerError::UnsupportedModel { model } if model == "foo"), "{err:?}");
+    assert!(
+        matches!(&err, TokenizerError::UnsupportedModel { model } if model == "foo"),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("foo") && msg.contains("llama") && msg.contains("gpt2"), "{msg}");
+    assert!(
+        msg.contains("foo") && msg.contains("llama") && msg.contains("gpt2"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -276,7 +318,10 @@ fn unsupported_pre_tokenizer_is_a_typed_error() {
         ("tokenizer.ggml.merges", strings(&["a b"])),
     ]);
     let err = Tokenizer::from_gguf(&md).unwrap_err();
-    assert!(matches!(&err, TokenizerError::UnsupportedPreTokenizer { pre, .. } if pre == "no-such-pre"), "{err:?}");
+    assert!(
+        matches!(&err, TokenizerError::UnsupportedPreTokenizer { pre, .. } if pre == "no-such-pre"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("qwen2"), "{err}");
 }
 
@@ -317,33 +362,78 @@ fn inconsistent_arrays() {
             (key, value),
         ])
     };
-    let err = Tokenizer::from_gguf(&base("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32(vec![0.0; 3])))).unwrap_err();
+    let err = Tokenizer::from_gguf(&base(
+        "tokenizer.ggml.scores",
+        GgufValue::Array(GgufArray::F32(vec![0.0; 3])),
+    ))
+    .unwrap_err();
     assert!(
-        matches!(err, TokenizerError::ArrayLength { key: "tokenizer.ggml.scores", len: 3, n_tokens: 4 }),
+        matches!(
+            err,
+            TokenizerError::ArrayLength {
+                key: "tokenizer.ggml.scores",
+                len: 3,
+                n_tokens: 4
+            }
+        ),
         "{err:?}"
     );
-    let err = Tokenizer::from_gguf(&base("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(vec![1; 5])))).unwrap_err();
-    assert!(matches!(err, TokenizerError::ArrayLength { key: "tokenizer.ggml.token_type", len: 5, .. }), "{err:?}");
+    let err = Tokenizer::from_gguf(&base(
+        "tokenizer.ggml.token_type",
+        GgufValue::Array(GgufArray::I32(vec![1; 5])),
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TokenizerError::ArrayLength {
+                key: "tokenizer.ggml.token_type",
+                len: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let md = metadata_with(&[
         ("tokenizer.ggml.model", GgufValue::String("llama".into())),
         ("tokenizer.ggml.tokens", strings(&["<unk>", "a", "a"])),
     ]);
     let err = Tokenizer::from_gguf(&md).unwrap_err();
-    assert!(matches!(err, TokenizerError::DuplicateToken { first: 1, second: 2, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            TokenizerError::DuplicateToken {
+                first: 1,
+                second: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// A small SentencePiece vocabulary made by hand: merges by score, byte fallback, the space
 /// prefix, and user-defined/control tokens.
 #[test]
 fn small_spm_vocabulary() {
-    let tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "c", "ab", "bc", "▁a", "<ctl>", "<0xC3>", "<0xA9>", "\t"];
-    let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -5.0, -7.0, 0.0, 0.0, 0.0, 0.0];
+    let tokens = [
+        "<unk>", "<s>", "</s>", "▁", "a", "b", "c", "ab", "bc", "▁a", "<ctl>", "<0xC3>", "<0xA9>", "\t",
+    ];
+    let scores = [
+        0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -5.0, -7.0, 0.0, 0.0, 0.0, 0.0,
+    ];
     let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 3, 6, 6, 4];
     let md = metadata_with(&[
         ("tokenizer.ggml.model", GgufValue::String("llama".into())),
         ("tokenizer.ggml.tokens", strings(&tokens)),
-        ("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32(scores.to_vec()))),
-        ("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(types.to_vec()))),
+        (
+            "tokenizer.ggml.scores",
+            GgufValue::Array(GgufArray::F32(scores.to_vec())),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            GgufValue::Array(GgufArray::I32(types.to_vec())),
+        ),
     ]);
     let tok = Tokenizer::from_gguf(&md).unwrap();
     assert_eq!((tok.bos(), tok.eos(), tok.unk()), (Some(1), Some(2), Some(0)));
@@ -366,7 +456,10 @@ fn small_spm_vocabulary() {
 #[test]
 fn tokenizer_json_file() {
     let err = Tokenizer::from_file("/nonexistent/tokenizer.json").unwrap_err();
-    assert!(matches!(&err, TokenizerError::File { path, .. } if path.ends_with("tokenizer.json")), "{err:?}");
+    assert!(
+        matches!(&err, TokenizerError::File { path, .. } if path.ends_with("tokenizer.json")),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
 
     let dir = std::env::temp_dir().join(format!("lora-run-tokenizer-test-{}", std::process::id()));
@@ -423,9 +516,18 @@ struct SpmOracle {
 
 impl SpmOracle {
     fn new(md: &Metadata) -> SpmOracle {
-        let Some(GgufValue::Array(GgufArray::String(tokens))) = md.get("tokenizer.ggml.tokens") else { panic!() };
-        let Some(GgufValue::Array(GgufArray::F32(scores))) = md.get("tokenizer.ggml.scores") else { panic!() };
-        let ids = tokens.iter().zip(scores).enumerate().map(|(i, (t, &s))| (t.clone(), (i as u32, s))).collect();
+        let Some(GgufValue::Array(GgufArray::String(tokens))) = md.get("tokenizer.ggml.tokens") else {
+            panic!()
+        };
+        let Some(GgufValue::Array(GgufArray::F32(scores))) = md.get("tokenizer.ggml.scores") else {
+            panic!()
+        };
+        let ids = tokens
+            .iter()
+            .zip(scores)
+            .enumerate()
+            .map(|(i, (t, &s))| (t.clone(), (i as u32, s)))
+            .collect();
         SpmOracle { ids }
     }
 
@@ -436,7 +538,11 @@ impl SpmOracle {
         // (start, len, prev, next) per symbol; len 0 once merged away.
         let mut sym: Vec<(usize, usize, isize, isize)> = Vec::new();
         for (i, (start, c)) in text.char_indices().enumerate() {
-            let next = if start + c.len_utf8() == text.len() { -1 } else { i as isize + 1 };
+            let next = if start + c.len_utf8() == text.len() {
+                -1
+            } else {
+                i as isize + 1
+            };
             sym.push((start, c.len_utf8(), i as isize - 1, next));
         }
         let order = |s: f32| {
@@ -444,7 +550,10 @@ impl SpmOracle {
             if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 }
         };
         let mut heap = BinaryHeap::new();
-        let try_add = |heap: &mut BinaryHeap<(u32, Reverse<usize>, usize, usize)>, sym: &[(usize, usize, isize, isize)], l: isize, r: isize| {
+        let try_add = |heap: &mut BinaryHeap<(u32, Reverse<usize>, usize, usize)>,
+                       sym: &[(usize, usize, isize, isize)],
+                       l: isize,
+                       r: isize| {
             if l < 0 || r < 0 {
                 return;
             }
@@ -496,12 +605,28 @@ fn gemma_agrees_with_spm_algorithm_on_random_text() {
     let tok = gemma();
     // No newline, tab, double space, '<' or '[': those start user-defined/control tokens,
     // which the oracle does not split out.
-    let alphabet: Vec<char> = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-_()/\\&%$#@*+=~^|{}\
+    let alphabet: Vec<char> =
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-_()/\\&%$#@*+=~^|{}\
         éèêëàâäôöûüçñßøåæœÉÀÇÑ ΑΒΓαβγδ абвгдеёжзийклмнопрст 中文测试你好世界日本語のテキストカタカナ한국어 \
         😀🎉👍🏽🦀🧑‍🤝‍🧑🇺🇳 ∑∫√∞≈≠ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꧁꧂ \u{a0}\u{200b}\u{2581}"
-        .chars()
-        .collect();
-    let words = ["the", " the", "Hello", " world", "tokenizer", " llama", "ation", "ing", " pre", "un", "believ", "able", "中文", "テキスト"];
+            .chars()
+            .collect();
+    let words = [
+        "the",
+        " the",
+        "Hello",
+        " world",
+        "tokenizer",
+        " llama",
+        "ation",
+        "ing",
+        " pre",
+        "un",
+        "believ",
+        "able",
+        "中文",
+        "テキスト",
+    ];
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = |n: usize| {
         state ^= state << 13;

@@ -22,13 +22,20 @@ pub fn models_dir() -> PathBuf {
 /// Path of real model `name`; panics with the fetch command when it is missing.
 pub fn model(name: &str) -> PathBuf {
     let p = models_dir().join(name);
-    assert!(p.is_file(), "real model {} is missing: run `models/fetch` first", p.display());
+    assert!(
+        p.is_file(),
+        "real model {} is missing: run `models/fetch` first",
+        p.display()
+    );
     p
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// `../shared/fixtures` beside the workspace (override with `LORA_RUN_FIXTURES`); panics when
@@ -81,7 +88,11 @@ pub fn engine(name: &str) -> std::sync::Arc<runtime::Engine> {
     let mut m = CACHE.get_or_init(Default::default).lock().unwrap();
     m.entry(name.to_string())
         .or_insert_with(|| {
-            let p = if name.ends_with(".gguf") && !name.contains('/') { model(name) } else { PathBuf::from(name) };
+            let p = if name.ends_with(".gguf") && !name.contains('/') {
+                model(name)
+            } else {
+                PathBuf::from(name)
+            };
             runtime::Engine::load(&p, &Default::default()).unwrap()
         })
         .clone()
@@ -91,8 +102,19 @@ pub fn engine(name: &str) -> std::sync::Arc<runtime::Engine> {
 pub fn read_npy_f32(path: &std::path::Path) -> Vec<f32> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(&b[..6], b"\x93NUMPY", "{}: not .npy", path.display());
-    let (hlen, start) = if b[6] == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12) };
+    let (hlen, start) = if b[6] == 1 {
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
+    };
     let header = std::str::from_utf8(&b[start..start + hlen]).unwrap();
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{}: {header}", path.display());
-    b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    assert!(
+        header.contains("'<f4'") && header.contains("'fortran_order': False"),
+        "{}: {header}",
+        path.display()
+    );
+    b[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }

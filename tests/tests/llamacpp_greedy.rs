@@ -1,7 +1,7 @@
 //! Greedy decoding against llama.cpp's own tokens (`../shared/fixtures/llamacpp`): the first
 //! 16 generated tokens equal, or up to the first step whose top-two gap was under 0.05.
 
-use lora_run_tests::{clear_steps, engine, llamacpp_reference, GEMMA, QWEN};
+use lora_run_tests::{GEMMA, QWEN, clear_steps, engine, llamacpp_reference};
 use runtime::{GenerateOptions, SamplingOptions};
 
 fn check(key: &str, model: &str) {
@@ -9,15 +9,35 @@ fn check(key: &str, model: &str) {
     let e = engine(model);
     for g in reference[key]["greedy"].as_array().unwrap() {
         let prompt = g["prompt"].as_str().unwrap();
-        let want: Vec<u32> = g["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let margins: Vec<f64> = g["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let want: Vec<u32> = g["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let margins: Vec<f64> = g["margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let n = clear_steps(&margins, 0.05, 16);
-        let opts = GenerateOptions { n_predict: 16, sampling: SamplingOptions::greedy(), stop_at_eog: false, ..Default::default() };
+        let opts = GenerateOptions {
+            n_predict: 16,
+            sampling: SamplingOptions::greedy(),
+            stop_at_eog: false,
+            ..Default::default()
+        };
         let mut s = e.session(512);
         let out = s.generate(prompt, &opts, |_| true).unwrap();
         let same = out.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
         eprintln!("{key} {prompt:?}: {same} of 16 equal, {n} required; got {:?}", out.text);
-        assert!(same >= n, "{key} {prompt:?}: diverged at step {same}, before the near-tie at {n}: {:?} vs {:?}", &out.tokens[..n.min(out.tokens.len())], &want[..n]);
+        assert!(
+            same >= n,
+            "{key} {prompt:?}: diverged at step {same}, before the near-tie at {n}: {:?} vs {:?}",
+            &out.tokens[..n.min(out.tokens.len())],
+            &want[..n]
+        );
     }
 }
 

@@ -2,12 +2,16 @@
 
 use std::sync::Arc;
 
-use lora_run_tests::{fixtures_dir, model, GEMMA, QWEN};
-use runtime::lora::bake::{bake, BakeType};
-use runtime::lora::{load_adapter, AdapterHandle, AdapterOptions, LoraPlan};
+use lora_run_tests::{GEMMA, QWEN, fixtures_dir, model};
+use runtime::lora::bake::{BakeType, bake};
+use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
-const PROMPTS: [&[u32]; 3] = [&[2, 818, 5279, 529, 7001, 563], &[2, 818, 4535, 2358, 5710], &[2, 2063, 1138, 236769, 236746, 236764, 518, 1473]];
+const PROMPTS: [&[u32]; 3] = [
+    &[2, 818, 5279, 529, 7001, 563],
+    &[2, 818, 4535, 2358, 5710],
+    &[2, 2063, 1138, 236769, 236746, 236764, 518, 1473],
+];
 
 fn logits(m: &Model, plan: &LoraPlan, ids: &[u32]) -> Vec<f32> {
     let mut kv = m.new_kv_cache(64);
@@ -23,11 +27,20 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn l2(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt() as f32
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt() as f32
 }
 
 fn jargon(m: &Model) -> AdapterHandle {
-    let a = load_adapter(&fixtures_dir().join("adapters/gemma3-270m-jargon"), m, &AdapterOptions::default()).unwrap();
+    let a = load_adapter(
+        &fixtures_dir().join("adapters/gemma3-270m-jargon"),
+        m,
+        &AdapterOptions::default(),
+    )
+    .unwrap();
     AdapterHandle::new(a.name.clone(), 1, a)
 }
 
@@ -46,7 +59,10 @@ fn baked_f16_equals_on_the_fly() {
         let b = logits(&baked, &LoraPlan::default(), ids);
         // Relative error in the L2 sense: ‖Δ‖ / ‖logits‖.
         let rel = l2(&a, &b) / l2(&a, &vec![0.0; a.len()]);
-        eprintln!("f16 bake vs on the fly: ‖Δ‖/‖logits‖ = {rel:.2e}, max |Δ| / max |logit| = {:.2e}", max_diff(&a, &b) / max_abs(&a));
+        eprintln!(
+            "f16 bake vs on the fly: ‖Δ‖/‖logits‖ = {rel:.2e}, max |Δ| / max |logit| = {:.2e}",
+            max_diff(&a, &b) / max_abs(&a)
+        );
         // f16's own rounding of W + s·B·A is the floor: measured 0.5–1.1e-3 on these prompts.
         assert!(rel < 1.5e-3, "relative difference {rel}");
     }
@@ -86,13 +102,22 @@ fn baked_same_types_within_quantization_noise() {
 #[test]
 fn unbake_restores_the_original_weights_exactly() {
     let e = runtime::Engine::load(model(QWEN), &Default::default()).unwrap();
-    let h = e.load_adapter(fixtures_dir().join("adapters/qwen2-0.5b-pirate"), &AdapterOptions::default()).unwrap();
+    let h = e
+        .load_adapter(
+            fixtures_dir().join("adapters/qwen2-0.5b-pirate"),
+            &AdapterOptions::default(),
+        )
+        .unwrap();
     let before = e.model();
     let mut s = e.session(64);
     let l0 = s.logits("The capital of France is", &[]).unwrap();
     let t0 = std::time::Instant::now();
     let r = e.bake(&[(h.clone(), 1.0)], BakeType::Same).unwrap();
-    eprintln!("baked {} tensors in {:.0} ms", r.tensors.len(), t0.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "baked {} tensors in {:.0} ms",
+        r.tensors.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     assert!(e.is_baked());
     let baked = s.logits("The capital of France is", &[]).unwrap();
     let fly = s.logits("The capital of France is", &[(h, 1.0)]);

@@ -13,8 +13,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lora_run_tests::{clear_steps, fixtures_dir, model, reference, reference_top, top_k, GEMMA, QWEN};
-use runtime::lora::{load_adapter, AdapterHandle, AdapterOptions, LoraPlan};
+use lora_run_tests::{GEMMA, QWEN, clear_steps, fixtures_dir, model, reference, reference_top, top_k};
+use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
 fn tinyllama() -> PathBuf {
@@ -31,7 +31,11 @@ fn handle(m: &Model, path: &std::path::Path) -> AdapterHandle {
 }
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn greedy(m: &Model, plan: &LoraPlan, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -61,20 +65,34 @@ fn check_quantized(model_path: PathBuf, adapter_dir: &str, reference_file: &str,
         let got = top_k(&logits, 5);
         let shared = got.iter().filter(|g| want5.contains(g)).count();
         let tie = want[0].1 - want[1].1 < 0.1;
-        assert!(got[0] == want5[0] || (tie && got[0] == want5[1]), "{reference_file} {}: top-1 {} vs {:?}", p["prompt"], got[0], &want[..2]);
+        assert!(
+            got[0] == want5[0] || (tie && got[0] == want5[1]),
+            "{reference_file} {}: top-1 {} vs {:?}",
+            p["prompt"],
+            got[0],
+            &want[..2]
+        );
         assert!(shared >= 4, "{reference_file} {}: top-5 shares {shared}", p["prompt"]);
         // Reported, not asserted: how long the quantized path's greedy run follows the reference.
         let (want_ids, n) = greedy_reference(p);
         let got_ids = greedy(&m, &plan, &ids, 8);
         let same = got_ids.iter().zip(&want_ids).take_while(|(a, b)| a == b).count();
-        eprintln!("{reference_file} {}: top-5 shares {shared}; quantized greedy follows {same} of 8 ({n} clear)", p["prompt"]);
+        eprintln!(
+            "{reference_file} {}: top-5 shares {shared}; quantized greedy follows {same} of 8 ({n} clear)",
+            p["prompt"]
+        );
     }
 }
 
 /// The reference's greedy ids and how many leading steps have a top-two margin ≥ 0.3 (≤ 8).
 fn greedy_reference(p: &serde_json::Value) -> (Vec<u32>, usize) {
     let g = &p["greedy"];
-    let margins: Vec<f64> = g["step_top1_top2_margin"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let margins: Vec<f64> = g["step_top1_top2_margin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     (ids_of(&g["new_ids"]), clear_steps(&margins, 0.3, 8))
 }
 
@@ -87,7 +105,12 @@ fn check_greedy_float(model_path: PathBuf, adapter_dir: &str, reference_file: &s
     for p in reference(reference_file)["prompts"].as_array().unwrap() {
         let (want_ids, n) = greedy_reference(p);
         let got = greedy(&m, &plan, &ids_of(&p["input_ids"]), n);
-        assert_eq!(got[..n], want_ids[..n], "{reference_file} {}: greedy tokens", p["prompt"]);
+        assert_eq!(
+            got[..n],
+            want_ids[..n],
+            "{reference_file} {}: greedy tokens",
+            p["prompt"]
+        );
     }
 }
 
@@ -97,7 +120,10 @@ fn float_max_diff(model_path: PathBuf, adapter_dir: Option<&str>, reference_file
     let mut m = Model::load(&model_path).unwrap();
     m.float_reference = true;
     let m = Arc::new(m);
-    let active: Vec<(AdapterHandle, f32)> = adapter_dir.map(|d| (handle(&m, &adapter(d)), scale)).into_iter().collect();
+    let active: Vec<(AdapterHandle, f32)> = adapter_dir
+        .map(|d| (handle(&m, &adapter(d)), scale))
+        .into_iter()
+        .collect();
     let plan = LoraPlan::new(&m, &active).unwrap();
     let r = reference(reference_file);
     let mut worst = 0f32;
@@ -105,14 +131,23 @@ fn float_max_diff(model_path: PathBuf, adapter_dir: Option<&str>, reference_file
         let ids = ids_of(&p["input_ids"]);
         let mut kv = m.new_kv_cache(256);
         let logits = m.forward_with(&mut kv, &ids, Logits::Last, &plan).unwrap();
-        let npy = p["last_logits_npy"].as_str().map(|f| fixtures_dir().join("reference").join(f)).filter(|f| f.is_file());
+        let npy = p["last_logits_npy"]
+            .as_str()
+            .map(|f| fixtures_dir().join("reference").join(f))
+            .filter(|f| f.is_file());
         let d = match npy {
             Some(f) => {
                 let want = lora_run_tests::read_npy_f32(&f);
                 assert_eq!(want.len(), logits.len());
-                want.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+                want.iter()
+                    .zip(&logits)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
             }
-            None => reference_top(&p["top20"]).iter().map(|(id, l)| (logits[*id as usize] - l).abs()).fold(0f32, f32::max),
+            None => reference_top(&p["top20"])
+                .iter()
+                .map(|(id, l)| (logits[*id as usize] - l).abs())
+                .fold(0f32, f32::max),
         };
         eprintln!("{reference_file} {}: float path max |Δlogit| {d:.5}", p["prompt"]);
         worst = worst.max(d);
@@ -134,13 +169,28 @@ fn gemma_jargon_scale_half() {
 
 #[test]
 fn gemma_jargon_bf16() {
-    check_quantized(model(GEMMA), "gemma3-270m-jargon-bf16", "gemma3-270m__jargon-bf16__1.0.json", 1.0);
-    check_greedy_float(model(GEMMA), "gemma3-270m-jargon-bf16", "gemma3-270m__jargon-bf16__1.0.json", 1.0);
+    check_quantized(
+        model(GEMMA),
+        "gemma3-270m-jargon-bf16",
+        "gemma3-270m__jargon-bf16__1.0.json",
+        1.0,
+    );
+    check_greedy_float(
+        model(GEMMA),
+        "gemma3-270m-jargon-bf16",
+        "gemma3-270m__jargon-bf16__1.0.json",
+        1.0,
+    );
 }
 
 #[test]
 fn gemma_jargon_gguf_lora() {
-    check_quantized(model(GEMMA), "gemma3-270m-jargon.gguf", "gemma3-270m__jargon__1.0.json", 1.0);
+    check_quantized(
+        model(GEMMA),
+        "gemma3-270m-jargon.gguf",
+        "gemma3-270m__jargon__1.0.json",
+        1.0,
+    );
 }
 
 #[test]
@@ -172,7 +222,12 @@ fn qwen_dora_float_path_is_exact() {
 #[test]
 fn qwen_pirate_float_path_is_exact() {
     // A PEFT-to-GGUF conversion that drops use_rslora would be √16 = 4× too weak.
-    let d = float_max_diff(model(QWEN), Some("qwen2-0.5b-pirate"), "qwen2-0.5b__pirate__1.0.json", 1.0);
+    let d = float_max_diff(
+        model(QWEN),
+        Some("qwen2-0.5b-pirate"),
+        "qwen2-0.5b__pirate__1.0.json",
+        1.0,
+    );
     assert!(d < 0.07, "rsLoRA float path max |Δlogit| {d}");
 }
 
@@ -185,8 +240,18 @@ fn tinyllama_lora_scale_1_and_half() {
 #[test]
 fn tinyllama_q_k_rows_are_permuted() {
     // The reference ran the float32 HF weights; this GGUF is Q8_0: noise about 0.03.
-    let ok = float_max_diff(tinyllama(), Some("tinyllama-a-lora"), "tinyllama-a__lora__1.0.json", 1.0);
-    let wrong = float_max_diff(tinyllama(), Some("tinyllama-a-lora"), "tinyllama-a__lora-qk-unpermuted__1.0.json", 1.0);
+    let ok = float_max_diff(
+        tinyllama(),
+        Some("tinyllama-a-lora"),
+        "tinyllama-a__lora__1.0.json",
+        1.0,
+    );
+    let wrong = float_max_diff(
+        tinyllama(),
+        Some("tinyllama-a-lora"),
+        "tinyllama-a__lora-qk-unpermuted__1.0.json",
+        1.0,
+    );
     assert!(ok < 0.1, "permuted: max |Δlogit| {ok}");
     assert!(wrong > 0.5, "the unpermuted reference should be far: {wrong}");
 }
@@ -202,6 +267,13 @@ fn gguf_lora_equals_peft_folder() {
         out.push(m.forward_with(&mut kv, &ids, Logits::Last, &plan).unwrap());
     }
     let max = out[0].iter().map(|v| v.abs()).fold(0f32, f32::max);
-    let diff = out[0].iter().zip(&out[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(diff <= 1e-4 * max, "GGUF LoRA vs PEFT: max |Δ| {diff} (max |logit| {max})");
+    let diff = out[0]
+        .iter()
+        .zip(&out[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff <= 1e-4 * max,
+        "GGUF LoRA vs PEFT: max |Δ| {diff} (max |logit| {max})"
+    );
 }

@@ -1,7 +1,7 @@
 //! One loaded base serving many adapters: stacking with scales, swapping between prompts
 //! without reloading, and KV caches keyed by the active adapters, their scales and versions.
 
-use lora_run_tests::{engine, fixtures_dir, GEMMA};
+use lora_run_tests::{GEMMA, engine, fixtures_dir};
 use runtime::lora::AdapterOptions;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -17,28 +17,47 @@ fn stacking_and_negative_scales() {
     // is the f16 KV cache's rounding (about 0.03), far below the adapter's effect (> 1).
     let mut m = runtime::model::Model::load(lora_run_tests::model(GEMMA)).unwrap();
     m.float_reference = true;
-    let a = runtime::lora::load_adapter(&fixtures_dir().join("adapters/gemma3-270m-jargon"), &m, &AdapterOptions::default()).unwrap();
+    let a = runtime::lora::load_adapter(
+        &fixtures_dir().join("adapters/gemma3-270m-jargon"),
+        &m,
+        &AdapterOptions::default(),
+    )
+    .unwrap();
     let a = runtime::lora::AdapterHandle::new("stack".into(), 1, a);
     let ids = [2u32, 818, 4535, 2358, 5710];
     let run = |active: &[(runtime::lora::AdapterHandle, f32)]| {
         let plan = runtime::lora::LoraPlan::new(&m, active).unwrap();
         let mut kv = m.new_kv_cache(16);
-        m.forward_with(&mut kv, &ids, runtime::model::Logits::Last, &plan).unwrap()
+        m.forward_with(&mut kv, &ids, runtime::model::Logits::Last, &plan)
+            .unwrap()
     };
     let one = run(&[(a.clone(), 1.0)]);
     let halves = run(&[(a.clone(), 0.5), (a.clone(), 0.5)]);
     let base = run(&[]);
     let cancel = run(&[(a.clone(), 1.0), (a.clone(), -1.0)]);
-    assert!(max_diff(&one, &halves) < 0.1, "0.5 + 0.5 vs 1: {}", max_diff(&one, &halves));
-    assert!(max_diff(&base, &cancel) < 0.1, "1 − 1 vs base: {}", max_diff(&base, &cancel));
+    assert!(
+        max_diff(&one, &halves) < 0.1,
+        "0.5 + 0.5 vs 1: {}",
+        max_diff(&one, &halves)
+    );
+    assert!(
+        max_diff(&base, &cancel) < 0.1,
+        "1 − 1 vs base: {}",
+        max_diff(&base, &cancel)
+    );
     assert!(max_diff(&base, &one) > 1.0, "the adapter changes the logits");
 }
 
 #[test]
 fn cache_is_keyed_by_adapters_scales_and_versions() {
     let e = engine(GEMMA);
-    let opts = AdapterOptions { name: Some("swap".into()), lora_alpha: None };
-    let a = e.load_adapter(fixtures_dir().join("adapters/gemma3-270m-jargon"), &opts).unwrap();
+    let opts = AdapterOptions {
+        name: Some("swap".into()),
+        lora_alpha: None,
+    };
+    let a = e
+        .load_adapter(fixtures_dir().join("adapters/gemma3-270m-jargon"), &opts)
+        .unwrap();
     // A session that generated with the adapter, then asks again without it, at another scale,
     // and after the name was reloaded with other weights, must give what a fresh session gives.
     let mut s = e.session(64);
@@ -46,7 +65,9 @@ fn cache_is_keyed_by_adapters_scales_and_versions() {
     assert_eq!(s.logits(P, &[(a.clone(), 1.0)]).unwrap(), fresh(&[(a.clone(), 1.0)]));
     assert_eq!(s.logits(P, &[]).unwrap(), fresh(&[]));
     assert_eq!(s.logits(P, &[(a.clone(), 0.5)]).unwrap(), fresh(&[(a.clone(), 0.5)]));
-    let b = e.load_adapter(fixtures_dir().join("adapters/gemma3-270m-jargon-bf16"), &opts).unwrap();
+    let b = e
+        .load_adapter(fixtures_dir().join("adapters/gemma3-270m-jargon-bf16"), &opts)
+        .unwrap();
     assert_eq!(b.name, a.name);
     assert_ne!(b.version, a.version, "reloading a name is a new version");
     assert_eq!(e.adapter("swap").unwrap().version, b.version);
@@ -61,7 +82,15 @@ fn cache_is_keyed_by_adapters_scales_and_versions() {
 #[test]
 fn generate_with_adapter_handles() {
     let e = engine(GEMMA);
-    let a = e.load_adapter(fixtures_dir().join("adapters/gemma3-270m-jargon.gguf"), &AdapterOptions { name: Some("gen".into()), lora_alpha: None }).unwrap();
+    let a = e
+        .load_adapter(
+            fixtures_dir().join("adapters/gemma3-270m-jargon.gguf"),
+            &AdapterOptions {
+                name: Some("gen".into()),
+                lora_alpha: None,
+            },
+        )
+        .unwrap();
     let mut s = e.session(128);
     let greedy = |adapters| runtime::GenerateOptions {
         n_predict: 12,

@@ -1,7 +1,7 @@
 //! Perplexity by llama.cpp's method on /usr/share/common-licenses/GPL-3 (ctx 512, 8 chunks),
 //! within 1% of llama.cpp's own figure on both real models.
 
-use lora_run_tests::{engine, llamacpp_reference, GEMMA, QWEN};
+use lora_run_tests::{GEMMA, QWEN, engine, llamacpp_reference};
 
 fn check(key: &str, name: &str) {
     let r = llamacpp_reference();

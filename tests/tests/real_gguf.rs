@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use lora_run_tests::{model, GEMMA, QWEN};
+use lora_run_tests::{GEMMA, QWEN, model};
 use quant::GgmlType;
 use runtime::gguf::{GgufFile, GgufHeader, GgufValue, GgufWriter};
 
@@ -15,9 +15,16 @@ struct CompareWriter<'a> {
 impl Write for CompareWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let end = self.pos + buf.len();
-        assert!(end <= self.expected.len(), "writer output longer than the original ({end} bytes)");
+        assert!(
+            end <= self.expected.len(),
+            "writer output longer than the original ({end} bytes)"
+        );
         if &self.expected[self.pos..end] != buf {
-            let i = buf.iter().zip(&self.expected[self.pos..end]).position(|(a, b)| a != b).unwrap();
+            let i = buf
+                .iter()
+                .zip(&self.expected[self.pos..end])
+                .position(|(a, b)| a != b)
+                .unwrap();
             panic!("writer output differs from the original at byte {}", self.pos + i);
         }
         self.pos = end;
@@ -35,7 +42,10 @@ fn rewrite_is_identical(name: &str) {
     for t in f.tensors() {
         w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, f.view(t).data);
     }
-    let mut cmp = CompareWriter { expected: f.bytes(), pos: 0 };
+    let mut cmp = CompareWriter {
+        expected: f.bytes(),
+        pos: 0,
+    };
     let n = w.write_to(&mut cmp).unwrap();
     assert_eq!(n as usize, f.bytes().len(), "{name}: rewritten size");
 }
@@ -70,7 +80,10 @@ fn gemma_header_facts() {
     let blocks = emb.blocks::<quant::q8_0::BlockQ8_0>().unwrap();
     assert_eq!(blocks.len(), 640 / 32 * 262_144);
     assert_eq!(blocks.as_ptr() as usize, emb.data.as_ptr() as usize);
-    assert!(f.tensor("output.weight").is_err(), "gemma3's head is tied to token_embd");
+    assert!(
+        f.tensor("output.weight").is_err(),
+        "gemma3's head is tied to token_embd"
+    );
 }
 
 #[test]

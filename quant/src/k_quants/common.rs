@@ -41,13 +41,7 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 /// `rmse_type` and `qw` select the weighting exactly as in the C: `qw` if given, else
 /// `x²` (1), `1` (2), `|x|` (3) or `sqrt|x|` (other); `rmse_type == 0` is plain rounding and a
 /// negative value returns early after the first fit.
-pub(crate) fn make_qx_quants(
-    nmax: i32,
-    x: &[f32],
-    l_out: &mut [i8],
-    rmse_type: i32,
-    qw: Option<&[f32]>,
-) -> f32 {
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let l_out = &mut l_out[..n];
     let mut max = 0f32;
@@ -104,7 +98,11 @@ pub(crate) fn make_qx_quants(
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
-        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+        return if suml2 > 0.0 {
+            0.5 * (scale + 1.0 / iscale)
+        } else {
+            1.0 / iscale
+        };
     }
     let mut best = scale * sumlx;
     for is in -9i32..=9 {
@@ -243,7 +241,13 @@ pub(crate) fn make_qkx2_quants(
 /// steps), the scales and mins quantized to 6 bits against their maxima and packed, the
 /// super-block scales rounded to f16, then every element re-quantized into `l` against the
 /// rounded scales. Returns `(scales, d, dmin)`.
-pub(crate) fn quantize_scales_mins_k(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]) -> ([u8; 12], f16, f16) {
+pub(crate) fn quantize_scales_mins_k(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 12], f16, f16) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
     let mut mins = [0f32; QK_K / 32];
@@ -260,7 +264,17 @@ pub(crate) fn quantize_scales_mins_k(x: &[f32], nmax: i32, rmin: f32, nstep: i32
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep, false);
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -359,7 +373,7 @@ pub(crate) fn unpack_scales_mins_k4(scales: &[u8; 12]) -> [u8; 16] {
 mod tests {
     use super::*;
     use crate::k_quants::{q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K, q8_k::BlockQ8_K};
-    use crate::{QuantizeRef, QK_K};
+    use crate::{QK_K, QuantizeRef};
 
     /// xorshift64 and the block shapes of the C program that produced [`GOLDEN`]: every value
     /// is built from exact integer arithmetic and single f32 operations in a fixed order, so C
@@ -385,14 +399,32 @@ mod tests {
                 *v = match kind {
                     0 => g * scale,
                     1 => (g + off) * scale,
-                    2 => if i % 53 == 7 { g * scale * 40.0 } else { g * scale },
+                    2 => {
+                        if i % 53 == 7 {
+                            g * scale * 40.0
+                        } else {
+                            g * scale
+                        }
+                    }
                     3 => 0.0,
                     4 => off * scale,
-                    5 => if rnd() % 7 == 0 { g * scale } else { 0.0 },
+                    5 => {
+                        if rnd() % 7 == 0 {
+                            g * scale
+                        } else {
+                            0.0
+                        }
+                    }
                     6 => g.abs() * scale,
                     7 => -g.abs() * scale,
                     8 => ((rnd() % 9) as i32 - 4) as f32 * 0.25,
-                    _ => if i < 32 { 0.0 } else { g * scale },
+                    _ => {
+                        if i < 32 {
+                            0.0
+                        } else {
+                            g * scale
+                        }
+                    }
                 };
             }
         }
@@ -400,7 +432,9 @@ mod tests {
     }
 
     fn fnv(bytes: &[u8]) -> u64 {
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        })
     }
 
     /// FNV-1a hashes of ggml's own output for `golden_input(40)`: the input, then per type the
@@ -446,7 +480,17 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for (x, want) in [(0.0, 0), (0.4, 0), (0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.6, -3), (7.49, 7)] {
+        for (x, want) in [
+            (0.0, 0),
+            (0.4, 0),
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (-2.6, -3),
+            (7.49, 7),
+        ] {
             assert_eq!(nearest_int(x), want, "{x}");
         }
         // Out of range and non-finite inputs must not panic.
@@ -491,8 +535,8 @@ pub(crate) mod testutil {
     use proptest::prelude::*;
     use proptest::test_runner::TestCaseError;
 
-    use crate::k_quants::q8_k::{fill_bsums, BlockQ8_K};
-    use crate::{Block, SimdLevel, VecDot, QK_K};
+    use crate::k_quants::q8_k::{BlockQ8_K, fill_bsums};
+    use crate::{Block, QK_K, SimdLevel, VecDot};
 
     /// A finite f16 scale of sane size, either sign (including zero and subnormals).
     pub fn f16_scale() -> impl Strategy<Value = f16> {
@@ -532,7 +576,11 @@ pub(crate) mod testutil {
         q8.chunks_exact(QK_K)
             .zip(d)
             .map(|(q, &d)| {
-                let mut b = BlockQ8_K { d, qs: [0; QK_K], bsums: [0; 16] };
+                let mut b = BlockQ8_K {
+                    d,
+                    qs: [0; QK_K],
+                    bsums: [0; 16],
+                };
                 for (o, &v) in b.qs.iter_mut().zip(q) {
                     *o = v;
                 }
@@ -576,7 +624,14 @@ pub(crate) mod testutil {
     pub fn act_for(n: usize) -> Vec<BlockQ8_K> {
         use crate::QuantizeRef;
         let a: Vec<f32> = (0..n).map(|i| ((i * 7919 + 13) % 1000) as f32 / 500.0 - 1.0).collect();
-        let mut y = vec![BlockQ8_K { d: 0.0, qs: [0; QK_K], bsums: [0; 16] }; n / QK_K];
+        let mut y = vec![
+            BlockQ8_K {
+                d: 0.0,
+                qs: [0; QK_K],
+                bsums: [0; 16]
+            };
+            n / QK_K
+        ];
         BlockQ8_K::quantize_row_ref(&a, &mut y);
         y
     }
@@ -591,7 +646,13 @@ pub(crate) mod testutil {
                         0 => *x * scale,
                         1 => (*x + offset) * scale,
                         2 => *x * 1e-20,
-                        3 => if i % 97 == 5 { *x * scale * 50.0 } else { *x * scale },
+                        3 => {
+                            if i % 97 == 5 {
+                                *x * scale * 50.0
+                            } else {
+                                *x * scale
+                            }
+                        }
                         4 => offset * scale,
                         _ => (*x).abs() * scale,
                     };

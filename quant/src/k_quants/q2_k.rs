@@ -7,7 +7,7 @@
 use half::f16;
 
 use crate::k_quants::q8_k::BlockQ8_K;
-use crate::{Block, GgmlType, SimdLevel, VecDot, QK_K};
+use crate::{Block, GgmlType, QK_K, SimdLevel, VecDot};
 
 /// `blockQ2_K` (Q2_K, ggml-common.h): 84 bytes.
 #[repr(C)]
@@ -97,7 +97,11 @@ pub fn vec_dot_scalar(x: &[BlockQ2_K], y: &[BlockQ8_K]) -> f32 {
                 for (q2, q8) in q2.chunks_exact(16).zip(q8.chunks_exact(16)) {
                     let d = (sc[is] & 0xF) as i32;
                     is += 1;
-                    let isuml: i32 = q2.iter().zip(q8).map(|(&q, &a)| a as i32 * ((q >> shift) & 3) as i32).sum();
+                    let isuml: i32 = q2
+                        .iter()
+                        .zip(q8)
+                        .map(|(&q, &a)| a as i32 * ((q >> shift) & 3) as i32)
+                        .sum();
                     isum += d * isuml;
                 }
             }
@@ -152,7 +156,10 @@ pub(crate) mod x86 {
             let all_scales = _mm256_cvtepi8_epi16(scales8);
             let l_scales = _mm256_castsi256_si128(all_scales);
             let h_scales = _mm256_extracti128_si256(all_scales, 1);
-            let scales = [_mm256_set_m128i(l_scales, l_scales), _mm256_set_m128i(h_scales, h_scales)];
+            let scales = [
+                _mm256_set_m128i(l_scales, l_scales),
+                _mm256_set_m128i(h_scales, h_scales),
+            ];
 
             let mut sumi = _mm256_setzero_si256();
             for (j, (q2, q8)) in bx.qs.chunks_exact(32).zip(by.qs.chunks_exact(128)).enumerate() {
@@ -176,7 +183,10 @@ pub(crate) mod x86 {
                 let p2 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_shuffle_q3k(2)), p2);
                 let p3 = _mm256_madd_epi16(_mm256_shuffle_epi8(scales[j], scale_shuffle_q3k(3)), p3);
 
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)),
+                );
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }

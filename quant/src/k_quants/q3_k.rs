@@ -9,7 +9,7 @@
 use half::f16;
 
 use crate::k_quants::q8_k::BlockQ8_K;
-use crate::{Block, GgmlType, SimdLevel, VecDot, QK_K};
+use crate::{Block, GgmlType, QK_K, SimdLevel, VecDot};
 
 /// `blockQ3_K` (Q3_K, ggml-common.h): 110 bytes.
 #[repr(C)]
@@ -150,7 +150,7 @@ pub fn vec_dot_scalar(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{signed_scales, BlockQ3_K};
+    use super::{BlockQ3_K, signed_scales};
     use crate::k_quants::q2_k::x86::{scale_index_4, scale_shuffle_q3k};
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::hsum_float_8;
@@ -178,7 +178,10 @@ pub(crate) mod x86 {
             let all_scales = _mm256_cvtepi8_epi16(scales128);
             let l_scales = _mm256_castsi256_si128(all_scales);
             let h_scales = _mm256_extracti128_si256(all_scales, 1);
-            let scales = [_mm256_set_m128i(l_scales, l_scales), _mm256_set_m128i(h_scales, h_scales)];
+            let scales = [
+                _mm256_set_m128i(l_scales, l_scales),
+                _mm256_set_m128i(h_scales, h_scales),
+            ];
 
             let hbits = unsafe { _mm256_loadu_si256(bx.hmask.as_ptr() as *const __m256i) };
             // 4 where bit `bit` of the mask byte is clear, 0 where set.
@@ -280,7 +283,7 @@ pub(crate) mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon {
-    use super::{signed_scales, BlockQ3_K};
+    use super::{BlockQ3_K, signed_scales};
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::neon_util::dot_i8x16;
     use std::arch::aarch64::*;

@@ -10,7 +10,7 @@ use half::f16;
 
 use crate::k_quants::common::{get_scale_min_k4, quantize_scales_mins_k, unpack_scales_mins_k4};
 use crate::k_quants::q8_k::BlockQ8_K;
-use crate::{Block, GgmlType, QuantizeRef, SimdLevel, VecDot, QK_K};
+use crate::{Block, GgmlType, QK_K, QuantizeRef, SimdLevel, VecDot};
 
 /// `blockQ4_K` (Q4_K, ggml-common.h): 144 bytes.
 #[repr(C)]
@@ -152,7 +152,9 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) fn unpack_scales_mins_k4_sse(scales: &[u8; 12]) -> __m128i {
         // Only the 12 bytes are read: 8 as a u64, 4 as a u32.
-        let lo = u64::from_le_bytes([scales[0], scales[1], scales[2], scales[3], scales[4], scales[5], scales[6], scales[7]]);
+        let lo = u64::from_le_bytes([
+            scales[0], scales[1], scales[2], scales[3], scales[4], scales[5], scales[6], scales[7],
+        ]);
         let hi = u32::from_le_bytes([scales[8], scales[9], scales[10], scales[11]]);
         let s = _mm_insert_epi32(_mm_cvtsi64_si128(lo as i64), hi as i32, 2);
         // a: s0..3 | s8..11 | s4..7 | s8..11 — the low parts of sc0..3, sc4..7, m0..3, m4..7.
@@ -257,7 +259,12 @@ pub(crate) mod x86 {
         let m4 = _mm512_set1_epi8(0xF);
         // Word masks: the upper 256 bits of a zmm.
         const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
-        let shuffles = [scale_pair_shuffle(0), scale_pair_shuffle(1), scale_pair_shuffle(2), scale_pair_shuffle(3)];
+        let shuffles = [
+            scale_pair_shuffle(0),
+            scale_pair_shuffle(1),
+            scale_pair_shuffle(2),
+            scale_pair_shuffle(3),
+        ];
         let mut acc = _mm512_setzero_ps();
         let mut acc_m = _mm_setzero_ps();
         for (bx, by) in x.iter().zip(y) {
@@ -375,7 +382,8 @@ mod tests {
             for i in 0..QK_K {
                 let (sc, m) = get_scale_min_k4(i / 32, &bx.scales);
                 let q = (bx.qs[32 * (i / 64) + i % 32] >> (4 * ((i / 32) % 2))) & 0xF;
-                let w = (bx.d.to_f32() as f64 * sc as f64 * q as f64).abs() + (bx.dmin.to_f32() as f64 * m as f64).abs();
+                let w =
+                    (bx.d.to_f32() as f64 * sc as f64 * q as f64).abs() + (bx.dmin.to_f32() as f64 * m as f64).abs();
                 s += w * (by.d as f64 * by.qs[i] as f64).abs();
             }
         }
@@ -442,7 +450,10 @@ mod tests {
             assert!(((want as f64) - exact).abs() <= 1e-6 * exact.abs(), "{want} vs {exact}");
             for level in SimdLevel::available() {
                 let got = BlockQ4_K::vec_dot(level, &x, &y);
-                assert!(((got - want) as f64).abs() <= 1e-6 * exact.abs(), "{level:?}: {got} vs {want}");
+                assert!(
+                    ((got - want) as f64).abs() <= 1e-6 * exact.abs(),
+                    "{level:?}: {got} vs {want}"
+                );
             }
         }
     }
@@ -454,7 +465,9 @@ mod tests {
             return;
         }
         for seed in 0..4096u32 {
-            let s: [u8; 12] = std::array::from_fn(|i| (seed.wrapping_mul(2654435761).rotate_left(i as u32 * 5) >> 7) as u8 ^ (i as u8).wrapping_mul(37));
+            let s: [u8; 12] = std::array::from_fn(|i| {
+                (seed.wrapping_mul(2654435761).rotate_left(i as u32 * 5) >> 7) as u8 ^ (i as u8).wrapping_mul(37)
+            });
             let mut got = [0u8; 16];
             // SAFETY: AVX2 checked above.
             let v = unsafe { x86::unpack_scales_mins_k4_sse(&s) };

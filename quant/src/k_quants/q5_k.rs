@@ -11,7 +11,7 @@ use half::f16;
 
 use crate::k_quants::common::{get_scale_min_k4, quantize_scales_mins_k, unpack_scales_mins_k4};
 use crate::k_quants::q8_k::BlockQ8_K;
-use crate::{Block, GgmlType, QuantizeRef, SimdLevel, VecDot, QK_K};
+use crate::{Block, GgmlType, QK_K, QuantizeRef, SimdLevel, VecDot};
 
 /// `blockQ5_K` (Q5_K, ggml-common.h): 176 bytes.
 #[repr(C)]
@@ -237,7 +237,12 @@ pub(crate) mod x86 {
         // Bit 0 in the lower half, bit 1 in the upper half: shifted left by 2k, the qh bits of
         // sub-blocks 2k and 2k+1.
         let bit_base = _mm512_mask_blend_epi16(UPPER_WORDS, _mm512_set1_epi8(1), _mm512_set1_epi8(2));
-        let shuffles = [scale_pair_shuffle(0), scale_pair_shuffle(1), scale_pair_shuffle(2), scale_pair_shuffle(3)];
+        let shuffles = [
+            scale_pair_shuffle(0),
+            scale_pair_shuffle(1),
+            scale_pair_shuffle(2),
+            scale_pair_shuffle(3),
+        ];
         let bits = [
             bit_base,
             _mm512_slli_epi16(bit_base, 2),

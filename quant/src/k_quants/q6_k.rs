@@ -11,9 +11,9 @@
 
 use half::f16;
 
-use crate::k_quants::common::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use crate::k_quants::common::{GROUP_MAX_EPS, make_qx_quants, nearest_int};
 use crate::k_quants::q8_k::BlockQ8_K;
-use crate::{Block, GgmlType, QuantizeRef, SimdLevel, VecDot, QK_K};
+use crate::{Block, GgmlType, QK_K, QuantizeRef, SimdLevel, VecDot};
 
 /// `blockQ6_K` (Q6_K, ggml-common.h): 210 bytes.
 #[repr(C)]
@@ -125,7 +125,8 @@ impl QuantizeRef for BlockQ6_K {
                 }
                 let qh = &mut y.qh[32 * n..32 * n + 32];
                 for i in 0..32 {
-                    qh[i] = (lb[i] >> 4) | ((lb[i + 32] >> 4) << 2) | ((lb[i + 64] >> 4) << 4) | ((lb[i + 96] >> 4) << 6);
+                    qh[i] =
+                        (lb[i] >> 4) | ((lb[i + 32] >> 4) << 2) | ((lb[i + 64] >> 4) << 4) | ((lb[i + 96] >> 4) << 6);
                 }
             }
         }
@@ -287,7 +288,12 @@ pub(crate) mod x86 {
         let m4 = _mm512_set1_epi8(0xF);
         let m30 = _mm512_set1_epi8(0x30);
         // Word permutations putting scale 4t + k in every word of 128-bit lane k.
-        let idx = [scale_lane_index(0), scale_lane_index(1), scale_lane_index(2), scale_lane_index(3)];
+        let idx = [
+            scale_lane_index(0),
+            scale_lane_index(1),
+            scale_lane_index(2),
+            scale_lane_index(3),
+        ];
         let mut sumf = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let d = by.d * bx.d.to_f32();
@@ -482,7 +488,12 @@ mod tests {
         // Quants 0 and 63 (-32 and +31), scales ±127/-128, activations at both int8 extremes.
         for (qbyte, hbyte, want_q) in [(0x00u8, 0x00u8, -32i64), (0xFF, 0xFF, 31)] {
             for sc in [127i8, -128] {
-                let b = BlockQ6_K { ql: [qbyte; 128], qh: [hbyte; 64], scales: [sc; 16], d: f16::from_f32(1.0) };
+                let b = BlockQ6_K {
+                    ql: [qbyte; 128],
+                    qh: [hbyte; 64],
+                    scales: [sc; 16],
+                    d: f16::from_f32(1.0),
+                };
                 for v in [-128i8, 127] {
                     let x = vec![b; 2];
                     let y = act_blocks(&vec![v; 2 * QK_K], &[1.0; 2]);
@@ -498,7 +509,12 @@ mod tests {
 
     #[test]
     fn zero_input_quantizes_to_zero_block() {
-        let mut q = [BlockQ6_K { ql: [1; 128], qh: [2; 64], scales: [3; 16], d: f16::ONE }];
+        let mut q = [BlockQ6_K {
+            ql: [1; 128],
+            qh: [2; 64],
+            scales: [3; 16],
+            d: f16::ONE,
+        }];
         BlockQ6_K::quantize_row_ref(&[0f32; QK_K], &mut q);
         assert_eq!(q[0], BlockQ6_K::zeroed());
     }

@@ -5,7 +5,7 @@
 //! kernel assumes it is consistent with `qs`, as [`QuantizeRef::quantize_row_ref`] makes it.
 
 use crate::k_quants::common::nearest_int;
-use crate::{Block, GgmlType, QuantizeRef, QK_K};
+use crate::{Block, GgmlType, QK_K, QuantizeRef};
 
 /// `blockQ8_K` (Q8_K, ggml-common.h): 292 bytes.
 #[repr(C)]
@@ -88,7 +88,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn quantize(x: &[f32]) -> Vec<BlockQ8_K> {
-        let mut out = vec![BlockQ8_K { d: 1.0, qs: [5; QK_K], bsums: [7; 16] }; x.len() / QK_K];
+        let mut out = vec![
+            BlockQ8_K {
+                d: 1.0,
+                qs: [5; QK_K],
+                bsums: [7; 16]
+            };
+            x.len() / QK_K
+        ];
         BlockQ8_K::quantize_row_ref(x, &mut out);
         out
     }

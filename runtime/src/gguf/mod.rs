@@ -10,8 +10,8 @@ mod writer;
 
 pub use error::GgufError;
 pub use reader::{
-    align_up, tensor_size, GgufFile, GgufHeader, Metadata, TensorInfo, TensorView, GGML_MAX_DIMS, GGUF_DEFAULT_ALIGNMENT,
-    GGUF_MAGIC, MAX_ARRAY_DEPTH,
+    GGML_MAX_DIMS, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, GgufHeader, MAX_ARRAY_DEPTH, Metadata, TensorInfo,
+    TensorView, align_up, tensor_size,
 };
 pub use value::{GgufArray, GgufValue, GgufValueType};
 pub use writer::{GgufWriter, WriterTensor};

@@ -85,7 +85,8 @@ impl Metadata {
     }
 
     fn require(&self, key: &str) -> Result<&GgufValue, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
     }
 
     /// A string value. Errors: [`GgufError::MissingKey`], [`GgufError::WrongValueType`].
@@ -124,7 +125,11 @@ fn wrong(key: &str, expected: &'static str, v: &GgufValue) -> GgufError {
         GgufValue::Array(a) => format!("array of {}", a.elem_type()),
         _ => v.value_type().to_string(),
     };
-    GgufError::WrongValueType { key: key.to_string(), expected, found }
+    GgufError::WrongValueType {
+        key: key.to_string(),
+        expected,
+        found,
+    }
 }
 
 /// One tensor's description from the header.
@@ -181,11 +186,15 @@ impl GgufHeader {
         let mut c = Cursor { buf: bytes, pos: 0 };
         let magic = c.take(4, || "magic".into())?;
         if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic { found: String::from_utf8_lossy(magic).escape_debug().to_string() });
+            return Err(GgufError::BadMagic {
+                found: String::from_utf8_lossy(magic).escape_debug().to_string(),
+            });
         }
         let version = c.u32(|| "version".into())?;
         if version & 0xffff == 0 && version != 0 {
-            return Err(GgufError::BigEndian { version: version.swap_bytes() });
+            return Err(GgufError::BigEndian {
+                version: version.swap_bytes(),
+            });
         }
         if version != 2 && version != 3 {
             return Err(GgufError::UnsupportedVersion { version });
@@ -229,11 +238,18 @@ impl GgufHeader {
             let info_offset = c.pos as u64;
             let name = c.string(|| format!("name of tensor #{i}"))?;
             if names.insert(name.clone(), ()).is_some() {
-                return Err(GgufError::DuplicateTensor { name, offset: info_offset });
+                return Err(GgufError::DuplicateTensor {
+                    name,
+                    offset: info_offset,
+                });
             }
             let n_dims = c.u32(|| format!("n_dims of tensor `{name}`"))?;
             if n_dims as usize > GGML_MAX_DIMS {
-                return Err(GgufError::TooManyDims { tensor: name, n_dims, offset: info_offset });
+                return Err(GgufError::TooManyDims {
+                    tensor: name,
+                    n_dims,
+                    offset: info_offset,
+                });
             }
             let mut shape = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
@@ -241,14 +257,28 @@ impl GgufHeader {
             }
             let type_off = c.pos as u64;
             let type_id = c.u32(|| format!("type of tensor `{name}`"))?;
-            let ty = GgmlType::from_id(type_id)
-                .ok_or_else(|| GgufError::UnknownGgmlType { tensor: name.clone(), type_id, offset: type_off })?;
+            let ty = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownGgmlType {
+                tensor: name.clone(),
+                type_id,
+                offset: type_off,
+            })?;
             let offset = c.u64(|| format!("data offset of tensor `{name}`"))?;
             let size = tensor_size(&name, &shape, ty)?;
             if offset % alignment != 0 {
-                return Err(GgufError::TensorMisaligned { tensor: name, offset, alignment });
+                return Err(GgufError::TensorMisaligned {
+                    tensor: name,
+                    offset,
+                    alignment,
+                });
             }
-            tensors.push(TensorInfo { name, shape, ty, offset, size, info_offset });
+            tensors.push(TensorInfo {
+                name,
+                shape,
+                ty,
+                offset,
+                size,
+                info_offset,
+            });
         }
 
         let end_of_infos = c.pos as u64;
@@ -280,7 +310,13 @@ impl GgufHeader {
                 });
             }
         }
-        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
+        Ok(GgufHeader {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
     }
 
     /// The info of tensor `name`.
@@ -291,16 +327,25 @@ impl GgufHeader {
 
 /// Round `x` up to a multiple of `align` (a power of two), saturating.
 pub fn align_up(x: u64, align: u64) -> u64 {
-    x.checked_add(align - 1).map(|v| v & !(align - 1)).unwrap_or(u64::MAX & !(align - 1))
+    x.checked_add(align - 1)
+        .map(|v| v & !(align - 1))
+        .unwrap_or(u64::MAX & !(align - 1))
 }
 
 /// Byte size of a tensor of `ty` with ggml `shape`, checking every rule of gguf.c: no zero
 /// dimension, ne0 a multiple of the block size, no overflow.
 pub fn tensor_size(name: &str, shape: &[u64], ty: GgmlType) -> Result<u64, GgufError> {
     if shape.contains(&0) {
-        return Err(GgufError::ZeroDim { tensor: name.to_string(), shape: shape.to_vec() });
+        return Err(GgufError::ZeroDim {
+            tensor: name.to_string(),
+            shape: shape.to_vec(),
+        });
     }
-    let overflow = || GgufError::ShapeOverflow { tensor: name.to_string(), shape: shape.to_vec(), ty: ty.name().to_string() };
+    let overflow = || GgufError::ShapeOverflow {
+        tensor: name.to_string(),
+        shape: shape.to_vec(),
+        ty: ty.name().to_string(),
+    };
     let mut n: u64 = 1;
     for &d in shape {
         n = n.checked_mul(d).ok_or_else(overflow)?;
@@ -312,7 +357,12 @@ pub fn tensor_size(name: &str, shape: &[u64], ty: GgmlType) -> Result<u64, GgufE
     let ne0 = shape.first().copied().unwrap_or(1);
     let block = ty.block_size() as u64;
     if ne0 % block != 0 {
-        return Err(GgufError::NotBlockMultiple { tensor: name.to_string(), ne0, ty: ty.name().to_string(), block: block as usize });
+        return Err(GgufError::NotBlockMultiple {
+            tensor: name.to_string(),
+            ne0,
+            ty: ty.name().to_string(),
+            block: block as usize,
+        });
     }
     (n / block).checked_mul(ty.type_size() as u64).ok_or_else(overflow)
 }
@@ -329,7 +379,12 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64, what: impl FnOnce() -> String) -> Result<&'a [u8], GgufError> {
         if n > self.remaining() {
-            return Err(GgufError::Truncated { what: what(), offset: self.pos as u64, needed: n, available: self.remaining() });
+            return Err(GgufError::Truncated {
+                what: what(),
+                offset: self.pos as u64,
+                needed: n,
+                available: self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -355,7 +410,13 @@ impl<'a> Cursor<'a> {
     fn check_count(&self, what: &'static str, count: u64, min_size: u64, offset: u64) -> Result<(), GgufError> {
         let max = self.remaining() / min_size;
         if count > max {
-            return Err(GgufError::AbsurdCount { what, count, max, offset, available: self.remaining() });
+            return Err(GgufError::AbsurdCount {
+                what,
+                count,
+                max,
+                offset,
+                available: self.remaining(),
+            });
         }
         Ok(())
     }
@@ -364,7 +425,10 @@ impl<'a> Cursor<'a> {
         let len = self.u64(|| format!("length of {}", what()))?;
         let off = self.pos as u64;
         let s = self.take(len, || format!("{} ({len} bytes)", what()))?;
-        String::from_utf8(s.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what(), offset: off })
+        String::from_utf8(s.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
+            what: what(),
+            offset: off,
+        })
     }
 
     fn value(&mut self, ty: GgufValueType, key: &str, depth: usize) -> Result<GgufValue, GgufError> {
@@ -392,14 +456,22 @@ impl<'a> Cursor<'a> {
         match self.array::<1>(what)?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            value => Err(GgufError::InvalidBool { what: what(), value, offset: off }),
+            value => Err(GgufError::InvalidBool {
+                what: what(),
+                value,
+                offset: off,
+            }),
         }
     }
 
     fn array_value(&mut self, key: &str, depth: usize) -> Result<GgufArray, GgufError> {
         let start = self.pos as u64;
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(GgufError::NestingTooDeep { what: format!("metadata key `{key}`"), max: MAX_ARRAY_DEPTH, offset: start });
+            return Err(GgufError::NestingTooDeep {
+                what: format!("metadata key `{key}`"),
+                max: MAX_ARRAY_DEPTH,
+                offset: start,
+            });
         }
         let type_id = self.u32(|| format!("array element type of metadata key `{key}`"))?;
         let elem = GgufValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
@@ -449,9 +521,17 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn fixed<const N: usize, V>(&mut self, n: usize, what: &impl Fn() -> String, f: impl Fn([u8; N]) -> V) -> Result<Vec<V>, GgufError> {
+    fn fixed<const N: usize, V>(
+        &mut self,
+        n: usize,
+        what: &impl Fn() -> String,
+        f: impl Fn([u8; N]) -> V,
+    ) -> Result<Vec<V>, GgufError> {
         let bytes = self.take((n as u64) * N as u64, what)?;
-        Ok(bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunks_exact yields N bytes"))).collect())
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| f(c.try_into().expect("chunks_exact yields N bytes")))
+            .collect())
     }
 }
 
@@ -480,7 +560,10 @@ pub struct GgufFile {
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile").field("version", &self.header.version).field("tensors", &self.header.tensors.len()).finish()
+        f.debug_struct("GgufFile")
+            .field("version", &self.header.version)
+            .field("tensors", &self.header.tensors.len())
+            .finish()
     }
 }
 
@@ -491,9 +574,14 @@ impl GgufFile {
     /// of [`GgufHeader::parse`].
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if path.is_dir() {
-            return Err(GgufError::IsDirectory { path: path.to_path_buf() });
+            return Err(GgufError::IsDirectory {
+                path: path.to_path_buf(),
+            });
         }
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -505,13 +593,19 @@ impl GgufFile {
         // another process while mapped is outside what we can defend against.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let header = GgufHeader::parse(&mmap)?;
-        Ok(GgufFile { header, backing: Backing::Mmap(mmap) })
+        Ok(GgufFile {
+            header,
+            backing: Backing::Mmap(mmap),
+        })
     }
 
     /// Parse a file held in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         let header = GgufHeader::parse(&bytes)?;
-        Ok(GgufFile { header, backing: Backing::Owned(bytes) })
+        Ok(GgufFile {
+            header,
+            backing: Backing::Owned(bytes),
+        })
     }
 
     /// The parsed header.
@@ -541,7 +635,10 @@ impl GgufFile {
 
     /// A view of tensor `name`. Errors: [`GgufError::MissingTensor`].
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, GgufError> {
-        let info = self.header.tensor_info(name).ok_or_else(|| GgufError::MissingTensor { name: name.to_string() })?;
+        let info = self
+            .header
+            .tensor_info(name)
+            .ok_or_else(|| GgufError::MissingTensor { name: name.to_string() })?;
         Ok(self.view(info))
     }
 
@@ -549,7 +646,10 @@ impl GgufFile {
     pub fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
         // parse() checked data_offset + offset + size <= len for every tensor.
         let start = (self.header.data_offset + info.offset) as usize;
-        TensorView { info, data: &self.bytes()[start..start + info.size as usize] }
+        TensorView {
+            info,
+            data: &self.bytes()[start..start + info.size as usize],
+        }
     }
 }
 
@@ -590,8 +690,10 @@ impl<'a> TensorView<'a> {
     pub fn to_f32(&self) -> Result<Vec<f32>, GgufError> {
         let n = self.info.n_elements() as usize;
         let mut out = vec![0f32; n];
-        quant::dequantize_row(self.info.ty, self.data, &mut out)
-            .map_err(|e| GgufError::TensorView { tensor: self.info.name.clone(), message: e.to_string() })?;
+        quant::dequantize_row(self.info.ty, self.data, &mut out).map_err(|e| GgufError::TensorView {
+            tensor: self.info.name.clone(),
+            message: e.to_string(),
+        })?;
         Ok(out)
     }
 }

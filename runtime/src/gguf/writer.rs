@@ -10,7 +10,7 @@ use std::io::Write;
 use quant::GgmlType;
 
 use super::error::GgufError;
-use super::reader::{align_up, tensor_size, Metadata, GGML_MAX_DIMS, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC};
+use super::reader::{GGML_MAX_DIMS, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, Metadata, align_up, tensor_size};
 use super::value::{GgufArray, GgufValue};
 
 /// A tensor to write: name, ggml shape (ne0 first), type and its raw bytes.
@@ -38,8 +38,19 @@ impl<'a> GgufWriter<'a> {
     }
 
     /// Add a tensor.
-    pub fn add_tensor(&mut self, name: impl Into<String>, shape: Vec<u64>, ty: GgmlType, data: impl Into<Cow<'a, [u8]>>) {
-        self.tensors.push(WriterTensor { name: name.into(), shape, ty, data: data.into() });
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<u64>,
+        ty: GgmlType,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) {
+        self.tensors.push(WriterTensor {
+            name: name.into(),
+            shape,
+            ty,
+            data: data.into(),
+        });
     }
 
     /// Write the file; returns the number of bytes written.
@@ -50,22 +61,37 @@ impl<'a> GgufWriter<'a> {
         let alignment = match self.metadata.get("general.alignment") {
             None => GGUF_DEFAULT_ALIGNMENT,
             Some(GgufValue::U32(a)) if *a != 0 && a.is_power_of_two() => *a as u64,
-            Some(v) => return Err(GgufError::Write { message: format!("general.alignment must be a power-of-two uint32, got {v:?}") }),
+            Some(v) => {
+                return Err(GgufError::Write {
+                    message: format!("general.alignment must be a power-of-two uint32, got {v:?}"),
+                });
+            }
         };
         let mut seen = HashSet::new();
         let mut offsets = Vec::with_capacity(self.tensors.len());
         let mut off = 0u64;
         for t in &self.tensors {
             if !seen.insert(t.name.as_str()) {
-                return Err(GgufError::Write { message: format!("duplicate tensor name `{}`", t.name) });
+                return Err(GgufError::Write {
+                    message: format!("duplicate tensor name `{}`", t.name),
+                });
             }
             if t.shape.len() > GGML_MAX_DIMS {
-                return Err(GgufError::Write { message: format!("tensor `{}` has {} dimensions", t.name, t.shape.len()) });
+                return Err(GgufError::Write {
+                    message: format!("tensor `{}` has {} dimensions", t.name, t.shape.len()),
+                });
             }
             let size = tensor_size(&t.name, &t.shape, t.ty).map_err(|e| GgufError::Write { message: e.to_string() })?;
             if size != t.data.len() as u64 {
                 return Err(GgufError::Write {
-                    message: format!("tensor `{}`: {} bytes given, {} {:?} needs {}", t.name, t.data.len(), t.ty, t.shape, size),
+                    message: format!(
+                        "tensor `{}`: {} bytes given, {} {:?} needs {}",
+                        t.name,
+                        t.data.len(),
+                        t.ty,
+                        t.shape,
+                        size
+                    ),
                 });
             }
             offsets.push(off);
@@ -106,9 +132,18 @@ impl<'a> GgufWriter<'a> {
     /// Errors: [`GgufError::Create`] naming the path, [`GgufError::Write`].
     pub fn write_file(&self, path: impl AsRef<std::path::Path>) -> Result<u64, GgufError> {
         let path = path.as_ref();
-        let create = |source| GgufError::Create { path: path.to_path_buf(), source };
-        let file_name = path.file_name().ok_or_else(|| create(std::io::Error::other("not a file path")))?;
-        let tmp = path.with_file_name(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+        let create = |source| GgufError::Create {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| create(std::io::Error::other("not a file path")))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.partial-{}",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
         let result = (|| {
             let f = std::fs::File::create(&tmp).map_err(create)?;
             let mut bw = std::io::BufWriter::with_capacity(1 << 20, f);

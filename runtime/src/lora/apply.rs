@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::{LoraAdapter, LoraError, LoraTarget};
-use crate::model::{ops, Model};
+use crate::model::{Model, ops};
 
 /// One loaded adapter in an engine's adapter set.
 #[derive(Clone, Debug)]
@@ -47,7 +47,13 @@ impl AdapterHandle {
                 bt
             })
             .collect();
-        AdapterHandle { name, version, adapter: Arc::new(adapter), dora_cache: Default::default(), b_t: Arc::new(b_t) }
+        AdapterHandle {
+            name,
+            version,
+            adapter: Arc::new(adapter),
+            dora_cache: Default::default(),
+            b_t: Arc::new(b_t),
+        }
     }
 }
 
@@ -108,7 +114,9 @@ impl LoraPlan {
         let mut key = Vec::new();
         for (h, scale) in active {
             if !scale.is_finite() {
-                return Err(LoraError::Plan { message: format!("adapter {}: scale {scale} is not a finite number", h.name) });
+                return Err(LoraError::Plan {
+                    message: format!("adapter {}: scale {scale} is not a finite number", h.name),
+                });
             }
             key.push((h.version, scale.to_bits()));
             let a = &h.adapter;
@@ -119,19 +127,27 @@ impl LoraPlan {
             };
             for (ti, t) in a.targets.iter().enumerate() {
                 let Some(&id) = ids.get(t.tensor.as_str()) else {
-                    return Err(LoraError::Plan { message: format!("adapter {}: no layer `{}` in this model", h.name, t.tensor) });
+                    return Err(LoraError::Plan {
+                        message: format!("adapter {}: no layer `{}` in this model", h.name, t.tensor),
+                    });
                 };
                 let entry = PlanEntry {
                     adapter: a.clone(),
                     target: ti,
                     b_t: h.b_t.clone(),
                     scale: scale * t.scale,
-                    dora: dora.as_ref().filter(|_| t.dora_magnitude.is_some()).map(|d| d[ti].clone()),
+                    dora: dora
+                        .as_ref()
+                        .filter(|_| t.dora_magnitude.is_some())
+                        .map(|d| d[ti].clone()),
                 };
                 let slot = &mut per_linear[id];
                 if (entry.dora.is_some() && !slot.is_empty()) || slot.iter().any(|e| e.dora.is_some()) {
                     return Err(LoraError::Plan {
-                        message: format!("DoRA adapter on `{}` cannot be stacked with another adapter on the same layer", t.tensor),
+                        message: format!(
+                            "DoRA adapter on `{}` cannot be stacked with another adapter on the same layer",
+                            t.tensor
+                        ),
                     });
                 }
                 slot.push(entry);
@@ -140,7 +156,11 @@ impl LoraPlan {
                 embedding.push((a.clone(), *scale));
             }
         }
-        Ok(LoraPlan { per_linear, embedding, key })
+        Ok(LoraPlan {
+            per_linear,
+            embedding,
+            key,
+        })
     }
 
     /// Whether no adapter is active.
@@ -190,7 +210,9 @@ fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<DoraFact
             out.push(Arc::new(Vec::new()));
             continue;
         };
-        let w = model.dequantize_weight(&t.tensor).map_err(|e| LoraError::Plan { message: e.to_string() })?;
+        let w = model
+            .dequantize_weight(&t.tensor)
+            .map_err(|e| LoraError::Plan { message: e.to_string() })?;
         let s = scale * t.scale;
         let f: Vec<f32> = (0..t.n_out)
             .into_par_iter()
@@ -211,7 +233,10 @@ fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<DoraFact
         out.push(Arc::new(f));
     }
     let out = Arc::new(out);
-    h.dora_cache.lock().expect("dora cache").insert(scale.to_bits(), out.clone());
+    h.dora_cache
+        .lock()
+        .expect("dora cache")
+        .insert(scale.to_bits(), out.clone());
     Ok(out)
 }
 
@@ -260,7 +285,11 @@ impl Prepared<'_> {
         if let Some(v) = self.ax.get() {
             return v;
         }
-        if self.claimed.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             let _ = self.ax.set(lora_a_times(self.target, self.x, self.n_tok));
         }
         loop {
@@ -283,7 +312,11 @@ pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) 
                 r: t.r,
                 // Prompt batches: computed now, in parallel. Single tokens: lazily, inside the
                 // pass (serial there: no nested parallelism under the OnceLock).
-                ax: if n_tok > 4 { std::sync::OnceLock::from(lora_a_times(t, x, n_tok)) } else { std::sync::OnceLock::new() },
+                ax: if n_tok > 4 {
+                    std::sync::OnceLock::from(lora_a_times(t, x, n_tok))
+                } else {
+                    std::sync::OnceLock::new()
+                },
                 claimed: std::sync::atomic::AtomicBool::new(n_tok > 4),
                 target: t,
                 x,

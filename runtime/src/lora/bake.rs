@@ -54,7 +54,10 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
     for (h, _) in active {
         if h.adapter.embedding.is_some() || h.adapter.embedding_replacement.is_some() {
             return Err(LoraError::Plan {
-                message: format!("adapter {}: baking an embedding LoRA is not supported; apply it on the fly", h.name),
+                message: format!(
+                    "adapter {}: baking an embedding LoRA is not supported; apply it on the fly",
+                    h.name
+                ),
             });
         }
     }
@@ -80,40 +83,56 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
 }
 
 /// The baked bytes of one weight.
-fn bake_one(model: &Model, w: &crate::model::WeightRef, entries: &[PlanEntry], out_ty: GgmlType) -> Result<Vec<u8>, LoraError> {
+fn bake_one(
+    model: &Model,
+    w: &crate::model::WeightRef,
+    entries: &[PlanEntry],
+    out_ty: GgmlType,
+) -> Result<Vec<u8>, LoraError> {
     let m = model.matrix(w);
     let in_rb = m.row_bytes();
     let out_rb = out_ty.row_bytes(w.n_in).ok_or_else(|| LoraError::Plan {
-        message: format!("`{}`: {} elements per row are not a whole number of {out_ty} blocks", w.name, w.n_in),
+        message: format!(
+            "`{}`: {} elements per row are not a whole number of {out_ty} blocks",
+            w.name, w.n_in
+        ),
     })?;
     if !quant::can_quantize(out_ty) {
         return Err(LoraError::Plan {
-            message: format!("`{}`: cannot requantize to {out_ty}; bake with --bake-type f16 (or q8_0)", w.name),
+            message: format!(
+                "`{}`: cannot requantize to {out_ty}; bake with --bake-type f16 (or q8_0)",
+                w.name
+            ),
         });
     }
     let mut out = vec![0u8; out_rb * w.n_out];
-    out.par_chunks_mut(out_rb).enumerate().try_for_each(|(o, dst)| -> Result<(), LoraError> {
-        let mut row = vec![0f32; w.n_in];
-        quant::dequantize_row(w.ty, &m.data[o * in_rb..][..in_rb], &mut row)
-            .map_err(|e| LoraError::Plan { message: format!("`{}`: {e}", w.name) })?;
-        let mut dora = None;
-        for e in entries {
-            let (t, s) = (e.target(), e.scale());
-            let b = &t.b[o * t.r..][..t.r];
-            for (k, &bk) in b.iter().enumerate() {
-                let c = s * bk;
-                for (x, &a) in row.iter_mut().zip(&t.a[k * t.n_in..][..t.n_in]) {
-                    *x += c * a;
+    out.par_chunks_mut(out_rb)
+        .enumerate()
+        .try_for_each(|(o, dst)| -> Result<(), LoraError> {
+            let mut row = vec![0f32; w.n_in];
+            quant::dequantize_row(w.ty, &m.data[o * in_rb..][..in_rb], &mut row).map_err(|e| LoraError::Plan {
+                message: format!("`{}`: {e}", w.name),
+            })?;
+            let mut dora = None;
+            for e in entries {
+                let (t, s) = (e.target(), e.scale());
+                let b = &t.b[o * t.r..][..t.r];
+                for (k, &bk) in b.iter().enumerate() {
+                    let c = s * bk;
+                    for (x, &a) in row.iter_mut().zip(&t.a[k * t.n_in..][..t.n_in]) {
+                        *x += c * a;
+                    }
+                }
+                if let Some(f) = e.dora_factors() {
+                    dora = Some(f[o]);
                 }
             }
-            if let Some(f) = e.dora_factors() {
-                dora = Some(f[o]);
+            if let Some(f) = dora {
+                row.iter_mut().for_each(|x| *x *= f);
             }
-        }
-        if let Some(f) = dora {
-            row.iter_mut().for_each(|x| *x *= f);
-        }
-        quant::quantize_row(out_ty, &row, dst).map_err(|e| LoraError::Plan { message: format!("`{}`: {e}", w.name) })
-    })?;
+            quant::quantize_row(out_ty, &row, dst).map_err(|e| LoraError::Plan {
+                message: format!("`{}`: {e}", w.name),
+            })
+        })?;
     Ok(out)
 }

@@ -35,10 +35,16 @@ use crate::model::Model;
 pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAdapter, LoraError> {
     let file = GgufFile::open(path).map_err(|e| match e {
         GgufError::Io { source, .. } => io_error(path, &source),
-        source => LoraError::Gguf { path: path.to_path_buf(), source },
+        source => LoraError::Gguf {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     let md = file.metadata();
-    let gguf_err = |source: GgufError| LoraError::Gguf { path: path.to_path_buf(), source };
+    let gguf_err = |source: GgufError| LoraError::Gguf {
+        path: path.to_path_buf(),
+        source,
+    };
     let string_key = |key: &str| -> Result<Option<String>, LoraError> {
         match md.get(key) {
             None => Ok(None),
@@ -64,7 +70,10 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
             return Err(LoraError::Unsupported {
                 path: path.to_path_buf(),
                 field: "adapter.type".into(),
-                message: format!("{} (only \"lora\" adapters are loaded)", other.map_or("(missing)".to_string(), |t| format!("{t:?}"))),
+                message: format!(
+                    "{} (only \"lora\" adapters are loaded)",
+                    other.map_or("(missing)".to_string(), |t| format!("{t:?}"))
+                ),
             });
         }
     }
@@ -106,12 +115,19 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
     };
     let alpha = match (file_alpha, opts.lora_alpha) {
         (Some(a), Some(o)) if a != o => {
-            warnings.push(format!("the lora_alpha option ({o}) is not used: the adapter gives lora_alpha {a}"));
+            warnings.push(format!(
+                "the lora_alpha option ({o}) is not used: the adapter gives lora_alpha {a}"
+            ));
             a
         }
         (Some(a), _) => a,
         (None, Some(o)) => o,
-        (None, None) => return Err(LoraError::MissingAlpha { path: path.to_path_buf(), looked_for: "adapter.lora.alpha".into() }),
+        (None, None) => {
+            return Err(LoraError::MissingAlpha {
+                path: path.to_path_buf(),
+                looked_for: "adapter.lora.alpha".into(),
+            });
+        }
     };
     if alpha == 0.0 {
         warnings.push("adapter.lora.alpha is 0: scale 1, as llama.cpp does".into());
@@ -132,11 +148,17 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
             } else {
                 "not a `<base tensor>.lora_a` / `.lora_b` tensor".to_string()
             };
-            return Err(LoraError::UnknownTensor { path: path.to_path_buf(), tensor: t.name.clone(), message });
+            return Err(LoraError::UnknownTensor {
+                path: path.to_path_buf(),
+                tensor: t.name.clone(),
+                message,
+            });
         }
     }
     if pairs.is_empty() {
-        return Err(LoraError::Empty { path: path.to_path_buf() });
+        return Err(LoraError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     let mut shapes = Vec::with_capacity(pairs.len());
     let mut infos = Vec::with_capacity(pairs.len());
@@ -144,17 +166,34 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (*a, *b),
             (Some(a), None) => {
-                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: a.name.clone(), missing: format!("{base}.lora_b") });
+                return Err(LoraError::Unpaired {
+                    path: path.to_path_buf(),
+                    tensor: a.name.clone(),
+                    missing: format!("{base}.lora_b"),
+                });
             }
             (None, Some(b)) => {
-                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: b.name.clone(), missing: format!("{base}.lora_a") });
+                return Err(LoraError::Unpaired {
+                    path: path.to_path_buf(),
+                    tensor: b.name.clone(),
+                    missing: format!("{base}.lora_a"),
+                });
             }
             (None, None) => unreachable!("a pair has a tensor"),
         };
         let embd = *base == "token_embd.weight";
-        let dims = |t: &TensorInfo| -> Vec<usize> { t.shape.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect() };
+        let dims = |t: &TensorInfo| -> Vec<usize> {
+            t.shape
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+                .collect()
+        };
         // Logical row-major shapes: A [r, n_in], B [n_out, r].
-        let a_logical = if embd { dims(a) } else { dims(a).into_iter().rev().collect() };
+        let a_logical = if embd {
+            dims(a)
+        } else {
+            dims(a).into_iter().rev().collect()
+        };
         shapes.push(PairShape {
             a_name: a.name.clone(),
             b_name: b.name.clone(),
@@ -178,7 +217,11 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
     for (s, (embd, a_info, b_info)) in shapes.iter().zip(infos) {
         let (r, n_in, n_out) = (s.a[0], s.a[1], s.b[0]);
         // llama.cpp (llama-graph.cpp): scale = alpha ? adapter_scale * alpha / rank : adapter_scale.
-        let scale = if alpha == 0.0 { 1.0 } else { (alpha as f64 / r as f64) as f32 };
+        let scale = if alpha == 0.0 {
+            1.0
+        } else {
+            (alpha as f64 / r as f64) as f32
+        };
         let a = read(a_info)?;
         let b = read(b_info)?;
         if embd {
@@ -189,9 +232,25 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
                     at[k * n_in + v] = x;
                 }
             }
-            embedding = Some(EmbeddingLora { r, n_vocab: n_in, n_embd: n_out, a: at, b, scale });
+            embedding = Some(EmbeddingLora {
+                r,
+                n_vocab: n_in,
+                n_embd: n_out,
+                a: at,
+                b,
+                scale,
+            });
         } else {
-            targets.push(LoraTarget { tensor: s.weight.clone(), r, n_in, n_out, a, b, scale, dora_magnitude: None });
+            targets.push(LoraTarget {
+                tensor: s.weight.clone(),
+                r,
+                n_in,
+                n_out,
+                a,
+                b,
+                scale,
+                dora_magnitude: None,
+            });
         }
     }
     sort_targets(model, &mut targets);

@@ -33,7 +33,10 @@ pub fn load_adapter(path: &Path, model: &Model, opts: &AdapterOptions) -> Result
     } else if starts_with_gguf_magic(path)? {
         super::gguf_lora::load(path, model, opts)?
     } else if path.file_name().is_some_and(|n| n == "adapter_config.json") {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         super::peft::load_dir(dir, model, opts)?
     } else if has_extension(path, "safetensors") {
         super::peft::load_file(path, model, opts)?
@@ -63,15 +66,22 @@ fn default_name(path: &Path, is_dir: bool) -> String {
     };
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     if is_dir {
-        if let Some(n) = std::path::absolute(path).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) {
+        if let Some(n) = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        {
             return n;
         }
-    } else if matches!(file_name.as_deref(), Some("adapter_model.safetensors" | "adapter_config.json"))
-        && let Some(n) = folder_of(path)
+    } else if matches!(
+        file_name.as_deref(),
+        Some("adapter_model.safetensors" | "adapter_config.json")
+    ) && let Some(n) = folder_of(path)
     {
         return n;
     }
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapter".into())
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {
@@ -97,9 +107,15 @@ fn starts_with_gguf_magic(path: &Path) -> Result<bool, LoraError> {
 /// [`LoraError::NotFound`] for a missing path, else [`LoraError::Io`].
 pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> LoraError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        LoraError::NotFound { path: path.to_path_buf(), message: String::new() }
+        LoraError::NotFound {
+            path: path.to_path_buf(),
+            message: String::new(),
+        }
     } else {
-        LoraError::Io { path: path.to_path_buf(), message: e.to_string() }
+        LoraError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -107,7 +123,12 @@ pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> LoraError {
 pub(crate) fn check_finite(path: &Path, tensor: &str, data: &[f32]) -> Result<(), LoraError> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(LoraError::NonFinite { path: path.to_path_buf(), tensor: tensor.to_string(), index, value: data[index] }),
+        Some(index) => Err(LoraError::NonFinite {
+            path: path.to_path_buf(),
+            tensor: tensor.to_string(),
+            index,
+            value: data[index],
+        }),
     }
 }
 
@@ -118,7 +139,10 @@ pub(crate) fn base_dims(model: &Model, weight: &str) -> Option<(usize, usize)> {
     if weight == "token_embd.weight" {
         return Some((model.config.n_embd, model.config.n_vocab));
     }
-    model.linears().find(|l| l.w.name == weight).map(|l| (l.w.n_out, l.w.n_in))
+    model
+        .linears()
+        .find(|l| l.w.name == weight)
+        .map(|l| (l.w.n_out, l.w.n_in))
 }
 
 /// Whether the model's output head reads the embedding (no `output.weight` in its file).
@@ -175,13 +199,14 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
             }
             v
         };
-        let mismatch = |tensor: &str, expected: Vec<usize>, got: &[usize], is_a: bool, message: String| LoraError::ShapeMismatch {
-            path: path.to_path_buf(),
-            tensor: tensor.to_string(),
-            expected: show(&expected, is_a),
-            got: show(got, is_a),
-            message,
-        };
+        let mismatch =
+            |tensor: &str, expected: Vec<usize>, got: &[usize], is_a: bool, message: String| LoraError::ShapeMismatch {
+                path: path.to_path_buf(),
+                tensor: tensor.to_string(),
+                expected: show(&expected, is_a),
+                got: show(got, is_a),
+                message,
+            };
         let Some((n_out, n_in)) = base_dims(model, &p.weight) else {
             let c = &model.config;
             misfits.push(LoraError::NoSuchWeight {
@@ -201,25 +226,51 @@ pub(crate) fn check_shapes(path: &Path, model: &Model, pairs: &[PairShape], hint
         let (a_rule, b_rule) = match (p.layout, embd) {
             (Layout::RowMajor, false) => ("lora_A is [r, n_in]", "lora_B is [n_out, r]"),
             (Layout::RowMajor, true) => ("lora_embedding_A is [r, n_vocab]", "lora_embedding_B is [n_embd, r]"),
-            (Layout::Ggml { a_transposed: false }, _) => ("lora_a is [n_in, r] in ggml order", "lora_b is [r, n_out] in ggml order"),
-            (Layout::Ggml { a_transposed: true }, _) => {
-                ("token_embd's lora_a is [r, n_vocab] in ggml order", "lora_b is [r, n_embd] in ggml order")
-            }
+            (Layout::Ggml { a_transposed: false }, _) => (
+                "lora_a is [n_in, r] in ggml order",
+                "lora_b is [r, n_out] in ggml order",
+            ),
+            (Layout::Ggml { a_transposed: true }, _) => (
+                "token_embd's lora_a is [r, n_vocab] in ggml order",
+                "lora_b is [r, n_embd] in ggml order",
+            ),
         };
         if p.a.len() != 2 || p.a[0] == 0 || p.a[1] != n_in {
-            let r = if p.a.len() == 2 && p.a[0] > 0 { p.a[0] } else { p.b.last().copied().unwrap_or(0).max(1) };
-            misfits.push(mismatch(&p.a_name, vec![r, n_in], &p.a, true, format!("{a_rule}; {what}")));
+            let r = if p.a.len() == 2 && p.a[0] > 0 {
+                p.a[0]
+            } else {
+                p.b.last().copied().unwrap_or(0).max(1)
+            };
+            misfits.push(mismatch(
+                &p.a_name,
+                vec![r, n_in],
+                &p.a,
+                true,
+                format!("{a_rule}; {what}"),
+            ));
             continue;
         }
         let r = p.a[0];
         if p.b.len() != 2 || p.b[0] != n_out || p.b[1] != r {
-            misfits.push(mismatch(&p.b_name, vec![n_out, r], &p.b, false, format!("{b_rule}, with the rank {r} of its A; {what}")));
+            misfits.push(mismatch(
+                &p.b_name,
+                vec![n_out, r],
+                &p.b,
+                false,
+                format!("{b_rule}, with the rank {r} of its A; {what}"),
+            ));
             continue;
         }
         if let Some((m_name, m)) = &p.magnitude
             && m.as_slice() != [n_out]
         {
-            misfits.push(mismatch(m_name, vec![n_out], m, false, format!("the DoRA magnitude is [n_out]; {what}")));
+            misfits.push(mismatch(
+                m_name,
+                vec![n_out],
+                m,
+                false,
+                format!("the DoRA magnitude is [n_out]; {what}"),
+            ));
         }
     }
     if misfits.is_empty() {

@@ -29,7 +29,11 @@ pub enum ModuleTarget {
     /// A linear weight, by its GGUF name. `permute_heads` is `Some(n)` for llama's q (n =
     /// n_head) and k (n = n_head_kv), whose rows llama.cpp's converter permuted: `lora_B` (and
     /// a DoRA magnitude) must get the same row permutation ([`permute_rows`]).
-    Linear { tensor: String, layer: Option<usize>, permute_heads: Option<usize> },
+    Linear {
+        tensor: String,
+        layer: Option<usize>,
+        permute_heads: Option<usize>,
+    },
     /// The input embedding (`token_embd`).
     Embedding,
 }
@@ -47,12 +51,24 @@ pub const BLOCK_PROJECTIONS: [(&str, &str); 7] = [
 
 /// The short names PEFT's `target_modules="all-linear"` expands to for these architectures:
 /// every `nn.Linear` except the output layer (`_maybe_include_all_linear_layers`).
-pub const ALL_LINEAR: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const ALL_LINEAR: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// The name transformers gives a module of `arch`, with gemma3's multimodal nesting removed.
 fn canonical(arch: Arch, module: &str) -> std::borrow::Cow<'_, str> {
     if arch == Arch::Gemma3 {
-        for (prefix, to) in [("model.language_model.", "model."), ("language_model.model.", "model."), ("language_model.", "")] {
+        for (prefix, to) in [
+            ("model.language_model.", "model."),
+            ("language_model.model.", "model."),
+            ("language_model.", ""),
+        ] {
             if let Some(rest) = module.strip_prefix(prefix) {
                 return format!("{to}{rest}").into();
             }
@@ -73,7 +89,13 @@ fn map_module_of(arch: Arch, n_head: usize, n_head_kv: usize, module: &str) -> O
     let module = canonical(arch, module);
     let module = module.as_ref();
     match module {
-        "lm_head" => return Some(ModuleTarget::Linear { tensor: "output.weight".into(), layer: None, permute_heads: None }),
+        "lm_head" => {
+            return Some(ModuleTarget::Linear {
+                tensor: "output.weight".into(),
+                layer: None,
+                permute_heads: None,
+            });
+        }
         "model.embed_tokens" => return Some(ModuleTarget::Embedding),
         _ => {}
     }
@@ -88,7 +110,11 @@ fn map_module_of(arch: Arch, n_head: usize, n_head_kv: usize, module: &str) -> O
         (Arch::Llama, "attn_k") => Some(n_head_kv),
         _ => None,
     };
-    Some(ModuleTarget::Linear { tensor: format!("blk.{layer}.{gguf}.weight"), layer: Some(layer), permute_heads })
+    Some(ModuleTarget::Linear {
+        tensor: format!("blk.{layer}.{gguf}.weight"),
+        layer: Some(layer),
+        permute_heads,
+    })
 }
 
 /// Every LoRA-capable module of a model with `n_layer` blocks, by its PEFT name, in forward order
@@ -137,24 +163,52 @@ mod tests {
 
     #[test]
     fn names() {
-        let lin = |t: &str| Some(ModuleTarget::Linear { tensor: t.into(), layer: Some(1), permute_heads: None });
-        assert_eq!(map(Arch::Qwen2, "model.layers.1.self_attn.o_proj"), lin("blk.1.attn_output.weight"));
-        assert_eq!(map(Arch::Qwen2, "model.layers.1.mlp.gate_proj"), lin("blk.1.ffn_gate.weight"));
+        let lin = |t: &str| {
+            Some(ModuleTarget::Linear {
+                tensor: t.into(),
+                layer: Some(1),
+                permute_heads: None,
+            })
+        };
+        assert_eq!(
+            map(Arch::Qwen2, "model.layers.1.self_attn.o_proj"),
+            lin("blk.1.attn_output.weight")
+        );
+        assert_eq!(
+            map(Arch::Qwen2, "model.layers.1.mlp.gate_proj"),
+            lin("blk.1.ffn_gate.weight")
+        );
         assert_eq!(map(Arch::Qwen2, "model.embed_tokens"), Some(ModuleTarget::Embedding));
         assert_eq!(
             map(Arch::Qwen2, "lm_head"),
-            Some(ModuleTarget::Linear { tensor: "output.weight".into(), layer: None, permute_heads: None })
+            Some(ModuleTarget::Linear {
+                tensor: "output.weight".into(),
+                layer: None,
+                permute_heads: None
+            })
         );
-        for bad in ["model.layers.01.mlp.up_proj", "model.layers.x.mlp.up_proj", "model.norm", "model.layers.1.mlp", "layers.1.mlp.up_proj"]
-        {
+        for bad in [
+            "model.layers.01.mlp.up_proj",
+            "model.layers.x.mlp.up_proj",
+            "model.norm",
+            "model.layers.1.mlp",
+            "layers.1.mlp.up_proj",
+        ] {
             assert_eq!(map(Arch::Qwen2, bad), None, "{bad}");
         }
         // gemma3's multimodal nesting, only for gemma3.
-        assert_eq!(map(Arch::Gemma3, "model.language_model.layers.1.mlp.up_proj"), lin("blk.1.ffn_up.weight"));
+        assert_eq!(
+            map(Arch::Gemma3, "model.language_model.layers.1.mlp.up_proj"),
+            lin("blk.1.ffn_up.weight")
+        );
         assert_eq!(map(Arch::Qwen2, "model.language_model.layers.1.mlp.up_proj"), None);
         assert_eq!(
             map(Arch::Llama, "model.layers.0.self_attn.k_proj"),
-            Some(ModuleTarget::Linear { tensor: "blk.0.attn_k.weight".into(), layer: Some(0), permute_heads: Some(2) })
+            Some(ModuleTarget::Linear {
+                tensor: "blk.0.attn_k.weight".into(),
+                layer: Some(0),
+                permute_heads: Some(2)
+            })
         );
         assert_eq!(peft_modules(2).len(), 2 + 2 * 7);
     }
@@ -163,7 +217,10 @@ mod tests {
     fn permutation_matches_numpy() {
         // numpy: np.arange(8).reshape(2, 2, 2, 1).swapaxes(1, 2).reshape(8) = [0 2 1 3 4 6 5 7]
         let rows: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        assert_eq!(permute_rows(&rows, 8, 1, 2).unwrap(), vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        assert_eq!(
+            permute_rows(&rows, 8, 1, 2).unwrap(),
+            vec![0., 2., 1., 3., 4., 6., 5., 7.]
+        );
         // n_head = 1, two columns: rows [0 1 2 3] → [0 2 1 3]
         let m: Vec<f32> = (0..8).map(|i| i as f32).collect();
         assert_eq!(permute_rows(&m, 4, 2, 1).unwrap(), vec![0., 1., 4., 5., 2., 3., 6., 7.]);

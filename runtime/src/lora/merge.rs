@@ -17,12 +17,16 @@ pub fn write_merged(baked: &Model, note: &str, out: &Path) -> Result<u64, GgufEr
     let mut w = GgufWriter::new();
     w.metadata = file.metadata().clone();
     let name = file.metadata().get_str("general.name").unwrap_or("model").to_string();
-    w.metadata.set("general.name", GgufValue::String(format!("{name} {note}")));
+    w.metadata
+        .set("general.name", GgufValue::String(format!("{name} {note}")));
     // The baked weights: name → (type, shape, bytes).
     let mut baked_by_name: std::collections::HashMap<&str, (quant::GgmlType, Vec<u64>, &[u8])> = baked
         .linears()
         .filter_map(|l| match &l.w.data {
-            WeightData::Owned(bytes) => Some((l.w.name.as_str(), (l.w.ty, vec![l.w.n_in as u64, l.w.n_out as u64], bytes.as_slice()))),
+            WeightData::Owned(bytes) => Some((
+                l.w.name.as_str(),
+                (l.w.ty, vec![l.w.n_in as u64, l.w.n_out as u64], bytes.as_slice()),
+            )),
             WeightData::Mapped { .. } => None,
         })
         .collect();

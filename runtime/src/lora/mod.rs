@@ -8,11 +8,11 @@
 
 pub mod apply;
 pub mod bake;
-pub mod merge;
 mod error;
 pub mod gguf_lora;
 mod load;
 pub mod mapping;
+pub mod merge;
 pub mod peft;
 
 use std::path::PathBuf;
@@ -107,13 +107,22 @@ impl LoraAdapter {
     /// Bytes held in memory.
     pub fn n_bytes(&self) -> usize {
         4 * (self.n_params()
-            + self.targets.iter().map(|t| t.dora_magnitude.as_ref().map_or(0, |m| m.len())).sum::<usize>()
+            + self
+                .targets
+                .iter()
+                .map(|t| t.dora_magnitude.as_ref().map_or(0, |m| m.len()))
+                .sum::<usize>()
             + self.embedding_replacement.as_ref().map_or(0, |e| e.len()))
     }
 
     /// Distinct ranks, ascending.
     pub fn ranks(&self) -> Vec<usize> {
-        let mut r: Vec<usize> = self.targets.iter().map(|t| t.r).chain(self.embedding.iter().map(|e| e.r)).collect();
+        let mut r: Vec<usize> = self
+            .targets
+            .iter()
+            .map(|t| t.r)
+            .chain(self.embedding.iter().map(|e| e.r))
+            .collect();
         r.sort_unstable();
         r.dedup();
         r
@@ -135,7 +144,11 @@ impl LoraAdapter {
             ranks.join("/"),
             scales.join("/"),
             if self.use_rslora { " (rsLoRA)" } else { "" },
-            if self.targets.iter().any(|t| t.dora_magnitude.is_some()) { ", DoRA" } else { "" },
+            if self.targets.iter().any(|t| t.dora_magnitude.is_some()) {
+                ", DoRA"
+            } else {
+                ""
+            },
             self.n_params(),
             self.n_bytes()
         )

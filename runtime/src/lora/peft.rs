@@ -79,7 +79,9 @@ impl<'de> serde::Deserialize<'de> for Json {
                 Ok(Json::Number(v.into()))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json, E> {
-                serde_json::Number::from_f64(v).map(Json::Number).ok_or_else(|| E::custom("non-finite number"))
+                serde_json::Number::from_f64(v)
+                    .map(Json::Number)
+                    .ok_or_else(|| E::custom("non-finite number"))
             }
             fn visit_str<E>(self, v: &str) -> Result<Json, E> {
                 Ok(Json::String(v.to_string()))
@@ -138,7 +140,11 @@ impl Json {
                     .join(", ")
             ),
         };
-        if s.chars().count() > 120 { format!("{}…", s.chars().take(120).collect::<String>()) } else { s }
+        if s.chars().count() > 120 {
+            format!("{}…", s.chars().take(120).collect::<String>())
+        } else {
+            s
+        }
     }
 
     fn as_f64(&self) -> Option<f64> {
@@ -151,7 +157,11 @@ impl Json {
     /// An integer, also written as a float with no fraction (`8.0`).
     fn as_i64(&self) -> Option<i64> {
         match self {
-            Json::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+            Json::Number(n) => n.as_i64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            }),
             _ => None,
         }
     }
@@ -174,7 +184,9 @@ impl ModuleSet {
     fn matches(&self, module: &str) -> Result<bool, String> {
         match self {
             ModuleSet::Names(names) => Ok(names.iter().any(|n| module == n || ends_with_dotted(module, n))),
-            ModuleSet::Regex { pattern, regex } => regex.is_match(module).map_err(|e| format!("regex `{pattern}` on `{module}`: {e}")),
+            ModuleSet::Regex { pattern, regex } => regex
+                .is_match(module)
+                .map_err(|e| format!("regex `{pattern}` on `{module}`: {e}")),
         }
     }
 
@@ -187,7 +199,9 @@ impl ModuleSet {
 }
 
 fn ends_with_dotted(module: &str, suffix: &str) -> bool {
-    module.len() > suffix.len() && module.ends_with(suffix) && module.as_bytes()[module.len() - suffix.len() - 1] == b'.'
+    module.len() > suffix.len()
+        && module.ends_with(suffix)
+        && module.as_bytes()[module.len() - suffix.len() - 1] == b'.'
 }
 
 /// One `rank_pattern` / `alpha_pattern` entry: the key as written, its compiled form
@@ -202,7 +216,10 @@ pub struct Pattern<T> {
 /// `get_pattern_key`: the first pattern whose key matches `module` at a dot boundary.
 fn first_pattern<'p, T>(patterns: &'p [Pattern<T>], module: &str) -> Result<Option<&'p Pattern<T>>, String> {
     for p in patterns {
-        if p.regex.is_match(module).map_err(|e| format!("pattern key `{}` on `{module}`: {e}", p.key))? {
+        if p.regex
+            .is_match(module)
+            .map_err(|e| format!("pattern key `{}` on `{module}`: {e}", p.key))?
+        {
             return Ok(Some(p));
         }
     }
@@ -278,14 +295,28 @@ impl PeftConfig {
     /// Errors: [`LoraError::Config`] for invalid JSON or a value of the wrong type,
     /// [`LoraError::Unsupported`] for a setting lora-run refuses (see the module docs).
     pub fn from_json(path: &Path, text: &str) -> Result<PeftConfig, LoraError> {
-        let config_err = |field: &str, message: String| LoraError::Config { path: path.to_path_buf(), field: field.to_string(), message };
-        let unsupported =
-            |field: &str, message: String| LoraError::Unsupported { path: path.to_path_buf(), field: field.to_string(), message };
-        let json: Json = serde_json::from_str(text).map_err(|e| config_err("adapter_config.json", format!("not valid JSON: {e}")))?;
-        let Json::Object(fields) = json else {
-            return Err(config_err("adapter_config.json", format!("expected a JSON object, found {}", json.show())));
+        let config_err = |field: &str, message: String| LoraError::Config {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
         };
-        let mut c = PeftConfig { source: Some(path.to_path_buf()), ..Default::default() };
+        let unsupported = |field: &str, message: String| LoraError::Unsupported {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        let json: Json = serde_json::from_str(text)
+            .map_err(|e| config_err("adapter_config.json", format!("not valid JSON: {e}")))?;
+        let Json::Object(fields) = json else {
+            return Err(config_err(
+                "adapter_config.json",
+                format!("expected a JSON object, found {}", json.show()),
+            ));
+        };
+        let mut c = PeftConfig {
+            source: Some(path.to_path_buf()),
+            ..Default::default()
+        };
         let mut target_is_regex = false;
         for (key, v) in &fields {
             let k = key.as_str();
@@ -301,12 +332,17 @@ impl PeftConfig {
                     _ => return Err(unsupported(k, format!("{} (only LORA adapters are loaded)", v.show()))),
                 },
                 "r" => {
-                    c.r = Some(positive_int(v).ok_or_else(|| config_err(k, format!("expected a positive integer, found {}", v.show())))?)
+                    c.r = Some(
+                        positive_int(v)
+                            .ok_or_else(|| config_err(k, format!("expected a positive integer, found {}", v.show())))?,
+                    )
                 }
                 "lora_alpha" => {
                     if *v != Json::Null {
                         c.lora_alpha =
-                            Some(finite_f32(v).ok_or_else(|| config_err(k, format!("expected a finite number, found {}", v.show())))?);
+                            Some(finite_f32(v).ok_or_else(|| {
+                                config_err(k, format!("expected a finite number, found {}", v.show()))
+                            })?);
                     }
                 }
                 "use_rslora" => c.use_rslora = bool_of(v)?,
@@ -325,12 +361,15 @@ impl PeftConfig {
                         Json::Null => None,
                         Json::Array(a) => Some(LayerIndexes::List(
                             a.iter()
-                                .map(|x| x.as_i64().ok_or_else(|| config_err(k, format!("expected integers, found {}", x.show()))))
+                                .map(|x| {
+                                    x.as_i64()
+                                        .ok_or_else(|| config_err(k, format!("expected integers, found {}", x.show())))
+                                })
                                 .collect::<Result<_, _>>()?,
                         )),
-                        _ => Some(LayerIndexes::One(
-                            v.as_i64().ok_or_else(|| config_err(k, format!("expected an integer or a list, found {}", v.show())))?,
-                        )),
+                        _ => Some(LayerIndexes::One(v.as_i64().ok_or_else(|| {
+                            config_err(k, format!("expected an integer or a list, found {}", v.show()))
+                        })?)),
                     }
                 }
                 "layers_pattern" => {
@@ -344,7 +383,12 @@ impl PeftConfig {
                                 _ => Err(config_err(k, format!("expected strings, found {}", x.show()))),
                             })
                             .collect::<Result<_, _>>()?,
-                        _ => return Err(config_err(k, format!("expected a string or a list, found {}", v.show()))),
+                        _ => {
+                            return Err(config_err(
+                                k,
+                                format!("expected a string or a list, found {}", v.show()),
+                            ));
+                        }
                     };
                     for p in &c.layers_pattern {
                         compile(path, k, &format!(r"^.*\.{p}\.(\d+)\."))?;
@@ -371,7 +415,10 @@ impl PeftConfig {
                     _ => {
                         return Err(unsupported(
                             k,
-                            format!("{} (trained biases are saved outside the LoRA tensors; only \"none\" is supported)", v.show()),
+                            format!(
+                                "{} (trained biases are saved outside the LoRA tensors; only \"none\" is supported)",
+                                v.show()
+                            ),
                         ));
                     }
                 },
@@ -382,22 +429,34 @@ impl PeftConfig {
                 }
                 "modules_to_save" => {
                     if !v.is_unset() {
-                        return Err(unsupported(k, format!("{}: fully trained copies of modules are not implemented", v.show())));
+                        return Err(unsupported(
+                            k,
+                            format!("{}: fully trained copies of modules are not implemented", v.show()),
+                        ));
                     }
                 }
                 "layer_replication" => {
                     if !v.is_unset() {
-                        return Err(unsupported(k, format!("{}: replicated layers are not implemented", v.show())));
+                        return Err(unsupported(
+                            k,
+                            format!("{}: replicated layers are not implemented", v.show()),
+                        ));
                     }
                 }
                 "target_parameters" => {
                     if !v.is_unset() {
-                        return Err(unsupported(k, format!("{}: LoRA on raw parameters is not implemented", v.show())));
+                        return Err(unsupported(
+                            k,
+                            format!("{}: LoRA on raw parameters is not implemented", v.show()),
+                        ));
                     }
                 }
                 "use_qalora" => {
                     if bool_of(v)? {
-                        return Err(unsupported(k, "true (QALoRA pools the input by groups) is not implemented".into()));
+                        return Err(unsupported(
+                            k,
+                            "true (QALoRA pools the input by groups) is not implemented".into(),
+                        ));
                     }
                 }
                 "init_lora_weights" => {
@@ -424,20 +483,32 @@ impl PeftConfig {
                 // of a later PEFT: fine while off, refused when set.
                 _ => {
                     if !v.is_unset() {
-                        return Err(unsupported(k, format!("{}: lora-run does not implement this setting", v.show())));
+                        return Err(unsupported(
+                            k,
+                            format!("{}: lora-run does not implement this setting", v.show()),
+                        ));
                     }
                 }
             }
         }
         // LoraConfig.__post_init__'s own consistency rules.
         if target_is_regex && c.layers_to_transform.is_some() {
-            return Err(config_err("layers_to_transform", "cannot be used when target_modules is a regex string".into()));
+            return Err(config_err(
+                "layers_to_transform",
+                "cannot be used when target_modules is a regex string".into(),
+            ));
         }
         if target_is_regex && !c.layers_pattern.is_empty() {
-            return Err(config_err("layers_pattern", "cannot be used when target_modules is a regex string".into()));
+            return Err(config_err(
+                "layers_pattern",
+                "cannot be used when target_modules is a regex string".into(),
+            ));
         }
         if !c.layers_pattern.is_empty() && c.layers_to_transform.is_none() {
-            return Err(config_err("layers_pattern", "is set but layers_to_transform is not".into()));
+            return Err(config_err(
+                "layers_pattern",
+                "is set but layers_to_transform is not".into(),
+            ));
         }
         Ok(c)
     }
@@ -464,9 +535,17 @@ impl PeftConfig {
                 Some(v) => Err(err(field, v, "a boolean")),
             }
         };
-        let mut c = PeftConfig { source: Some(path.to_path_buf()), ..Default::default() };
+        let mut c = PeftConfig {
+            source: Some(path.to_path_buf()),
+            ..Default::default()
+        };
         if let Some(v) = md.get("lora_alpha") {
-            let a: f32 = v.trim().parse().ok().filter(|a: &f32| a.is_finite()).ok_or_else(|| err("lora_alpha", v, "a finite number"))?;
+            let a: f32 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|a: &f32| a.is_finite())
+                .ok_or_else(|| err("lora_alpha", v, "a finite number"))?;
             c.lora_alpha = Some(a);
         }
         if let Some(v) = md.get("r") {
@@ -474,7 +553,12 @@ impl PeftConfig {
             let r = text
                 .parse::<usize>()
                 .ok()
-                .or_else(|| text.parse::<f64>().ok().filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f < 1e12).map(|f| f as usize))
+                .or_else(|| {
+                    text.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f < 1e12)
+                        .map(|f| f as usize)
+                })
                 .filter(|&r| r > 0)
                 .ok_or_else(|| err("r", v, "a positive integer"))?;
             c.r = Some(r);
@@ -540,11 +624,17 @@ impl PeftConfig {
         let pats: Vec<String> = if self.layers_pattern.is_empty() {
             vec![r"^.*\.[^.]*\.(\d+)\.".to_string()]
         } else {
-            self.layers_pattern.iter().map(|p| format!(r"^.*\.{p}\.(\d+)\.")).collect()
+            self.layers_pattern
+                .iter()
+                .map(|p| format!(r"^.*\.{p}\.(\d+)\."))
+                .collect()
         };
         for p in pats {
             let re = Regex::new(&p).map_err(|e| format!("layers_pattern `{p}`: {e}"))?;
-            if let Some(c) = re.captures(module).map_err(|e| format!("layers_pattern `{p}` on `{module}`: {e}"))? {
+            if let Some(c) = re
+                .captures(module)
+                .map_err(|e| format!("layers_pattern `{p}` on `{module}`: {e}"))?
+            {
                 return Ok(c.get(1).and_then(|m| m.as_str().parse().ok()));
             }
         }
@@ -588,10 +678,13 @@ fn module_set(path: &Path, field: &str, v: &Json) -> Result<Option<ModuleSet>, L
         Json::Null => Ok(None),
         // PEFT lower-cases the shorthand; for target_modules it expands to every nn.Linear but
         // the output layer (tuners_utils._maybe_include_all_linear_layers).
-        Json::String(s) if field == "target_modules" && s.eq_ignore_ascii_case("all-linear") => {
-            Ok(Some(ModuleSet::Names(ALL_LINEAR.iter().map(|s| s.to_string()).collect())))
-        }
-        Json::String(s) => Ok(Some(ModuleSet::Regex { pattern: s.clone(), regex: compile(path, field, &format!("^(?:{s})$"))? })),
+        Json::String(s) if field == "target_modules" && s.eq_ignore_ascii_case("all-linear") => Ok(Some(
+            ModuleSet::Names(ALL_LINEAR.iter().map(|s| s.to_string()).collect()),
+        )),
+        Json::String(s) => Ok(Some(ModuleSet::Regex {
+            pattern: s.clone(),
+            regex: compile(path, field, &format!("^(?:{s})$"))?,
+        })),
         Json::Array(a) => Ok(Some(ModuleSet::Names(
             a.iter()
                 .map(|x| match x {
@@ -614,7 +707,12 @@ fn module_set(path: &Path, field: &str, v: &Json) -> Result<Option<ModuleSet>, L
 
 /// `rank_pattern` / `alpha_pattern`: an object from key (a module name suffix or a regex) to
 /// a value, kept in file order.
-fn patterns<T>(path: &Path, field: &str, v: &Json, value: impl Fn(&Json) -> Option<T>) -> Result<Vec<Pattern<T>>, LoraError> {
+fn patterns<T>(
+    path: &Path,
+    field: &str,
+    v: &Json,
+    value: impl Fn(&Json) -> Option<T>,
+) -> Result<Vec<Pattern<T>>, LoraError> {
     let entries = match v {
         Json::Null => return Ok(Vec::new()),
         Json::Object(o) => o,
@@ -636,7 +734,11 @@ fn patterns<T>(path: &Path, field: &str, v: &Json, value: impl Fn(&Json) -> Opti
             })?;
             // get_pattern_key: re.match(rf"(.*\.)?({key})$", name).
             let regex = compile(path, &format!("{field}.{key}"), &format!(r"^(.*\.)?({key})$"))?;
-            Ok(Pattern { key: key.clone(), regex, value })
+            Ok(Pattern {
+                key: key.clone(),
+                regex,
+                value,
+            })
         })
         .collect()
 }
@@ -677,21 +779,33 @@ enum KeyError {
 fn parse_key(key: &str) -> Result<Key, KeyError> {
     let name = key.strip_prefix("base_model.model.").unwrap_or(key);
     let parts: Vec<&str> = name.split('.').collect();
-    let pos = parts
-        .iter()
-        .position(|p| matches!(*p, "lora_A" | "lora_B" | "lora_magnitude_vector" | "lora_embedding_A" | "lora_embedding_B" | "base_layer"));
+    let pos = parts.iter().position(|p| {
+        matches!(
+            *p,
+            "lora_A" | "lora_B" | "lora_magnitude_vector" | "lora_embedding_A" | "lora_embedding_B" | "base_layer"
+        )
+    });
     let Some(pos) = pos.filter(|&p| p > 0) else {
         // No LoRA component: only a whole embedding is understood.
         if let Some(module) = name.strip_suffix(".weight").filter(|m| m.ends_with("embed_tokens")) {
-            return Ok(Key { module: module.to_string(), slot: Slot::Replacement, adapter: None });
+            return Ok(Key {
+                module: module.to_string(),
+                slot: Slot::Replacement,
+                adapter: None,
+            });
         }
-        if name.strip_suffix(".weight").is_some_and(|m| m == "lm_head" || m.ends_with(".lm_head")) {
+        if name
+            .strip_suffix(".weight")
+            .is_some_and(|m| m == "lm_head" || m.ends_with(".lm_head"))
+        {
             return Err(KeyError::Unsupported(
                 "save_embedding_layers",
                 "a whole output head saved with the adapter (new tokens?) is not supported".into(),
             ));
         }
-        return Err(KeyError::Unknown("not a lora_A / lora_B / lora_magnitude_vector / lora_embedding_A / lora_embedding_B tensor".into()));
+        return Err(KeyError::Unknown(
+            "not a lora_A / lora_B / lora_magnitude_vector / lora_embedding_A / lora_embedding_B tensor".into(),
+        ));
     };
     let module = parts[..pos].join(".");
     let rest = &parts[pos + 1..];
@@ -702,7 +816,10 @@ fn parse_key(key: &str) -> Result<Key, KeyError> {
         ("lora_B", ["weight"]) => (Slot::B, None),
         ("lora_B", [n, "weight"]) => (Slot::B, named(n)),
         ("lora_A" | "lora_B", [.., "bias"]) => {
-            return Err(KeyError::Unsupported("lora_bias", "a bias on the LoRA layers is not implemented".into()));
+            return Err(KeyError::Unsupported(
+                "lora_bias",
+                "a bias on the LoRA layers is not implemented".into(),
+            ));
         }
         ("lora_magnitude_vector", [] | ["weight"]) => (Slot::Magnitude, None),
         ("lora_magnitude_vector", [n] | [n, "weight"]) => (Slot::Magnitude, named(n)),
@@ -714,7 +831,9 @@ fn parse_key(key: &str) -> Result<Key, KeyError> {
         ("base_layer", _) => {
             return Err(KeyError::Unsupported(
                 "save_embedding_layers",
-                format!("a whole base weight of `{module}` saved with the adapter is not supported (only the input embedding's)"),
+                format!(
+                    "a whole base weight of `{module}` saved with the adapter is not supported (only the input embedding's)"
+                ),
             ));
         }
         _ => return Err(KeyError::Unknown(format!("unexpected suffix after `{}`", parts[pos]))),
@@ -745,10 +864,19 @@ pub fn load_dir(dir: &Path, model: &Model, opts: &AdapterOptions) -> Result<Lora
                     .into(),
             });
         }
-        return Err(LoraError::NotFound { path: weights, message: "a PEFT folder holds adapter_model.safetensors".into() });
+        return Err(LoraError::NotFound {
+            path: weights,
+            message: "a PEFT folder holds adapter_model.safetensors".into(),
+        });
     }
     let config = dir.join("adapter_config.json");
-    load_safetensors(&weights, config.is_file().then_some(config.as_path()), std::slice::from_ref(&config), model, opts)
+    load_safetensors(
+        &weights,
+        config.is_file().then_some(config.as_path()),
+        std::slice::from_ref(&config),
+        model,
+        opts,
+    )
 }
 
 /// Load a bare `.safetensors` file of PEFT tensors: configured by `<stem>.json`, else
@@ -764,9 +892,11 @@ pub fn load_file(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<Lo
 /// Read a config file and parse it.
 fn read_config(path: &Path) -> Result<PeftConfig, LoraError> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => {
-            LoraError::Config { path: path.to_path_buf(), field: "adapter_config.json".into(), message: "not UTF-8".into() }
-        }
+        std::io::ErrorKind::InvalidData => LoraError::Config {
+            path: path.to_path_buf(),
+            field: "adapter_config.json".into(),
+            message: "not UTF-8".into(),
+        },
         _ => io_error(path, &e),
     })?;
     PeftConfig::from_json(path, &text)
@@ -797,7 +927,10 @@ pub fn load_safetensors(
     opts: &AdapterOptions,
 ) -> Result<LoraAdapter, LoraError> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
-    let st_err = |e: safetensors::SafeTensorError| LoraError::Safetensors { path: path.to_path_buf(), message: e.to_string() };
+    let st_err = |e: safetensors::SafeTensorError| LoraError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(st_err)?;
     let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
     let metadata = header.metadata().clone().unwrap_or_default();
@@ -813,7 +946,8 @@ pub fn load_safetensors(
         if cfg.source.is_some() {
             warnings.push("no adapter config file: lora_alpha / r read from the safetensors metadata".into());
         } else {
-            warnings.push("no adapter config: every LoRA tensor of the file is used, ranks read from the shapes".into());
+            warnings
+                .push("no adapter config: every LoRA tensor of the file is used, ranks read from the shapes".into());
         }
     }
     // lora_alpha: config, else metadata (a JSON config may omit it), else the option.
@@ -825,20 +959,33 @@ pub fn load_safetensors(
     }
     let alpha = match (cfg.lora_alpha, opts.lora_alpha) {
         (Some(a), Some(o)) if a != o => {
-            warnings.push(format!("the lora_alpha option ({o}) is not used: the adapter gives lora_alpha {a}"));
+            warnings.push(format!(
+                "the lora_alpha option ({o}) is not used: the adapter gives lora_alpha {a}"
+            ));
             a
         }
         (Some(a), _) => a,
         (None, Some(o)) => o,
         (None, None) => {
             let looked: Vec<String> = looked_for.iter().map(|p| p.display().to_string()).collect();
-            return Err(LoraError::MissingAlpha { path: path.to_path_buf(), looked_for: looked.join(", ") });
+            return Err(LoraError::MissingAlpha {
+                path: path.to_path_buf(),
+                looked_for: looked.join(", "),
+            });
         }
     };
     if !alpha.is_finite() {
-        return Err(LoraError::Config { path: cfg_path, field: "lora_alpha".into(), message: format!("{alpha} is not finite") });
+        return Err(LoraError::Config {
+            path: cfg_path,
+            field: "lora_alpha".into(),
+            message: format!("{alpha} is not finite"),
+        });
     }
-    let cfg_err = |message: String| LoraError::Config { path: cfg_path.clone(), field: "target_modules".into(), message };
+    let cfg_err = |message: String| LoraError::Config {
+        path: cfg_path.clone(),
+        field: "target_modules".into(),
+        message,
+    };
 
     // Classify every tensor; group by module.
     let arch = model.config.arch;
@@ -852,7 +999,11 @@ pub fn load_safetensors(
         let key = match parse_key(name) {
             Ok(k) => k,
             Err(KeyError::Unknown(message)) => {
-                return Err(LoraError::UnknownTensor { path: path.to_path_buf(), tensor: name.to_string(), message });
+                return Err(LoraError::UnknownTensor {
+                    path: path.to_path_buf(),
+                    tensor: name.to_string(),
+                    message,
+                });
             }
             Err(KeyError::Unsupported(field, message)) => {
                 return Err(LoraError::Unsupported {
@@ -888,7 +1039,11 @@ pub fn load_safetensors(
                 });
             }
             if let Some((other, _)) = &replacement {
-                return Err(LoraError::Duplicate { path: path.to_path_buf(), tensor: name.to_string(), other: other.clone() });
+                return Err(LoraError::Duplicate {
+                    path: path.to_path_buf(),
+                    tensor: name.to_string(),
+                    other: other.clone(),
+                });
             }
             replacement = Some((name.to_string(), view));
             continue;
@@ -907,11 +1062,21 @@ pub fn load_safetensors(
                     arch.name()
                 ),
                 Some(ModuleTarget::Embedding) => {
-                    format!("`{}` is an embedding: its LoRA tensors are lora_embedding_A / lora_embedding_B", key.module)
+                    format!(
+                        "`{}` is an embedding: its LoRA tensors are lora_embedding_A / lora_embedding_B",
+                        key.module
+                    )
                 }
-                Some(ModuleTarget::Linear { .. }) => format!("`{}` is a linear layer: its LoRA tensors are lora_A / lora_B", key.module),
+                Some(ModuleTarget::Linear { .. }) => format!(
+                    "`{}` is a linear layer: its LoRA tensors are lora_A / lora_B",
+                    key.module
+                ),
             };
-            return Err(LoraError::UnknownTensor { path: path.to_path_buf(), tensor: name.to_string(), message });
+            return Err(LoraError::UnknownTensor {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                message,
+            });
         }
         if let Some(why) = cfg.check_targeted(&key.module).map_err(&cfg_err)? {
             return Err(LoraError::NotTargeted {
@@ -926,19 +1091,28 @@ pub fn load_safetensors(
         }
         let group = groups.entry(key.module.clone()).or_default();
         if let Some((other, _)) = group.slots.get(&key.slot) {
-            return Err(LoraError::Duplicate { path: path.to_path_buf(), tensor: name.to_string(), other: other.clone() });
+            return Err(LoraError::Duplicate {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                other: other.clone(),
+            });
         }
         group.slots.insert(key.slot, (name.to_string(), view));
     }
     if groups.is_empty() && replacement.is_none() {
-        return Err(LoraError::Empty { path: path.to_path_buf() });
+        return Err(LoraError::Empty {
+            path: path.to_path_buf(),
+        });
     }
 
     // DoRA: as the config says, else as the tensors say.
     let any_magnitude = groups.values().any(|g| g.slots.contains_key(&Slot::Magnitude));
     let use_dora = cfg.use_dora.unwrap_or(any_magnitude);
     if !use_dora && any_magnitude {
-        let (m, _) = groups.values().find_map(|g| g.slots.get(&Slot::Magnitude)).expect("a magnitude exists");
+        let (m, _) = groups
+            .values()
+            .find_map(|g| g.slots.get(&Slot::Magnitude))
+            .expect("a magnitude exists");
         return Err(LoraError::Config {
             path: cfg_path.clone(),
             field: "use_dora".into(),
@@ -951,7 +1125,11 @@ pub fn load_safetensors(
     let mut plan: Vec<(&str, ModuleTarget)> = Vec::with_capacity(groups.len());
     for (module, g) in &groups {
         let target = map_module(&model.config, module).expect("checked above");
-        let (sa, sb) = if target == ModuleTarget::Embedding { (Slot::EmbA, Slot::EmbB) } else { (Slot::A, Slot::B) };
+        let (sa, sb) = if target == ModuleTarget::Embedding {
+            (Slot::EmbA, Slot::EmbB)
+        } else {
+            (Slot::A, Slot::B)
+        };
         // The missing partner's name, written the way the present tensor's key is.
         let partner = |present: &str, slot: Slot| -> String {
             let (from, to) = match slot {
@@ -971,10 +1149,18 @@ pub fn load_safetensors(
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
             (Some((an, _)), None) => {
-                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: an.clone(), missing: partner(an, sa) });
+                return Err(LoraError::Unpaired {
+                    path: path.to_path_buf(),
+                    tensor: an.clone(),
+                    missing: partner(an, sa),
+                });
             }
             (None, Some((bn, _))) => {
-                return Err(LoraError::Unpaired { path: path.to_path_buf(), tensor: bn.clone(), missing: partner(bn, sb) });
+                return Err(LoraError::Unpaired {
+                    path: path.to_path_buf(),
+                    tensor: bn.clone(),
+                    missing: partner(bn, sb),
+                });
             }
             (None, None) => {
                 let (mn, _) = m.expect("a group has a tensor");
@@ -1015,8 +1201,11 @@ pub fn load_safetensors(
         });
         plan.push((module.as_str(), target));
     }
-    let hint =
-        cfg.base_model_name_or_path.as_ref().map(|b| format!("; the adapter's base_model_name_or_path is {b:?}")).unwrap_or_default();
+    let hint = cfg
+        .base_model_name_or_path
+        .as_ref()
+        .map(|b| format!("; the adapter's base_model_name_or_path is {b:?}"))
+        .unwrap_or_default();
     check_shapes(path, model, &shapes, &hint)?;
 
     // The rank the config gives each module must be the tensors'.
@@ -1024,7 +1213,13 @@ pub fn load_safetensors(
         if let Some((expected, field)) = cfg.rank_for(module).map_err(&cfg_err)?
             && expected != s.r()
         {
-            return Err(LoraError::RankMismatch { path: path.to_path_buf(), tensor: s.a_name.clone(), field, expected, got: s.r() });
+            return Err(LoraError::RankMismatch {
+                path: path.to_path_buf(),
+                tensor: s.a_name.clone(),
+                field,
+                expected,
+                got: s.r(),
+            });
         }
     }
 
@@ -1032,8 +1227,9 @@ pub fn load_safetensors(
     let tied = head_is_tied(model);
     if cfg.ensure_weight_tying
         && tied
-        && let Some((module, _)) =
-            plan.iter().find(|(_, t)| matches!(t, ModuleTarget::Embedding | ModuleTarget::Linear { layer: None, .. }))
+        && let Some((module, _)) = plan
+            .iter()
+            .find(|(_, t)| matches!(t, ModuleTarget::Embedding | ModuleTarget::Linear { layer: None, .. }))
     {
         return Err(LoraError::Unsupported {
             path: cfg_path.clone(),
@@ -1054,7 +1250,11 @@ pub fn load_safetensors(
     let mut embedding = None;
     for (s, (module, target)) in shapes.iter().zip(&plan) {
         let g = &groups[*module];
-        let (sa, sb) = if *target == ModuleTarget::Embedding { (Slot::EmbA, Slot::EmbB) } else { (Slot::A, Slot::B) };
+        let (sa, sb) = if *target == ModuleTarget::Embedding {
+            (Slot::EmbA, Slot::EmbB)
+        } else {
+            (Slot::A, Slot::B)
+        };
         let a = read(&s.a_name, &g.slots[&sa].1)?;
         let mut b = read(&s.b_name, &g.slots[&sb].1)?;
         let mut magnitude = match g.slots.get(&Slot::Magnitude) {
@@ -1066,12 +1266,25 @@ pub fn load_safetensors(
         let n_out = s.b[0];
         let module_alpha = cfg.alpha_for(module, alpha).map_err(&cfg_err)?;
         // scale = alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT LoraLayer.update_layer).
-        let scale = if cfg.use_rslora { module_alpha as f64 / (r as f64).sqrt() } else { module_alpha as f64 / r as f64 } as f32;
+        let scale = if cfg.use_rslora {
+            module_alpha as f64 / (r as f64).sqrt()
+        } else {
+            module_alpha as f64 / r as f64
+        } as f32;
         match target {
             ModuleTarget::Embedding => {
-                embedding = Some(EmbeddingLora { r, n_vocab: n_in, n_embd: n_out, a, b, scale });
+                embedding = Some(EmbeddingLora {
+                    r,
+                    n_vocab: n_in,
+                    n_embd: n_out,
+                    a,
+                    b,
+                    scale,
+                });
             }
-            ModuleTarget::Linear { tensor, permute_heads, .. } => {
+            ModuleTarget::Linear {
+                tensor, permute_heads, ..
+            } => {
                 if let Some(n_head) = *permute_heads {
                     // llama.cpp permuted this weight's rows; permute B's (and m's) alike.
                     let bad = |t: &str| LoraError::ShapeMismatch {
@@ -1086,7 +1299,16 @@ pub fn load_safetensors(
                         magnitude = Some(permute_rows(&m, n_out, 1, n_head).ok_or_else(|| bad(&s.b_name))?);
                     }
                 }
-                targets.push(LoraTarget { tensor: tensor.clone(), r, n_in, n_out, a, b, scale, dora_magnitude: magnitude });
+                targets.push(LoraTarget {
+                    tensor: tensor.clone(),
+                    r,
+                    n_in,
+                    n_out,
+                    a,
+                    b,
+                    scale,
+                    dora_magnitude: magnitude,
+                });
             }
         }
     }
@@ -1115,7 +1337,9 @@ pub fn load_safetensors(
                     message: "a replacement embedding is [n_vocab, n_embd] (added tokens are not supported)".into(),
                 });
             }
-            warnings.push(format!("`{name}`: the adapter replaces the input embedding while active"));
+            warnings.push(format!(
+                "`{name}`: the adapter replaces the input embedding while active"
+            ));
             Some(read(&name, &view)?)
         }
     };
@@ -1175,10 +1399,22 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
         });
     }
     Ok(match view.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")) as f32)
+            .collect(),
     })
 }
 
@@ -1193,19 +1429,52 @@ mod tests {
     #[test]
     fn keys() {
         let k = |s: &str| parse_key(s).ok();
-        let key = |m: &str, slot, a: Option<&str>| Some(Key { module: m.into(), slot, adapter: a.map(String::from) });
+        let key = |m: &str, slot, a: Option<&str>| {
+            Some(Key {
+                module: m.into(),
+                slot,
+                adapter: a.map(String::from),
+            })
+        };
         let q = "model.layers.0.self_attn.q_proj";
         assert_eq!(k(&format!("base_model.model.{q}.lora_A.weight")), key(q, Slot::A, None));
-        assert_eq!(k(&format!("{q}.lora_B.default.weight")), key(q, Slot::B, Some("default")));
+        assert_eq!(
+            k(&format!("{q}.lora_B.default.weight")),
+            key(q, Slot::B, Some("default"))
+        );
         assert_eq!(k(&format!("{q}.lora_magnitude_vector")), key(q, Slot::Magnitude, None));
-        assert_eq!(k(&format!("{q}.lora_magnitude_vector.default.weight")), key(q, Slot::Magnitude, Some("default")));
-        assert_eq!(k("base_model.model.model.embed_tokens.lora_embedding_A"), key("model.embed_tokens", Slot::EmbA, None));
-        assert_eq!(k("model.embed_tokens.lora_embedding_B.x"), key("model.embed_tokens", Slot::EmbB, Some("x")));
-        assert_eq!(k("base_model.model.model.embed_tokens.base_layer.weight"), key("model.embed_tokens", Slot::Replacement, None));
-        assert_eq!(k("base_model.model.model.embed_tokens.weight"), key("model.embed_tokens", Slot::Replacement, None));
-        assert!(matches!(parse_key("base_model.model.lm_head.weight"), Err(KeyError::Unsupported(..))));
-        assert!(matches!(parse_key(&format!("{q}.lora_B.bias")), Err(KeyError::Unsupported("lora_bias", _))));
-        assert!(matches!(parse_key(&format!("{q}.base_layer.weight")), Err(KeyError::Unsupported(..))));
+        assert_eq!(
+            k(&format!("{q}.lora_magnitude_vector.default.weight")),
+            key(q, Slot::Magnitude, Some("default"))
+        );
+        assert_eq!(
+            k("base_model.model.model.embed_tokens.lora_embedding_A"),
+            key("model.embed_tokens", Slot::EmbA, None)
+        );
+        assert_eq!(
+            k("model.embed_tokens.lora_embedding_B.x"),
+            key("model.embed_tokens", Slot::EmbB, Some("x"))
+        );
+        assert_eq!(
+            k("base_model.model.model.embed_tokens.base_layer.weight"),
+            key("model.embed_tokens", Slot::Replacement, None)
+        );
+        assert_eq!(
+            k("base_model.model.model.embed_tokens.weight"),
+            key("model.embed_tokens", Slot::Replacement, None)
+        );
+        assert!(matches!(
+            parse_key("base_model.model.lm_head.weight"),
+            Err(KeyError::Unsupported(..))
+        ));
+        assert!(matches!(
+            parse_key(&format!("{q}.lora_B.bias")),
+            Err(KeyError::Unsupported("lora_bias", _))
+        ));
+        assert!(matches!(
+            parse_key(&format!("{q}.base_layer.weight")),
+            Err(KeyError::Unsupported(..))
+        ));
         assert!(matches!(parse_key("model.norm.weight"), Err(KeyError::Unknown(_))));
         assert!(matches!(parse_key(&format!("{q}.lora_A")), Err(KeyError::Unknown(_))));
         assert!(matches!(parse_key("lora_A.weight"), Err(KeyError::Unknown(_))));
@@ -1213,7 +1482,9 @@ mod tests {
 
     #[test]
     fn targeting_follows_peft() {
-        let c = cfg(r#"{"target_modules": ["q_proj", "mlp.up_proj"], "exclude_modules": ["layers.1.self_attn.q_proj"]}"#).unwrap();
+        let c =
+            cfg(r#"{"target_modules": ["q_proj", "mlp.up_proj"], "exclude_modules": ["layers.1.self_attn.q_proj"]}"#)
+                .unwrap();
         assert!(c.check_targeted("model.layers.0.self_attn.q_proj").unwrap().is_none());
         assert!(c.check_targeted("model.layers.0.mlp.up_proj").unwrap().is_none());
         assert!(c.check_targeted("model.layers.0.self_attn.xq_proj").unwrap().is_some());
@@ -1224,10 +1495,16 @@ mod tests {
         let c = cfg(r#"{"target_modules": "ALL-LINEAR"}"#).unwrap();
         assert!(c.check_targeted("model.layers.3.mlp.down_proj").unwrap().is_none());
         assert!(c.check_targeted("lm_head").unwrap().is_some());
-        let c = cfg(r#"{"target_modules": ["q_proj", "lm_head"], "layers_to_transform": [0, 2], "layers_pattern": "layers"}"#).unwrap();
+        let c = cfg(
+            r#"{"target_modules": ["q_proj", "lm_head"], "layers_to_transform": [0, 2], "layers_pattern": "layers"}"#,
+        )
+        .unwrap();
         assert!(c.check_targeted("model.layers.2.self_attn.q_proj").unwrap().is_none());
         assert!(c.check_targeted("model.layers.1.self_attn.q_proj").unwrap().is_some());
-        assert!(c.check_targeted("lm_head").unwrap().is_none(), "named in full: no layer filter");
+        assert!(
+            c.check_targeted("lm_head").unwrap().is_none(),
+            "named in full: no layer filter"
+        );
         let c = cfg(r#"{"target_modules": ["q_proj"], "layers_to_transform": 3}"#).unwrap();
         assert!(c.check_targeted("model.layers.3.self_attn.q_proj").unwrap().is_none());
         assert!(c.check_targeted("model.layers.13.self_attn.q_proj").unwrap().is_some());
@@ -1240,9 +1517,18 @@ mod tests {
                         "alpha_pattern": {"v_proj": 3}}"#)
             .unwrap();
         let rank = |m: &str| c.rank_for(m).unwrap().unwrap();
-        assert_eq!(rank("model.layers.1.self_attn.q_proj"), (4, "rank_pattern.layers.1.self_attn.q_proj".into()));
-        assert_eq!(rank("model.layers.11.self_attn.q_proj"), (2, "rank_pattern.q_proj".into()));
-        assert_eq!(rank("model.layers.1.mlp.up_proj"), (6, "rank_pattern.model.layers.1.mlp.*".into()));
+        assert_eq!(
+            rank("model.layers.1.self_attn.q_proj"),
+            (4, "rank_pattern.layers.1.self_attn.q_proj".into())
+        );
+        assert_eq!(
+            rank("model.layers.11.self_attn.q_proj"),
+            (2, "rank_pattern.q_proj".into())
+        );
+        assert_eq!(
+            rank("model.layers.1.mlp.up_proj"),
+            (6, "rank_pattern.model.layers.1.mlp.*".into())
+        );
         assert_eq!(rank("model.layers.1.self_attn.k_proj"), (8, "r".into()));
         // Dot boundary: `q_proj` does not match `xq_proj`.
         assert_eq!(rank("model.layers.0.self_attn.xq_proj"), (8, "r".into()));
@@ -1258,7 +1544,10 @@ mod tests {
             (r#"{"lora_bias": true}"#, "lora_bias"),
             (r#"{"modules_to_save": ["lm_head"]}"#, "modules_to_save"),
             (r#"{"layer_replication": [[0, 4]]}"#, "layer_replication"),
-            (r#"{"target_parameters": ["experts.gate_up_proj"]}"#, "target_parameters"),
+            (
+                r#"{"target_parameters": ["experts.gate_up_proj"]}"#,
+                "target_parameters",
+            ),
             (r#"{"use_qalora": true}"#, "use_qalora"),
             (r#"{"init_lora_weights": "pissa"}"#, "init_lora_weights"),
             (r#"{"alora_invocation_tokens": [1, 2]}"#, "alora_invocation_tokens"),
@@ -1277,7 +1566,10 @@ mod tests {
             (r#"{"target_modules": 3}"#, "target_modules"),
             (r#"{"target_modules": "(unclosed"}"#, "target_modules"),
             (r#"{"rank_pattern": {"q_proj": -1}}"#, "rank_pattern.q_proj"),
-            (r#"{"target_modules": ".*q_proj", "layers_to_transform": [1]}"#, "layers_to_transform"),
+            (
+                r#"{"target_modules": ".*q_proj", "layers_to_transform": [1]}"#,
+                "layers_to_transform",
+            ),
             (r#"[1]"#, "adapter_config.json"),
         ] {
             match cfg(json) {
@@ -1295,15 +1587,29 @@ mod tests {
 
     #[test]
     fn metadata_config() {
-        let md: HashMap<String, String> = [("lora_alpha", "32"), ("r", "16"), ("use_rslora", "true"), ("format", "pt")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let c = PeftConfig::from_metadata(Path::new("x.safetensors"), &md).unwrap().unwrap();
+        let md: HashMap<String, String> = [
+            ("lora_alpha", "32"),
+            ("r", "16"),
+            ("use_rslora", "true"),
+            ("format", "pt"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = PeftConfig::from_metadata(Path::new("x.safetensors"), &md)
+            .unwrap()
+            .unwrap();
         assert_eq!((c.lora_alpha, c.r, c.use_rslora), (Some(32.0), Some(16), true));
         let md: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into_iter().collect();
-        assert!(PeftConfig::from_metadata(Path::new("x.safetensors"), &md).unwrap().is_none());
+        assert!(
+            PeftConfig::from_metadata(Path::new("x.safetensors"), &md)
+                .unwrap()
+                .is_none()
+        );
         let md: HashMap<String, String> = [("lora_alpha".to_string(), "nan".to_string())].into_iter().collect();
-        assert!(matches!(PeftConfig::from_metadata(Path::new("x.safetensors"), &md), Err(LoraError::Config { .. })));
+        assert!(matches!(
+            PeftConfig::from_metadata(Path::new("x.safetensors"), &md),
+            Err(LoraError::Config { .. })
+        ));
     }
 }

@@ -139,7 +139,11 @@ impl ModelConfig {
             rms_eps: md.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             rope_freq_base: opt_f32("rope.freq_base")?.unwrap_or(10000.0),
             rope_freq_scale,
-            sliding_window: if arch == Arch::Gemma3 { opt_usize("attention.sliding_window")? } else { None },
+            sliding_window: if arch == Arch::Gemma3 {
+                opt_usize("attention.sliding_window")?
+            } else {
+                None
+            },
             rope_freq_base_swa: 10000.0,
         })
     }

@@ -5,7 +5,7 @@
 //! q scaled by 1/√head_dim) → post-attention norm → residual → RMS norm → GELU-tanh gated FFN
 //! → post-FFN norm → residual; final norm; head tied to `token_embd`.
 
-use super::{ops, AttnParams, KvCache, LoraPlan, Model, ModelError};
+use super::{AttnParams, KvCache, LoraPlan, Model, ModelError, ops};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
 pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {

@@ -20,7 +20,14 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `n_layer` layers and at most `n_ctx` positions.
     pub fn new(n_layer: usize, n_ctx: usize, k_dim: usize, v_dim: usize) -> KvCache {
-        KvCache { n_ctx, len: 0, k_dim, v_dim, k: vec![Vec::new(); n_layer], v: vec![Vec::new(); n_layer] }
+        KvCache {
+            n_ctx,
+            len: 0,
+            k_dim,
+            v_dim,
+            k: vec![Vec::new(); n_layer],
+            v: vec![Vec::new(); n_layer],
+        }
     }
 
     /// Positions filled.

@@ -4,7 +4,7 @@
 //! scores · 1/√head_dim) → residual → RMS norm → SwiGLU FFN (`down(silu(gate·x) ⊙ up·x)`) →
 //! residual; final norm; `output` head (or `token_embd` when tied).
 
-use super::{ops, AttnParams, KvCache, LoraPlan, Model, ModelError};
+use super::{AttnParams, KvCache, LoraPlan, Model, ModelError, ops};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
 pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
@@ -13,7 +13,12 @@ pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPl
 
 /// The pre-norm SwiGLU decoder shared by llama, qwen2 and qwen3; what differs between them
 /// (rope layout, Q/K/V biases, Q/K norms) is in the loaded weights and the config.
-pub(super) fn pre_norm_forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+pub(super) fn pre_norm_forward(
+    m: &Model,
+    kv: &mut KvCache,
+    tokens: &[u32],
+    plan: &LoraPlan,
+) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
     let mut x = m.embed(tokens)?; // [n_tok, n_embd]

@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use quant::{GgmlType, QMatrix, QuantError};
 
+use crate::gguf::{GgufError, GgufFile, TensorInfo};
+pub use crate::lora::LoraPlan;
 pub use config::{Arch, ModelConfig, RopeType, SUPPORTED_ARCHITECTURES};
 pub use kv_cache::KvCache;
-pub use crate::lora::LoraPlan;
-use crate::gguf::{GgufError, GgufFile, TensorInfo};
 use std::collections::HashMap;
 
 /// Errors loading or running a model.
@@ -36,13 +36,23 @@ pub enum ModelError {
     #[error("this GGUF is a LoRA adapter (general.type = adapter), not a model: pass it with --adapter")]
     IsAdapter,
     #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
-    TensorShape { name: String, expected: Vec<u64>, got: Vec<u64> },
+    TensorShape {
+        name: String,
+        expected: Vec<u64>,
+        got: Vec<u64>,
+    },
     #[error("tensor `{name}` has type {ty}, which cannot be multiplied here")]
     UnsupportedTensorType { name: String, ty: GgmlType },
     #[error("token id {id} is outside the vocabulary (n_vocab {n_vocab})")]
     TokenOutOfRange { id: u32, n_vocab: usize },
-    #[error("context full: {needed} positions needed, the context holds {n_ctx} (raise --ctx, at most the model's {n_ctx_train})")]
-    ContextOverflow { needed: usize, n_ctx: usize, n_ctx_train: usize },
+    #[error(
+        "context full: {needed} positions needed, the context holds {n_ctx} (raise --ctx, at most the model's {n_ctx_train})"
+    )]
+    ContextOverflow {
+        needed: usize,
+        n_ctx: usize,
+        n_ctx_train: usize,
+    },
     #[error("quantized kernel: {0}")]
     Quant(#[from] QuantError),
 }
@@ -70,9 +80,14 @@ pub enum WeightData {
 impl WeightRef {
     /// The same weight with new contents of type `ty` (same shape).
     pub fn with_data(&self, ty: GgmlType, bytes: Vec<u8>) -> WeightRef {
-        WeightRef { name: self.name.clone(), ty, n_out: self.n_out, n_in: self.n_in, data: WeightData::Owned(Arc::new(bytes)) }
+        WeightRef {
+            name: self.name.clone(),
+            ty,
+            n_out: self.n_out,
+            n_in: self.n_in,
+            data: WeightData::Owned(Arc::new(bytes)),
+        }
     }
-
 }
 
 /// A linear layer: weight and optional bias (`[n_out]`).
@@ -108,11 +123,27 @@ pub struct Layer {
 impl Layer {
     /// The seven projections, in forward order.
     pub fn linears(&self) -> [&Linear; 7] {
-        [&self.wq, &self.wk, &self.wv, &self.wo, &self.ffn_gate, &self.ffn_up, &self.ffn_down]
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
+        ]
     }
 
     fn linears_mut(&mut self) -> [&mut Linear; 7] {
-        [&mut self.wq, &mut self.wk, &mut self.wv, &mut self.wo, &mut self.ffn_gate, &mut self.ffn_up, &mut self.ffn_down]
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.ffn_gate,
+            &mut self.ffn_up,
+            &mut self.ffn_down,
+        ]
     }
 }
 
@@ -200,7 +231,11 @@ impl Model {
                 Ok(Linear { w, bias, id: 0 })
             };
             let opt = |s: &str, len, present| -> Result<Option<Vec<f32>>, ModelError> {
-                if present { l.vector(&n(s), len).map(Some) } else { Ok(None) }
+                if present {
+                    l.vector(&n(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
             };
             layers.push(Layer {
                 attn_norm: l.vector(&n("attn_norm.weight"), c.n_embd)?,
@@ -221,12 +256,23 @@ impl Model {
         let output_norm = l.vector("output_norm.weight", c.n_embd)?;
         let output_w = match file.header().tensor_info("output.weight") {
             Some(_) => l.weight("output.weight", c.n_embd, n_vocab)?,
-            None => WeightRef { name: "output.weight".to_string(), ..tok_embd.clone() },
+            None => WeightRef {
+                name: "output.weight".to_string(),
+                ..tok_embd.clone()
+            },
         };
-        let mut output = Linear { w: output_w, bias: None, id: 0 };
+        let mut output = Linear {
+            w: output_w,
+            bias: None,
+            id: 0,
+        };
         // Number the linear layers in forward order.
         let mut linear_ids = HashMap::new();
-        for lin in layers.iter_mut().flat_map(|l| l.linears_mut()).chain(std::iter::once(&mut output)) {
+        for lin in layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .chain(std::iter::once(&mut output))
+        {
             lin.id = linear_ids.len();
             linear_ids.insert(lin.w.name.clone(), lin.id);
         }
@@ -234,7 +280,17 @@ impl Model {
             Some(_) if arch == Arch::Llama => Some(l.vector("rope_freqs.weight", c.n_rot / 2)?),
             _ => None,
         };
-        Ok(Model { file: file.clone(), config, tok_embd, layers, output_norm, output, linear_ids, float_reference: false, rope_freqs })
+        Ok(Model {
+            file: file.clone(),
+            config,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+            linear_ids,
+            float_reference: false,
+            rope_freqs,
+        })
     }
 
     /// The underlying file.
@@ -248,7 +304,12 @@ impl Model {
             WeightData::Mapped { start, len } => &self.file.bytes()[*start..*start + *len],
             WeightData::Owned(v) => v,
         };
-        QMatrix { ty: w.ty, data, n_out: w.n_out, n_in: w.n_in }
+        QMatrix {
+            ty: w.ty,
+            data,
+            n_out: w.n_out,
+            n_in: w.n_in,
+        }
     }
 
     /// Linear layer id by GGUF weight name (`blk.0.attn_q.weight`, …, `output.weight`).
@@ -260,7 +321,11 @@ impl Model {
     ///
     /// Errors: [`ModelError::MissingTensor`] when no linear layer has that name.
     pub fn dequantize_weight(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        let w = self.linears().find(|l| l.w.name == name).map(|l| &l.w).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let w = self
+            .linears()
+            .find(|l| l.w.name == name)
+            .map(|l| &l.w)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
         let m = self.matrix(w);
         let mut out = vec![0f32; w.n_out * w.n_in];
         quant::dequantize_row(m.ty, m.data, &mut out)?;
@@ -269,12 +334,18 @@ impl Model {
 
     /// Every linear layer, in forward order (the output head last).
     pub fn linears(&self) -> impl Iterator<Item = &Linear> {
-        self.layers.iter().flat_map(|l| l.linears()).chain(std::iter::once(&self.output))
+        self.layers
+            .iter()
+            .flat_map(|l| l.linears())
+            .chain(std::iter::once(&self.output))
     }
 
     /// Every linear layer, mutable (to replace weights when baking).
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
-        self.layers.iter_mut().flat_map(|l| l.linears_mut()).chain(std::iter::once(&mut self.output))
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .chain(std::iter::once(&mut self.output))
     }
 
     /// `y = W·x (+ LoRA deltas) (+ b)` for `n_tok` rows of `x` (`[n_tok, n_in]` →
@@ -305,7 +376,10 @@ impl Model {
         let mut x = vec![0f32; tokens.len() * n_embd];
         for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
             if t as usize >= self.config.n_vocab {
-                return Err(ModelError::TokenOutOfRange { id: t, n_vocab: self.config.n_vocab });
+                return Err(ModelError::TokenOutOfRange {
+                    id: t,
+                    n_vocab: self.config.n_vocab,
+                });
             }
             quant::dequantize_row(m.ty, &m.data[t as usize * rb..][..rb], row)?;
         }
@@ -322,7 +396,13 @@ impl Model {
     }
 
     /// [`Model::forward`] with the adapters of `plan` applied on the fly.
-    pub fn forward_with(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_with(
+        &self,
+        kv: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        plan: &LoraPlan,
+    ) -> Result<Vec<f32>, ModelError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
@@ -339,7 +419,11 @@ impl Model {
         on_pool(|| {
             let needed = kv.len() + tokens.len();
             if needed > kv.n_ctx() {
-                return Err(ModelError::ContextOverflow { needed, n_ctx: kv.n_ctx(), n_ctx_train: self.config.n_ctx_train });
+                return Err(ModelError::ContextOverflow {
+                    needed,
+                    n_ctx: kv.n_ctx(),
+                    n_ctx_train: self.config.n_ctx_train,
+                });
             }
             let x = match self.config.arch {
                 Arch::Llama => llama::forward(self, kv, tokens, plan)?,
@@ -373,7 +457,12 @@ impl Model {
     /// A new KV cache for `n_ctx` positions (at most the training context).
     pub fn new_kv_cache(&self, n_ctx: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.n_layer, n_ctx.min(c.n_ctx_train), c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v)
+        KvCache::new(
+            c.n_layer,
+            n_ctx.min(c.n_ctx_train),
+            c.n_head_kv * c.head_dim,
+            c.n_head_kv * c.head_dim_v,
+        )
     }
 }
 
@@ -396,7 +485,10 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
-        self.file.header().tensor_info(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })
+        self.file
+            .header()
+            .tensor_info(name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })
     }
 
     /// A `[n_out, n_in]` weight (ggml shape `[n_in, n_out]`).
@@ -404,17 +496,27 @@ impl Loader<'_> {
         let t = self.info(name)?;
         let expected = vec![n_in as u64, n_out as u64];
         if t.shape != expected {
-            return Err(ModelError::TensorShape { name: name.to_string(), expected, got: t.shape.clone() });
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected,
+                got: t.shape.clone(),
+            });
         }
         if t.ty.vec_dot_type().is_none() {
-            return Err(ModelError::UnsupportedTensorType { name: name.to_string(), ty: t.ty });
+            return Err(ModelError::UnsupportedTensorType {
+                name: name.to_string(),
+                ty: t.ty,
+            });
         }
         Ok(WeightRef {
             name: name.to_string(),
             ty: t.ty,
             n_out,
             n_in,
-            data: WeightData::Mapped { start: (self.file.header().data_offset + t.offset) as usize, len: t.size as usize },
+            data: WeightData::Mapped {
+                start: (self.file.header().data_offset + t.offset) as usize,
+                len: t.size as usize,
+            },
         })
     }
 
@@ -422,7 +524,11 @@ impl Loader<'_> {
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.info(name)?;
         if t.shape != [len as u64] {
-            return Err(ModelError::TensorShape { name: name.to_string(), expected: vec![len as u64], got: t.shape.clone() });
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: vec![len as u64],
+                got: t.shape.clone(),
+            });
         }
         Ok(self.file.view(t).to_f32()?)
     }
@@ -469,15 +575,35 @@ impl Model {
         let rope_type = c.arch.rope_type();
         for t in 0..n_tok {
             let cache = ops::rope_cache(pos0 + t, c.n_rot, p.rope_base, p.rope_scale, self.rope_freqs.as_deref());
-            ops::rope(&mut q[t * c.n_head * c.head_dim..][..c.n_head * c.head_dim], c.head_dim, &cache, rope_type);
-            ops::rope(&mut k[t * c.n_head_kv * c.head_dim..][..c.n_head_kv * c.head_dim], c.head_dim, &cache, rope_type);
+            ops::rope(
+                &mut q[t * c.n_head * c.head_dim..][..c.n_head * c.head_dim],
+                c.head_dim,
+                &cache,
+                rope_type,
+            );
+            ops::rope(
+                &mut k[t * c.n_head_kv * c.head_dim..][..c.n_head_kv * c.head_dim],
+                c.head_dim,
+                &cache,
+                rope_type,
+            );
         }
         if p.q_scale != 1.0 {
             q.iter_mut().for_each(|v| *v *= p.q_scale);
         }
         let (k_cache, v_cache) = kv.append(il, &k, &v);
         let attn = ops::attention(
-            &q, k_cache, v_cache, n_tok, pos0, c.n_head, c.n_head_kv, c.head_dim, c.head_dim_v, p.kq_scale, p.window,
+            &q,
+            k_cache,
+            v_cache,
+            n_tok,
+            pos0,
+            c.n_head,
+            c.n_head_kv,
+            c.head_dim,
+            c.head_dim_v,
+            p.kq_scale,
+            p.window,
         ); // [n_tok, n_head, head_dim_v]
         self.linear(&layer.wo, &attn, n_tok, plan)
     }

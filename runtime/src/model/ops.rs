@@ -54,7 +54,11 @@ fn gelu_f32(x: f32) -> f32 {
 /// ggml's GELU table over every f16 input (`ggml_table_gelu_f16`, used under GGML_GELU_FP16).
 fn gelu_table() -> &'static [f16] {
     static T: OnceLock<Vec<f16>> = OnceLock::new();
-    T.get_or_init(|| (0..=u16::MAX).map(|i| f16::from_f32(gelu_f32(f16::from_bits(i).to_f32()))).collect())
+    T.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|i| f16::from_f32(gelu_f32(f16::from_bits(i).to_f32())))
+            .collect()
+    })
 }
 
 /// `y = gelu(g) * u` element-wise, as ggml's `ggml_vec_geglu_f32` (GELU through the f16 table;
@@ -83,7 +87,13 @@ pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
 /// Rope angles for one position: `(cos, sin)` for each of the `n_rot / 2` pairs, computed as
 /// ggml's `ggml_rope_cache_init`: theta starts at `pos · freq_scale` and is multiplied by
 /// `base^(-2/n_rot)` per pair, in f32; `freq_factors` (llama3's `rope_freqs`) divide it.
-pub fn rope_cache(pos: usize, n_rot: usize, base: f32, freq_scale: f32, freq_factors: Option<&[f32]>) -> Vec<(f32, f32)> {
+pub fn rope_cache(
+    pos: usize,
+    n_rot: usize,
+    base: f32,
+    freq_scale: f32,
+    freq_factors: Option<&[f32]>,
+) -> Vec<(f32, f32)> {
     let theta_scale = base.powf(-2.0 / n_rot as f32);
     let mut theta_extrap = pos as f32;
     let mut out = Vec::with_capacity(n_rot / 2);
@@ -149,7 +159,10 @@ pub fn attention(
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim].iter().map(|&v| round_f16(v)).collect();
+        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim]
+            .iter()
+            .map(|&v| round_f16(v))
+            .collect();
         let mut kf = vec![0f32; head_dim];
         let mut vf = vec![0f32; head_dim_v];
         // Running max, sum of weights, and the f16 accumulator of weighted values (kept as f32

@@ -24,7 +24,11 @@ pub enum TokenizerError {
     /// A per-token array (`tokenizer.ggml.scores`, `tokenizer.ggml.token_type`) does not have one
     /// entry per token of `tokenizer.ggml.tokens`.
     #[error("`{key}` has {len} entries but tokenizer.ggml.tokens has {n_tokens}")]
-    ArrayLength { key: &'static str, len: usize, n_tokens: usize },
+    ArrayLength {
+        key: &'static str,
+        len: usize,
+        n_tokens: usize,
+    },
     /// The same text appears twice in `tokenizer.ggml.tokens` (llama.cpp refuses this too).
     #[error("duplicate token {text:?} in tokenizer.ggml.tokens: ids {first} and {second}")]
     DuplicateToken { text: String, first: u32, second: u32 },

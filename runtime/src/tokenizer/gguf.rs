@@ -5,16 +5,16 @@ use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
-use tokenizers::models::bpe::{Vocab as BpeVocab, BPE};
+use tokenizers::models::bpe::{BPE, Vocab as BpeVocab};
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
-use super::detok::{attr, PieceStyle, Pieces};
+use super::detok::{PieceStyle, Pieces, attr};
 use super::partition::Partitioner;
-use super::{pre, spm, Inner, Source, SpecialIds, TokenizerError};
+use super::{Inner, Source, SpecialIds, TokenizerError, pre, spm};
 use crate::gguf::{GgufArray, GgufError, Metadata};
 
 const KEY_MODEL: &str = "tokenizer.ggml.model";
@@ -42,7 +42,11 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
     let vocab_type = match model {
         "llama" => VocabType::Spm,
         "gpt2" => VocabType::Bpe,
-        _ => return Err(TokenizerError::UnsupportedModel { model: model.to_string() }),
+        _ => {
+            return Err(TokenizerError::UnsupportedModel {
+                model: model.to_string(),
+            });
+        }
     };
     let pre_name = optional(md, KEY_PRE, Metadata::get_str)?;
 
@@ -95,7 +99,11 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
             *text = format!("[EMPTY_{i}]");
         }
         if let Some(&first) = ids.get(text.as_str()) {
-            return Err(TokenizerError::DuplicateToken { text: text.clone(), first, second: i as u32 });
+            return Err(TokenizerError::DuplicateToken {
+                text: text.clone(),
+                first,
+                second: i as u32,
+            });
         }
         ids.insert(text.clone(), i as u32);
     }
@@ -103,8 +111,17 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
     // Special token ids: llama.cpp's defaults per vocabulary type, replaced by the metadata
     // where it names a token of the vocabulary.
     let mut special = match vocab_type {
-        VocabType::Spm => SpecialIds { bos: Some(1), eos: Some(2), unk: Some(0), ..SpecialIds::default() },
-        VocabType::Bpe => SpecialIds { bos: Some(11), eos: Some(11), ..SpecialIds::default() },
+        VocabType::Spm => SpecialIds {
+            bos: Some(1),
+            eos: Some(2),
+            unk: Some(0),
+            ..SpecialIds::default()
+        },
+        VocabType::Bpe => SpecialIds {
+            bos: Some(11),
+            eos: Some(11),
+            ..SpecialIds::default()
+        },
     };
     read_special_ids(md, &mut special, n)?;
     if let Some(v) = optional(md, KEY_ADD_BOS, Metadata::get_bool)? {
@@ -114,10 +131,16 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
         add_eos = v;
     }
     if add_bos && special.bos.is_none() {
-        return Err(TokenizerError::MissingSpecialToken { flag: KEY_ADD_BOS, id_key: KEY_BOS });
+        return Err(TokenizerError::MissingSpecialToken {
+            flag: KEY_ADD_BOS,
+            id_key: KEY_BOS,
+        });
     }
     if add_eos && special.eos.is_none() {
-        return Err(TokenizerError::MissingSpecialToken { flag: KEY_ADD_EOS, id_key: KEY_EOS });
+        return Err(TokenizerError::MissingSpecialToken {
+            flag: KEY_ADD_EOS,
+            id_key: KEY_EOS,
+        });
     }
 
     let eog = detect_by_text(&texts, &mut attrs, &mut special, &|t| ids.get(t).copied());
@@ -142,7 +165,10 @@ pub(super) fn load(md: &Metadata) -> Result<Inner, TokenizerError> {
     let pieces = Pieces::new(&texts, &attrs, style);
     Ok(Inner {
         hf,
-        source: Source::Gguf { model: model.to_string(), pre: pre.map(|p| p.name) },
+        source: Source::Gguf {
+            model: model.to_string(),
+            pre: pre.map(|p| p.name),
+        },
         texts,
         attrs,
         pieces,
@@ -185,7 +211,11 @@ fn array_type(key: &str, expected: &'static str, found: &GgufArray) -> Tokenizer
 }
 
 fn check_len(key: &'static str, len: usize, n_tokens: usize) -> Result<(), TokenizerError> {
-    if len == n_tokens { Ok(()) } else { Err(TokenizerError::ArrayLength { key, len, n_tokens }) }
+    if len == n_tokens {
+        Ok(())
+    } else {
+        Err(TokenizerError::ArrayLength { key, len, n_tokens })
+    }
 }
 
 /// Reads the `tokenizer.ggml.*_token_id` keys into `special`. As in llama.cpp, a default outside
@@ -253,12 +283,36 @@ pub(super) fn detect_by_text(
         "<｜end▁of▁sentence｜>",
         "<end_of_utterance>",
     ];
-    const FIM_PRE: &[&str] =
-        &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"];
-    const FIM_SUF: &[&str] =
-        &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"];
-    const FIM_MID: &[&str] =
-        &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"];
+    const FIM_PRE: &[&str] = &[
+        "<|fim_prefix|>",
+        "<fim-prefix>",
+        "<fim_prefix>",
+        "<｜fim▁begin｜>",
+        "<PRE>",
+        "▁<PRE>",
+        "<|code_prefix|>",
+        "<|prefix|>",
+    ];
+    const FIM_SUF: &[&str] = &[
+        "<|fim_suffix|>",
+        "<fim-suffix>",
+        "<fim_suffix>",
+        "<｜fim▁hole｜>",
+        "<SUF>",
+        "▁<SUF>",
+        "<|code_suffix|>",
+        "<|suffix|>",
+    ];
+    const FIM_MID: &[&str] = &[
+        "<|fim_middle|>",
+        "<fim-middle>",
+        "<fim_middle>",
+        "<｜fim▁end｜>",
+        "<MID>",
+        "▁<MID>",
+        "<|code_middle|>",
+        "<|middle|>",
+    ];
     const FIM_PAD: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
     const FIM_REP: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
     const FIM_SEP: &[&str] = &["<|file_sep|>"];
@@ -315,14 +369,20 @@ pub(super) fn detect_by_text(
         }
     }
 
-    let mut eog: Vec<u32> = [special.fim_pad, special.fim_rep, special.fim_sep].into_iter().flatten().collect();
+    let mut eog: Vec<u32> = [special.fim_pad, special.fim_rep, special.fim_sep]
+        .into_iter()
+        .flatten()
+        .collect();
     let closing_s = id_of("</s>").filter(|&id| attrs[id as usize] & attr::CONTROL != 0);
     for id in EOG.iter().filter_map(|t| id_of(t)).chain(closing_s) {
         eog.push(id);
         attrs[id as usize] |= attr::CONTROL;
     }
     // gpt-oss: these structure tokens always render.
-    for id in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"].iter().filter_map(|t| id_of(t)) {
+    for id in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"]
+        .iter()
+        .filter_map(|t| id_of(t))
+    {
         attrs[id as usize] = attr::USER_DEFINED;
     }
     eog.extend([special.eos, special.eot, special.eom].into_iter().flatten());
@@ -349,7 +409,10 @@ fn build_spm(
     add_space_prefix: bool,
     unk: Option<u32>,
 ) -> Result<tokenizers::Tokenizer, TokenizerError> {
-    let build_err = |e: tokenizers::Error| TokenizerError::Build { what: "SentencePiece", message: e.to_string() };
+    let build_err = |e: tokenizers::Error| TokenizerError::Build {
+        what: "SentencePiece",
+        message: e.to_string(),
+    };
     let merges = spm::merges_from_scores(texts, scores, &vocab);
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
     if let Some(unk) = unk {
@@ -360,9 +423,13 @@ fn build_spm(
     if add_space_prefix {
         normalizers.push(Prepend::new("\u{2581}".to_string()).into());
     }
-    tk.with_normalizer(Some(NormalizerSequence::new(normalizers))).map_err(build_err)?;
-    let mut decoders: Vec<DecoderWrapper> =
-        vec![Replace::new("\u{2581}", " ").map_err(build_err)?.into(), ByteFallback::new().into(), Fuse::new().into()];
+    tk.with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(build_err)?;
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("\u{2581}", " ").map_err(build_err)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
     if add_space_prefix {
         decoders.push(Strip::new(' ', 1, 0).into());
     }
@@ -371,21 +438,24 @@ fn build_spm(
 }
 
 /// GPT-2 style byte-level BPE with `tokenizer.ggml.merges` and the pre-tokenizer's regexes.
-fn build_bpe(
-    md: &Metadata,
-    vocab: BpeVocab,
-    pre: pre::PreTokenizer,
-) -> Result<tokenizers::Tokenizer, TokenizerError> {
-    let build_err = |e: tokenizers::Error| TokenizerError::Build { what: "BPE", message: e.to_string() };
+fn build_bpe(md: &Metadata, vocab: BpeVocab, pre: pre::PreTokenizer) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let build_err = |e: tokenizers::Error| TokenizerError::Build {
+        what: "BPE",
+        message: e.to_string(),
+    };
     // llama.cpp splits each merge at its first space after the first byte and keeps the first
     // rank of a repeated pair. A merge whose parts or result are not tokens can never produce
     // a token; the `tokenizers` BPE refuses those, so they are left out.
     let mut seen = std::collections::HashSet::new();
     let mut merges = Vec::new();
     for m in string_array(md, KEY_MERGES)? {
-        let Some(pos) = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else { continue };
+        let Some(pos) = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
+            continue;
+        };
         let (a, b) = (&m[..pos], &m[pos + 1..]);
-        let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) else { continue };
+        let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) else {
+            continue;
+        };
         if !vocab.contains_key(&format!("{a}{b}")) || !seen.insert((ia, ib)) {
             continue;
         }
@@ -399,7 +469,15 @@ fn build_bpe(
     let mut tk = tokenizers::Tokenizer::new(bpe);
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
     for re in pre.regexes {
-        steps.push(Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(build_err)?.into());
+        steps.push(
+            Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(build_err)?
+            .into(),
+        );
     }
     steps.push(ByteLevel::new(false, false, false).into());
     tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(steps)));
@@ -414,7 +492,10 @@ fn register_added_tokens(
     specials: &[(u32, String)],
     attrs: &[u32],
 ) -> Result<(), TokenizerError> {
-    let err = |e: tokenizers::Error| TokenizerError::Build { what: "added-token", message: e.to_string() };
+    let err = |e: tokenizers::Error| TokenizerError::Build {
+        what: "added-token",
+        message: e.to_string(),
+    };
     let is_special = |id: u32| attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0;
     let added = |special: bool| {
         specials

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use super::detok::{attr, PieceStyle, Pieces};
-use super::{gguf, Inner, Source, SpecialIds, TokenizerError};
+use super::detok::{PieceStyle, Pieces, attr};
+use super::{Inner, Source, SpecialIds, TokenizerError, gguf};
 
 /// BOS spellings to fall back on when the post-processor adds no BOS.
 const BOS_TEXTS: &[&str] = &["<|begin_of_text|>", "<bos>", "<s>", "<|startoftext|>"];
@@ -13,10 +13,13 @@ const EOS_TEXTS: &[&str] = &["<|end_of_text|>", "<eos>", "</s>", "<|endoftext|>"
 
 /// Builds the tokenizer of the `tokenizer.json` at `path`. See [`super::Tokenizer::from_file`].
 pub(super) fn load(path: &Path) -> Result<Inner, TokenizerError> {
-    let file_err = |message: String| TokenizerError::File { path: path.to_path_buf(), message };
+    let file_err = |message: String| TokenizerError::File {
+        path: path.to_path_buf(),
+        message,
+    };
     let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    let hf = tokenizers::Tokenizer::from_bytes(&bytes)
-        .map_err(|e| file_err(format!("not a valid tokenizer.json: {e}")))?;
+    let hf =
+        tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| file_err(format!("not a valid tokenizer.json: {e}")))?;
 
     let vocab = hf.get_vocab(true);
     let n = vocab.values().max().map_or(0, |&m| m as usize + 1);
@@ -50,7 +53,11 @@ pub(super) fn load(path: &Path) -> Result<Inner, TokenizerError> {
         })
         .collect();
     for (id, token) in hf.get_added_tokens_decoder() {
-        attrs[id as usize] = if token.special { attr::CONTROL } else { attr::USER_DEFINED };
+        attrs[id as usize] = if token.special {
+            attr::CONTROL
+        } else {
+            attr::USER_DEFINED
+        };
     }
 
     // What the post-processor adds around a text is the BOS/EOS the model adds.
@@ -63,14 +70,26 @@ pub(super) fn load(path: &Path) -> Result<Inner, TokenizerError> {
         .find(|&p| with[p..].starts_with(&without))
         .unwrap_or(0);
     let suffix = &with[(prefix + without.len()).min(with.len())..];
-    let find = |list: &[&str]| list.iter().find_map(|name| texts.iter().position(|t| t == name)).map(|i| i as u32);
+    let find = |list: &[&str]| {
+        list.iter()
+            .find_map(|name| texts.iter().position(|t| t == name))
+            .map(|i| i as u32)
+    };
     let mut special = SpecialIds {
         bos: with[..prefix].first().copied().or_else(|| find(BOS_TEXTS)),
         eos: suffix.last().copied().or_else(|| find(EOS_TEXTS)),
         ..SpecialIds::default()
     };
     let eog = gguf::detect_by_text(&texts, &mut attrs, &mut special, &|t| hf.token_to_id(t));
-    let pieces = Pieces::new(&texts, &attrs, if byte_level { PieceStyle::ByteLevel } else { PieceStyle::Spm });
+    let pieces = Pieces::new(
+        &texts,
+        &attrs,
+        if byte_level {
+            PieceStyle::ByteLevel
+        } else {
+            PieceStyle::Spm
+        },
+    );
     Ok(Inner {
         hf,
         source: Source::File(path.to_path_buf()),

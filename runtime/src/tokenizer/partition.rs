@@ -32,7 +32,11 @@ impl Partitioner {
         order.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         // Patterns are plain strings: building cannot fail short of absurd sizes, in which
         // case every token is searched for directly.
-        let matcher = if order.is_empty() { None } else { AhoCorasick::new(order.iter().map(|(_, t)| t)).ok() };
+        let matcher = if order.is_empty() {
+            None
+        } else {
+            AhoCorasick::new(order.iter().map(|(_, t)| t)).ok()
+        };
         Partitioner { order, matcher }
     }
 
@@ -87,7 +91,10 @@ mod tests {
         let p = Partitioner::new([(1, "ab".to_string()), (2, "bcd".to_string())]);
         // llama.cpp cuts "bcd" first, though "ab" starts further left.
         assert_eq!(p.split("abcd"), vec![Fragment::Text(0..1), Fragment::Token(2)]);
-        assert_eq!(p.split("ab ab"), vec![Fragment::Token(1), Fragment::Text(2..3), Fragment::Token(1)]);
+        assert_eq!(
+            p.split("ab ab"),
+            vec![Fragment::Token(1), Fragment::Text(2..3), Fragment::Token(1)]
+        );
         assert_eq!(p.split(""), vec![]);
         assert_eq!(p.split("xyz"), vec![Fragment::Text(0..3)]);
     }

@@ -48,22 +48,50 @@ megrez, stablelm2; starcoder, refact, command-r, smollm, codeshell, exaone, mine
 /// The pre-tokenizer for `tokenizer.ggml.pre = name` (a missing key means `default`, as in
 /// llama.cpp), or `None` for one this runtime does not implement.
 pub(super) fn lookup(name: &str) -> Option<PreTokenizer> {
-    let gpt2 = PreTokenizer { name: "gpt-2", regexes: &[GPT2], ..DEFAULT };
-    let llama3 = PreTokenizer { name: "llama3", regexes: &[LLAMA3], ignore_merges: true, add_bos: true, ..DEFAULT };
-    let qwen2 = PreTokenizer { name: "qwen2", regexes: &[QWEN2], ..DEFAULT };
-    let starcoder = PreTokenizer { name: "starcoder", regexes: &[r"\p{N}", GPT2], ..DEFAULT };
+    let gpt2 = PreTokenizer {
+        name: "gpt-2",
+        regexes: &[GPT2],
+        ..DEFAULT
+    };
+    let llama3 = PreTokenizer {
+        name: "llama3",
+        regexes: &[LLAMA3],
+        ignore_merges: true,
+        add_bos: true,
+        ..DEFAULT
+    };
+    let qwen2 = PreTokenizer {
+        name: "qwen2",
+        regexes: &[QWEN2],
+        ..DEFAULT
+    };
+    let starcoder = PreTokenizer {
+        name: "starcoder",
+        regexes: &[r"\p{N}", GPT2],
+        ..DEFAULT
+    };
     Some(match name {
         "" | "default" => DEFAULT,
         "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum"
         | "modern-bert" | "exaone4" | "mpt" | "olmo" => gpt2,
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => llama3,
         // Same regex as llama3, without its ignore_merges/add_bos.
-        "dbrx" | "smaug-bpe" => PreTokenizer { name: "dbrx", regexes: &[LLAMA3], ..DEFAULT },
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => PreTokenizer { clean_spaces: false, ..qwen2 },
+        "dbrx" | "smaug-bpe" => PreTokenizer {
+            name: "dbrx",
+            regexes: &[LLAMA3],
+            ..DEFAULT
+        },
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" => PreTokenizer {
+            clean_spaces: false,
+            ..qwen2
+        },
         // llama.cpp maps these to QWEN2 but leaves clean_spaces on.
         "megrez" | "stablelm2" => qwen2,
         "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" => starcoder,
-        "command-r" | "smollm" => PreTokenizer { clean_spaces: false, ..starcoder },
+        "command-r" | "smollm" => PreTokenizer {
+            clean_spaces: false,
+            ..starcoder
+        },
         _ => return None,
     })
 }

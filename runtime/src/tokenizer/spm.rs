@@ -42,7 +42,11 @@ pub(super) fn merges_from_scores(texts: &[String], scores: &[f32], vocab: &Vocab
 fn descending_key(score: f32) -> u32 {
     let bits = score.to_bits();
     // Map to an unsigned key ascending with the float, then flip.
-    let ascending = if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 };
+    let ascending = if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    };
     !ascending
 }
 
@@ -52,7 +56,10 @@ mod tests {
 
     #[test]
     fn merges_follow_scores() {
-        let texts: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.to_string()).collect();
+        let texts: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
         let vocab: Vocab = texts.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let merges = merges_from_scores(&texts, &scores, &vocab);

@@ -26,7 +26,12 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// A decoder for `tokenizer` that hides control tokens, like [`Tokenizer::decode`].
     pub fn new(tokenizer: &Tokenizer) -> StreamDecoder {
-        StreamDecoder { tokenizer: tokenizer.clone(), special: false, pending: Vec::new(), first: true }
+        StreamDecoder {
+            tokenizer: tokenizer.clone(),
+            special: false,
+            pending: Vec::new(),
+            first: true,
+        }
     }
 
     /// Render control tokens as their text (like [`Tokenizer::decode_special`]) or not.
@@ -39,7 +44,11 @@ impl StreamDecoder {
     /// character.
     pub fn push(&mut self, id: u32) -> String {
         let piece = self.tokenizer.piece(id, self.special);
-        let piece = if std::mem::take(&mut self.first) { self.tokenizer.strip_first_space(piece) } else { piece };
+        let piece = if std::mem::take(&mut self.first) {
+            self.tokenizer.strip_first_space(piece)
+        } else {
+            piece
+        };
         self.pending.extend_from_slice(piece);
         self.take_complete()
     }
