@@ -32,7 +32,7 @@ pub mod types;
 mod x86_util;
 
 pub use error::QuantError;
-pub use matmul::{Epilogue, QMatrix, matmul, matmul_dequantized, matmul_epilogue, matvec};
+pub use matmul::{Epilogue, QMatrix, RowEpilogue, matmul, matmul_dequantized, matmul_epilogue, matvec};
 pub use row::{can_quantize, dequantize_row, quantize_row, vec_dot};
 pub use simd::SimdLevel;
 pub use types::{GgmlType, QK_K};

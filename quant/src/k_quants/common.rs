@@ -41,6 +41,9 @@ pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 /// `rmse_type` and `qw` select the weighting exactly as in the C: `qw` if given, else
 /// `x²` (1), `1` (2), `|x|` (3) or `sqrt|x|` (other); `rmse_type == 0` is plain rounding and a
 /// negative value returns early after the first fit.
+///
+/// The scalar reference of [`make_qx_quants_lanes`], which the Q6_K quantizer uses.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
     let n = x.len();
     let l_out = &mut l_out[..n];
@@ -139,7 +142,9 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], rmse_type: 
 ///
 /// `n = x.len()` (at least 1); `weights`, `l_out` and `laux` must be at least as long.
 /// Returns `(scale, the_min)`, where `the_min` is the C's `*the_min` (the negated offset).
+/// The scalar reference of [`make_qkx2_quants_lanes`], which the quantizers use.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
@@ -235,6 +240,223 @@ pub(crate) fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// [`make_qkx2_quants`] for `L` independent groups of `N` elements at once, bit for bit what
+/// `L` calls of it give (`use_mad` false, the Q4_K / Q5_K case): every group runs the same
+/// operations in the same order in its own lane, the branches become per-lane selects, so the
+/// compiler can vectorize across groups instead of waiting on each group's running sums.
+/// Inputs and `l_out` are transposed, `[element][group]`; returns `(scale, the_min)` per group.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_qkx2_quants_lanes<const L: usize, const N: usize>(
+    nmax: i32,
+    x: &[[f32; L]; N],
+    weights: &[[f32; L]; N],
+    l_out: &mut [[u8; L]; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> ([f32; L], [f32; L]) {
+    let clamp = |l: i32| 0.max(nmax.min(l));
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = [0f32; L];
+    for j in 0..L {
+        sum_x[j] = sum_w[j] * x[0][j];
+    }
+    for i in 1..N {
+        for j in 0..L {
+            let v = x[i][j];
+            if v < min[j] {
+                min[j] = v;
+            }
+            if v > max[j] {
+                max[j] = v;
+            }
+            let w = weights[i][j];
+            sum_w[j] += w;
+            sum_x[j] += w * v;
+        }
+    }
+    let mut flat = [false; L];
+    for j in 0..L {
+        if min[j] > 0.0 {
+            min[j] = 0.0;
+        }
+        flat[j] = max[j] == min[j];
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = [0f32; L];
+    let mut scale = [0f32; L];
+    for j in 0..L {
+        iscale[j] = nmaxf / (max[j] - min[j]);
+        scale[j] = 1.0 / iscale[j];
+    }
+    let mut best_error = [0f32; L];
+    for i in 0..N {
+        for j in 0..L {
+            let l = clamp(nearest_int(iscale[j] * (x[i][j] - min[j])));
+            l_out[i][j] = l as u8;
+            let diff = scale[j] * l as u8 as f32 + min[j] - x[i][j];
+            best_error[j] += weights[i][j] * (diff * diff);
+        }
+    }
+    let mut laux = [[0u8; L]; N];
+    let steps = if nstep < 1 { 0..0 } else { 0..nstep + 1 };
+    for is in steps {
+        for j in 0..L {
+            iscale[j] = (rmin + rdelta * is as f32 + nmaxf) / (max[j] - min[j]);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; L], [0f32; L], [0f32; L]);
+        for i in 0..N {
+            for j in 0..L {
+                let l = clamp(nearest_int(iscale[j] * (x[i][j] - min[j])));
+                laux[i][j] = l as u8;
+                let w = weights[i][j];
+                let lf = l as f32;
+                sum_l[j] += w * lf;
+                sum_l2[j] += w * lf * lf;
+                sum_xl[j] += w * lf * x[i][j];
+            }
+        }
+        let (mut this_scale, mut this_min, mut ok) = ([0f32; L], [0f32; L], [false; L]);
+        for j in 0..L {
+            let d = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            ok[j] = d > 0.0 && !flat[j];
+            this_scale[j] = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / d;
+            this_min[j] = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / d;
+            if this_min[j] > 0.0 {
+                this_min[j] = 0.0;
+                this_scale[j] = sum_xl[j] / sum_l2[j];
+            }
+        }
+        let mut cur_error = [0f32; L];
+        for i in 0..N {
+            for j in 0..L {
+                let diff = this_scale[j] * laux[i][j] as f32 + this_min[j] - x[i][j];
+                cur_error[j] += weights[i][j] * (diff * diff);
+            }
+        }
+        let mut take = [false; L];
+        for j in 0..L {
+            take[j] = ok[j] && cur_error[j] < best_error[j];
+            if take[j] {
+                best_error[j] = cur_error[j];
+                scale[j] = this_scale[j];
+                min[j] = this_min[j];
+            }
+        }
+        if take.iter().any(|&t| t) {
+            for i in 0..N {
+                for j in 0..L {
+                    if take[j] {
+                        l_out[i][j] = laux[i][j];
+                    }
+                }
+            }
+        }
+    }
+    let mut the_min = [0f32; L];
+    for j in 0..L {
+        if flat[j] {
+            scale[j] = 0.0;
+            for row in l_out.iter_mut() {
+                row[j] = 0;
+            }
+        }
+        the_min[j] = -min[j];
+    }
+    (scale, the_min)
+}
+
+/// [`make_qx_quants`] with `rmse_type` 1 and no `qw` (weights `x²`, the Q6_K case) for `L`
+/// independent groups of `N` elements at once, bit for bit what `L` calls of it give (see
+/// [`make_qkx2_quants_lanes`]). Inputs and `l_out` are `[element][group]`; returns the scales.
+pub(crate) fn make_qx_quants_lanes<const L: usize, const N: usize>(
+    nmax: i32,
+    x: &[[f32; L]; N],
+    l_out: &mut [[i8; L]; N],
+) -> [f32; L] {
+    let clamp = |l: i32| (-nmax).max((nmax - 1).min(l));
+    let (mut max, mut amax) = ([0f32; L], [0f32; L]);
+    for i in 0..N {
+        for j in 0..L {
+            let ax = x[i][j].abs();
+            if ax > amax[j] {
+                amax[j] = ax;
+                max[j] = x[i][j];
+            }
+        }
+    }
+    let mut zero = [false; L];
+    let mut iscale = [0f32; L];
+    for j in 0..L {
+        zero[j] = amax[j] < GROUP_MAX_EPS;
+        iscale[j] = (-nmax) as f32 / max[j];
+    }
+    let (mut sumlx, mut suml2) = ([0f32; L], [0f32; L]);
+    for i in 0..N {
+        for j in 0..L {
+            let v = x[i][j];
+            let l = clamp(nearest_int(iscale[j] * v));
+            l_out[i][j] = (l + nmax) as i8;
+            let w = v * v;
+            let lf = l as f32;
+            sumlx[j] += w * v * lf;
+            suml2[j] += w * lf * lf;
+        }
+    }
+    let (mut scale, mut best) = ([0f32; L], [0f32; L]);
+    for j in 0..L {
+        scale[j] = if suml2[j] != 0.0 { sumlx[j] / suml2[j] } else { 0.0 };
+        best[j] = scale[j] * sumlx[j];
+    }
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        for j in 0..L {
+            iscale[j] = -(nmax as f32 + 0.1f32 * is as f32) / max[j];
+        }
+        let (mut sumlx, mut suml2) = ([0f32; L], [0f32; L]);
+        for i in 0..N {
+            for j in 0..L {
+                let v = x[i][j];
+                let l = clamp(nearest_int(iscale[j] * v));
+                let w = v * v;
+                let lf = l as f32;
+                sumlx[j] += w * v * lf;
+                suml2[j] += w * lf * lf;
+            }
+        }
+        let mut take = [false; L];
+        for j in 0..L {
+            take[j] = !zero[j] && suml2[j] > 0.0 && sumlx[j] * sumlx[j] > best[j] * suml2[j];
+            if take[j] {
+                scale[j] = sumlx[j] / suml2[j];
+                best[j] = scale[j] * sumlx[j];
+            }
+        }
+        if take.iter().any(|&t| t) {
+            for i in 0..N {
+                for j in 0..L {
+                    if take[j] {
+                        l_out[i][j] = (nmax + clamp(nearest_int(iscale[j] * x[i][j]))) as i8;
+                    }
+                }
+            }
+        }
+    }
+    for j in 0..L {
+        if zero[j] {
+            scale[j] = 0.0;
+            for row in l_out.iter_mut() {
+                row[j] = 0;
+            }
+        }
+    }
+    scale
+}
+
 /// The part `quantize_row_q4_K_ref` and `quantize_row_q5_K_ref` share (ggml-quants.c): per
 /// 32-element sub-block of the super-block `x` (`QK_K` values) a weighted `make_qkx2_quants`
 /// fit (weights `sqrt(mean x²) + |x|`, levels `0..=nmax`, search `rmin`, rdelta 0.1, `nstep`
@@ -248,12 +470,9 @@ pub(crate) fn quantize_scales_mins_k(
     nstep: i32,
     l: &mut [u8; QK_K],
 ) -> ([u8; 12], f16, f16) {
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; QK_K / 32];
-    let mut scales = [0f32; QK_K / 32];
-    let mut max_scale = 0f32;
-    let mut max_min = 0f32;
+    // The eight sub-blocks' fits run side by side ([`make_qkx2_quants_lanes`]), transposed.
+    let mut xt = [[0f32; 8]; 32];
+    let mut wt = [[0f32; 8]; 32];
     for j in 0..QK_K / 32 {
         let xs = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0f32;
@@ -261,27 +480,24 @@ pub(crate) fn quantize_scales_mins_k(
             sum_x2 += v * v;
         }
         let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
+        for (i, &v) in xs.iter().enumerate() {
+            xt[i][j] = v;
+            wt[i][j] = av_x + v.abs();
         }
-        let (s, m) = make_qkx2_quants(
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            &mut laux,
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
-        scales[j] = s;
-        mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
+    }
+    let mut lt = [[0u8; 8]; 32];
+    let (scales, mins) = make_qkx2_quants_lanes::<8, 32>(nmax, &xt, &wt, &mut lt, rmin, 0.1, nstep);
+    let mut max_scale = 0f32;
+    let mut max_min = 0f32;
+    for j in 0..QK_K / 32 {
+        for i in 0..32 {
+            l[32 * j + i] = lt[i][j];
         }
-        if m > max_min {
-            max_min = m;
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
 
@@ -461,6 +677,79 @@ mod tests {
         let mut back = vec![0f32; x.len()];
         B::dequantize_row(&q, &mut back);
         (fnv(bytemuck::cast_slice(&q)), fnv(bytemuck::cast_slice(&back)))
+    }
+
+    /// Groups for the lane tests: random magnitudes and signs, all-equal, all-zero, all
+    /// positive and tiny groups, so every branch of the fits is taken.
+    fn lane_groups<const L: usize, const N: usize>(seed: u64) -> [[f32; L]; N] {
+        let mut st = seed | 1;
+        let mut rnd = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut x = [[0f32; L]; N];
+        for j in 0..L {
+            let kind = (rnd() * 6.0) as usize;
+            let mag = 10f64.powf(rnd() * 8.0 - 4.0);
+            let c = (rnd() - 0.5) * mag;
+            for row in x.iter_mut() {
+                row[j] = match kind {
+                    0 => c as f32,
+                    1 => 0.0,
+                    2 => (rnd() * mag) as f32,
+                    3 => ((rnd() - 0.5) * 1e-17) as f32,
+                    _ => ((rnd() - 0.5) * mag) as f32,
+                };
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn qkx2_lanes_equal_the_scalar_fit() {
+        for seed in 0..300u64 {
+            let x = lane_groups::<8, 32>(seed * 7919 + 1);
+            let mut w = [[0f32; 8]; 32];
+            for i in 0..32 {
+                for j in 0..8 {
+                    w[i][j] = 0.25 + x[i][j].abs();
+                }
+            }
+            for (nmax, rmin, nstep) in [(15, -1.0, 20), (31, -0.5, 15), (15, -1.0, 0)] {
+                let mut lt = [[0u8; 8]; 32];
+                let (s, m) = make_qkx2_quants_lanes::<8, 32>(nmax, &x, &w, &mut lt, rmin, 0.1, nstep);
+                for j in 0..8 {
+                    let xs: Vec<f32> = (0..32).map(|i| x[i][j]).collect();
+                    let ws: Vec<f32> = (0..32).map(|i| w[i][j]).collect();
+                    let (mut l, mut laux) = ([0u8; 32], [0u8; 32]);
+                    let (s1, m1) = make_qkx2_quants(nmax, &xs, &ws, &mut l, &mut laux, rmin, 0.1, nstep, false);
+                    assert_eq!(
+                        (s[j].to_bits(), m[j].to_bits()),
+                        (s1.to_bits(), m1.to_bits()),
+                        "seed {seed} group {j}"
+                    );
+                    assert!((0..32).all(|i| lt[i][j] == l[i]), "seed {seed} group {j}: quants");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qx_lanes_equal_the_scalar_fit() {
+        for seed in 0..300u64 {
+            let x = lane_groups::<16, 16>(seed * 104729 + 3);
+            let mut lt = [[0i8; 16]; 16];
+            let s = make_qx_quants_lanes::<16, 16>(32, &x, &mut lt);
+            for j in 0..16 {
+                let xs: Vec<f32> = (0..16).map(|i| x[i][j]).collect();
+                let mut l = [0i8; 16];
+                let s1 = make_qx_quants(32, &xs, &mut l, 1, None);
+                assert_eq!(s[j].to_bits(), s1.to_bits(), "seed {seed} group {j}");
+                assert!((0..16).all(|i| lt[i][j] == l[i]), "seed {seed} group {j}: quants");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use half::f16;
 
-use crate::k_quants::common::{GROUP_MAX_EPS, make_qx_quants, nearest_int};
+use crate::k_quants::common::{GROUP_MAX_EPS, make_qx_quants_lanes, nearest_int};
 use crate::k_quants::q8_k::BlockQ8_K;
 use crate::{Block, GgmlType, QK_K, QuantizeRef, SimdLevel, VecDot};
 
@@ -72,13 +72,20 @@ impl QuantizeRef for BlockQ6_K {
     /// element re-quantized against the rounded scales.
     fn quantize_row_ref(src: &[f32], dst: &mut [Self]) {
         let mut l = [0i8; QK_K];
-        let mut scales = [0f32; QK_K / 16];
         for (x, y) in src.chunks_exact(QK_K).zip(dst.iter_mut()) {
             let mut max_scale = 0f32;
             let mut max_abs_scale = 0f32;
-            for ib in 0..QK_K / 16 {
-                let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16], 1, None);
-                scales[ib] = scale;
+            // The sixteen sub-blocks' fits side by side ([`make_qx_quants_lanes`]), transposed.
+            let mut xt = [[0f32; QK_K / 16]; 16];
+            for (i, &v) in x.iter().enumerate() {
+                xt[i % 16][i / 16] = v;
+            }
+            let mut lt = [[0i8; QK_K / 16]; 16];
+            let scales = make_qx_quants_lanes::<{ QK_K / 16 }, 16>(32, &xt, &mut lt);
+            for (i, v) in l.iter_mut().enumerate() {
+                *v = lt[i % 16][i / 16];
+            }
+            for &scale in &scales {
                 let abs_scale = scale.abs();
                 if abs_scale > max_abs_scale {
                     max_abs_scale = abs_scale;

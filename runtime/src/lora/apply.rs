@@ -97,6 +97,10 @@ pub struct LoraPlan {
     per_linear: Vec<Vec<PlanEntry>>,
     /// Embedding LoRAs with their total scales.
     embedding: Vec<(Arc<LoraAdapter>, f32)>,
+    /// The active adapter whose replacement input embedding is in use.
+    embedding_replacement: Option<Arc<LoraAdapter>>,
+    /// The active adapter whose replacement output head is in use.
+    head_replacement: Option<Arc<LoraAdapter>>,
     /// What the plan was built from: `(version, scale bits)` per adapter, in order. Equal keys
     /// mean equal computations; KV caches are keyed by it.
     key: Vec<(u64, u32)>,
@@ -106,11 +110,14 @@ impl LoraPlan {
     /// Resolve `active` (adapter, generation scale) pairs against `model`.
     ///
     /// Errors: [`LoraError::Plan`] when two DoRA targets (or a DoRA and a plain one) meet on
-    /// one layer, or a target names no layer of this model.
+    /// one layer, a target names no layer of this model, or two adapters each replace the
+    /// embedding (or the head).
     pub fn new(model: &Model, active: &[(AdapterHandle, f32)]) -> Result<LoraPlan, LoraError> {
         let ids = model.linear_ids();
         let mut per_linear: Vec<Vec<PlanEntry>> = vec![Vec::new(); ids.len()];
         let mut embedding = Vec::new();
+        let (mut embedding_replacement, mut head_replacement): (Option<Arc<LoraAdapter>>, Option<Arc<LoraAdapter>>) =
+            (None, None);
         let mut key = Vec::new();
         for (h, scale) in active {
             if !scale.is_finite() {
@@ -155,10 +162,43 @@ impl LoraPlan {
             if a.embedding.is_some() {
                 embedding.push((a.clone(), *scale));
             }
+            let (c, n) = (&model.config, model.config.n_vocab * model.config.n_embd);
+            for (what, has, slot) in [
+                (
+                    "input embedding",
+                    a.embedding_replacement.as_ref(),
+                    &mut embedding_replacement,
+                ),
+                ("output head", a.head_replacement.as_ref(), &mut head_replacement),
+            ] {
+                let Some(w) = has else { continue };
+                if w.len() != n {
+                    return Err(LoraError::Plan {
+                        message: format!(
+                            "adapter {}: its replacement {what} has {} values, this model's is [{}, {}]",
+                            h.name,
+                            w.len(),
+                            c.n_vocab,
+                            c.n_embd
+                        ),
+                    });
+                }
+                if let Some(other) = slot {
+                    return Err(LoraError::Plan {
+                        message: format!(
+                            "adapters {} and {} both replace the {what}; activate one of them",
+                            other.name, h.name
+                        ),
+                    });
+                }
+                *slot = Some(a.clone());
+            }
         }
         Ok(LoraPlan {
             per_linear,
             embedding,
+            embedding_replacement,
+            head_replacement,
             key,
         })
     }
@@ -177,8 +217,24 @@ impl LoraPlan {
         self.per_linear.get(linear_id).map_or(&[], |v| v.as_slice())
     }
 
-    /// Add the embedding LoRA rows of `tokens` to `x` (`[n_tok, n_embd]`).
-    pub(crate) fn add_embedding(&self, x: &mut [f32], tokens: &[u32]) {
+    /// The replacement input embedding in use (`[n_vocab, n_embd]`), if any.
+    pub(crate) fn embedding_replacement(&self) -> Option<&[f32]> {
+        self.embedding_replacement
+            .as_ref()
+            .and_then(|a| a.embedding_replacement.as_deref())
+    }
+
+    /// The replacement output head in use (`[n_vocab, n_embd]` f32), if any.
+    pub(crate) fn head_replacement(&self) -> Option<&[f32]> {
+        self.head_replacement
+            .as_ref()
+            .and_then(|a| a.head_replacement.as_deref())
+    }
+
+    /// Add the embedding LoRA rows of `tokens` to `x` (`[n_tok, n_embd]`), each multiplied by
+    /// `embed_scale` as the embedding itself is (Gemma's √n_embd: PEFT's `Embedding.forward`
+    /// scales the adapter's output by the base layer's `embed_scale`; 1 elsewhere).
+    pub(crate) fn add_embedding(&self, x: &mut [f32], tokens: &[u32], embed_scale: f32) {
         for (a, scale) in &self.embedding {
             let Some(e) = &a.embedding else { continue };
             let s = scale * e.scale;
@@ -190,7 +246,7 @@ impl LoraPlan {
                 // column t of A: A[k, t]
                 let col: Vec<f32> = (0..e.r).map(|k| e.a[k * e.n_vocab + t]).collect();
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v += s * ops::dot(&e.b[j * e.r..][..e.r], &col);
+                    *v += s * ops::dot(&e.b[j * e.r..][..e.r], &col) * embed_scale;
                 }
             }
         }
@@ -265,101 +321,143 @@ pub(crate) struct Prepared<'p> {
     pub b_t: &'p [f32],
     pub n_out: usize,
     pub r: usize,
-    /// `A·x` (`[n_tok, r]`), computed by the first task that needs it, so it overlaps the
-    /// other threads' share of `W·x` instead of running serially before it.
-    ax: std::sync::OnceLock<Vec<f32>>,
-    /// Set by the task that computes `ax`; the others spin (a microsecond or two) instead of
-    /// sleeping on the lock.
-    claimed: std::sync::atomic::AtomicBool,
+    /// `A·x` (`[n_tok, r]`, f32 bits). For a few tokens it is computed inside the pass, one
+    /// `(token, rank)` unit at a time by whichever tasks start first, so it overlaps the other
+    /// tasks' share of `W·x` instead of running serially before it; for prompt batches it is
+    /// computed up front, in parallel.
+    ax: Vec<std::sync::atomic::AtomicU32>,
+    /// Next unit of `ax` to claim.
+    next: std::sync::atomic::AtomicUsize,
+    /// Units of `ax` finished.
+    done: std::sync::atomic::AtomicUsize,
     target: &'p LoraTarget,
     x: &'p [f32],
-    n_tok: usize,
     pub scale: f32,
     pub dora: Option<&'p [f32]>,
 }
 
 impl Prepared<'_> {
-    /// `A·x`: computed by the first task to ask, waited for (spinning) by the others.
-    fn ax(&self) -> &[f32] {
+    /// Claim and compute one unit of `A·x`; false when none was left.
+    fn compute_one(&self) -> bool {
         use std::sync::atomic::Ordering;
-        if let Some(v) = self.ax.get() {
-            return v;
+        // A plain load first: once all is claimed, tasks only read the shared line.
+        if self.next.load(Ordering::Relaxed) >= self.ax.len() {
+            return false;
         }
-        if self
-            .claimed
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            let _ = self.ax.set(lora_a_times(self.target, self.x, self.n_tok));
+        let u = self.next.fetch_add(1, Ordering::Relaxed);
+        if u >= self.ax.len() {
+            return false;
         }
-        loop {
-            if let Some(v) = self.ax.get() {
-                return v;
+        let (tok, k) = (u / self.r, u % self.r);
+        let t = self.target;
+        let v = <f32 as quant::VecDot>::vec_dot(
+            quant::SimdLevel::detect(),
+            &t.a[k * t.n_in..][..t.n_in],
+            &self.x[tok * t.n_in..][..t.n_in],
+        );
+        self.ax[u].store(v.to_bits(), Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// `A·x` row of token `tok`, once every unit is done: helps with the units still
+    /// unclaimed, then waits (spinning, a microsecond or two) for those in other tasks.
+    fn ax(&self, tok: usize, out: &mut [f32]) {
+        use std::sync::atomic::Ordering;
+        if self.done.load(Ordering::Acquire) < self.ax.len() {
+            while self.compute_one() {}
+            while self.done.load(Ordering::Acquire) < self.ax.len() {
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
+        }
+        for (o, a) in out.iter_mut().zip(&self.ax[tok * self.r..][..self.r]) {
+            *o = f32::from_bits(a.load(Ordering::Relaxed));
         }
     }
 }
 
-pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) -> Vec<Prepared<'p>> {
-    entries
-        .iter()
-        .map(|e| {
-            let t = e.target();
-            Prepared {
-                b_t: &e.b_t[e.target],
-                n_out: t.n_out,
-                r: t.r,
-                // Prompt batches: computed now, in parallel. Single tokens: lazily, inside the
-                // pass (serial there: no nested parallelism under the OnceLock).
-                ax: if n_tok > 4 {
-                    std::sync::OnceLock::from(lora_a_times(t, x, n_tok))
+/// The adapters of one linear layer, fused into its matmul ([`quant::RowEpilogue`]).
+pub(crate) struct LoraEpilogue<'p>(Vec<Prepared<'p>>);
+
+pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) -> LoraEpilogue<'p> {
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
+    LoraEpilogue(
+        entries
+            .iter()
+            .map(|e| {
+                let t = e.target();
+                // Prompt batches: computed now, in parallel. Single tokens: inside the pass.
+                let (ax, done): (Vec<AtomicU32>, usize) = if n_tok > 4 {
+                    let v = lora_a_times(t, x, n_tok);
+                    let n = v.len();
+                    (v.into_iter().map(|f| AtomicU32::new(f.to_bits())).collect(), n)
                 } else {
-                    std::sync::OnceLock::new()
-                },
-                claimed: std::sync::atomic::AtomicBool::new(n_tok > 4),
-                target: t,
-                x,
-                n_tok,
-                scale: e.scale,
-                dora: e.dora.as_deref().map(|v| v.as_slice()),
-            }
-        })
-        .collect()
+                    ((0..n_tok * t.r).map(|_| AtomicU32::new(0)).collect(), 0)
+                };
+                Prepared {
+                    b_t: &e.b_t[e.target],
+                    n_out: t.n_out,
+                    r: t.r,
+                    next: AtomicUsize::new(done),
+                    done: AtomicUsize::new(done),
+                    ax,
+                    target: t,
+                    x,
+                    scale: e.scale,
+                    dora: e.dora.as_deref().map(|v| v.as_slice()),
+                }
+            })
+            .collect(),
+    )
 }
 
-/// Add the adapters' terms to `vals`, the base values `W·x` (no bias) of rows `first..` for
-/// token `tok`; with DoRA, scale the sum by the row factor.
-#[inline]
-pub(crate) fn epilogue(prepared: &[Prepared<'_>], tok: usize, first: usize, vals: &mut [f32]) {
-    let mut dora = None;
-    for p in prepared {
-        let ax = p.ax();
-        let ax = &ax[tok * p.r..][..p.r];
-        // d = B·(A·x) for these rows, summed over k in order (vectorized across rows through
-        // Bᵀ), then scaled and added: ggml's `build_lora_mm` order, (B·(A·x))·s + W·x.
-        let mut d = [0f32; 64];
-        for chunk_start in (0..vals.len()).step_by(64) {
-            let n = (vals.len() - chunk_start).min(64);
-            let d = &mut d[..n];
-            d.fill(0.0);
-            for (k, &a) in ax.iter().enumerate() {
-                let col = &p.b_t[k * p.n_out + first + chunk_start..][..n];
-                for (dv, &b) in d.iter_mut().zip(col) {
-                    *dv += b * a;
+impl quant::RowEpilogue for LoraEpilogue<'_> {
+    /// One unit of each entry's `A·x`, if any is left.
+    fn begin_task(&self) {
+        for p in &self.0 {
+            p.compute_one();
+        }
+    }
+
+    /// Add the adapters' terms to `vals`, the base values `W·x` (no bias) of rows `first..`
+    /// for token `tok`; with DoRA, scale the sum by the row factor.
+    #[inline]
+    fn apply(&self, tok: usize, first: usize, vals: &mut [f32]) {
+        let mut dora = None;
+        let (mut stack, mut heap) = ([0f32; 64], Vec::new());
+        for p in &self.0 {
+            let ax_buf = if p.r <= stack.len() {
+                &mut stack[..p.r]
+            } else {
+                heap.resize(p.r, 0.0);
+                &mut heap[..]
+            };
+            p.ax(tok, ax_buf);
+            // d = B·(A·x) for these rows, summed over k in order (vectorized across rows through
+            // Bᵀ), then scaled and added: ggml's `build_lora_mm` order, (B·(A·x))·s + W·x.
+            let mut d = [0f32; 64];
+            for chunk_start in (0..vals.len()).step_by(64) {
+                let n = (vals.len() - chunk_start).min(64);
+                let d = &mut d[..n];
+                d.fill(0.0);
+                for (k, &a) in ax_buf.iter().enumerate() {
+                    let col = &p.b_t[k * p.n_out + first + chunk_start..][..n];
+                    for (dv, &b) in d.iter_mut().zip(col) {
+                        *dv += b * a;
+                    }
+                }
+                for (v, &dv) in vals[chunk_start..chunk_start + n].iter_mut().zip(d.iter()) {
+                    *v += dv * p.scale;
                 }
             }
-            for (v, &dv) in vals[chunk_start..chunk_start + n].iter_mut().zip(d.iter()) {
-                *v += dv * p.scale;
+            if let Some(f) = p.dora {
+                dora = Some(&f[first..first + vals.len()]);
             }
         }
-        if let Some(f) = p.dora {
-            dora = Some(&f[first..first + vals.len()]);
-        }
-    }
-    if let Some(f) = dora {
-        for (v, f) in vals.iter_mut().zip(f) {
-            *v *= f;
+        if let Some(f) = dora {
+            for (v, f) in vals.iter_mut().zip(f) {
+                *v *= f;
+            }
         }
     }
 }

@@ -52,7 +52,10 @@ pub struct BakeReport {
 /// cannot requantize (use [`BakeType::F16`]).
 pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Result<(Model, BakeReport), LoraError> {
     for (h, _) in active {
-        if h.adapter.embedding.is_some() || h.adapter.embedding_replacement.is_some() {
+        if h.adapter.embedding.is_some()
+            || h.adapter.embedding_replacement.is_some()
+            || h.adapter.head_replacement.is_some()
+        {
             return Err(LoraError::Plan {
                 message: format!(
                     "adapter {}: baking an embedding LoRA is not supported; apply it on the fly",

@@ -263,6 +263,7 @@ pub fn load(path: &Path, model: &Model, opts: &AdapterOptions) -> Result<LoraAda
         targets,
         embedding,
         embedding_replacement: None,
+        head_replacement: None,
         warnings,
     })
 }

@@ -92,6 +92,10 @@ pub struct LoraAdapter {
     /// A full replacement embedding saved with the adapter (PEFT `save_embedding_layers`):
     /// `[n_vocab, n_embd]`, used as the input embedding while the adapter is active.
     pub embedding_replacement: Option<Vec<f32>>,
+    /// A full replacement output head saved with the adapter (PEFT `save_embedding_layers`
+    /// with `lm_head` targeted): `[n_vocab, n_embd]` f32, the head's base weight while the
+    /// adapter is active (an `lm_head` LoRA applies on top of it, as in PEFT).
+    pub head_replacement: Option<Vec<f32>>,
     /// Settings accepted with a caveat (e.g. `fan_in_fan_out` forced off, alpha overridden,
     /// no config file): one sentence each, for the user to see.
     pub warnings: Vec<String>,
@@ -112,7 +116,8 @@ impl LoraAdapter {
                 .iter()
                 .map(|t| t.dora_magnitude.as_ref().map_or(0, |m| m.len()))
                 .sum::<usize>()
-            + self.embedding_replacement.as_ref().map_or(0, |e| e.len()))
+            + self.embedding_replacement.as_ref().map_or(0, |e| e.len())
+            + self.head_replacement.as_ref().map_or(0, |e| e.len()))
     }
 
     /// Distinct ranks, ascending.

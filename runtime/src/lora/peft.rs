@@ -757,6 +757,8 @@ enum Slot {
     EmbB,
     /// A whole embedding (`embed_tokens.base_layer.weight` / `embed_tokens.weight`).
     Replacement,
+    /// A whole output head (`lm_head.base_layer.weight`).
+    HeadReplacement,
 }
 
 /// A parsed tensor key: the module (name in the base model), the slot, the adapter name if
@@ -828,6 +830,9 @@ fn parse_key(key: &str) -> Result<Key, KeyError> {
         ("lora_embedding_B", []) => (Slot::EmbB, None),
         ("lora_embedding_B", [n]) => (Slot::EmbB, named(n)),
         ("base_layer", ["weight"]) if module.ends_with("embed_tokens") => (Slot::Replacement, None),
+        ("base_layer", ["weight"]) if module == "lm_head" || module.ends_with(".lm_head") => {
+            (Slot::HeadReplacement, None)
+        }
         ("base_layer", _) => {
             return Err(KeyError::Unsupported(
                 "save_embedding_layers",
@@ -993,6 +998,7 @@ pub fn load_safetensors(
     names.sort_unstable();
     let mut groups: BTreeMap<String, Group<'_>> = BTreeMap::new();
     let mut replacement: Option<(String, safetensors::tensor::TensorView<'_>)> = None;
+    let mut head_replacement: Option<(String, safetensors::tensor::TensorView<'_>)> = None;
     let mut adapter_names: Vec<String> = Vec::new();
     let mut canonical_names = true;
     for &name in &names {
@@ -1048,6 +1054,24 @@ pub fn load_safetensors(
             replacement = Some((name.to_string(), view));
             continue;
         }
+        if key.slot == Slot::HeadReplacement {
+            if !matches!(&target, Some(ModuleTarget::Linear { tensor, .. }) if tensor == "output.weight") {
+                return Err(LoraError::UnknownTensor {
+                    path: path.to_path_buf(),
+                    tensor: name.to_string(),
+                    message: format!("`{}` is not the output head of a {} model", key.module, arch.name()),
+                });
+            }
+            if let Some((other, _)) = &head_replacement {
+                return Err(LoraError::Duplicate {
+                    path: path.to_path_buf(),
+                    tensor: name.to_string(),
+                    other: other.clone(),
+                });
+            }
+            head_replacement = Some((name.to_string(), view));
+            continue;
+        }
         let fits_kind = matches!(
             (&target, key.slot),
             (Some(ModuleTarget::Embedding), Slot::EmbA | Slot::EmbB | Slot::Magnitude)
@@ -1099,7 +1123,7 @@ pub fn load_safetensors(
         }
         group.slots.insert(key.slot, (name.to_string(), view));
     }
-    if groups.is_empty() && replacement.is_none() {
+    if groups.is_empty() && replacement.is_none() && head_replacement.is_none() {
         return Err(LoraError::Empty {
             path: path.to_path_buf(),
         });
@@ -1313,36 +1337,39 @@ pub fn load_safetensors(
         }
     }
 
-    // A whole replacement embedding.
-    let embedding_replacement = match replacement {
-        None => None,
-        Some((name, view)) => {
-            if tied {
-                return Err(LoraError::Unsupported {
-                    path: path.to_path_buf(),
-                    field: "save_embedding_layers".into(),
-                    message: format!(
-                        "tensor `{name}`: the model's output head is tied to its embedding, so PEFT's replacement \
-                         embedding replaces the head too, which is not implemented"
-                    ),
-                });
-            }
-            let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
-            if view.shape() != [n_vocab, n_embd] {
-                return Err(LoraError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    tensor: name,
-                    expected: vec![n_vocab, n_embd],
-                    got: view.shape().to_vec(),
-                    message: "a replacement embedding is [n_vocab, n_embd] (added tokens are not supported)".into(),
-                });
-            }
-            warnings.push(format!(
-                "`{name}`: the adapter replaces the input embedding while active"
-            ));
-            Some(read(&name, &view)?)
+    // Whole replacement embedding / head (PEFT `save_embedding_layers`): PEFT's loader copies
+    // them over the base weights.
+    let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
+    let mut whole = |slot: Option<(String, safetensors::tensor::TensorView<'_>)>,
+                     what: &str|
+     -> Result<Option<Vec<f32>>, LoraError> {
+        let Some((name, view)) = slot else { return Ok(None) };
+        if tied {
+            return Err(LoraError::Unsupported {
+                path: path.to_path_buf(),
+                field: "save_embedding_layers".into(),
+                message: format!(
+                    "tensor `{name}`: the model's output head is tied to its embedding, so PEFT's replacement \
+                     {what} replaces both the embedding and the head, which is not implemented"
+                ),
+            });
         }
+        if view.shape() != [n_vocab, n_embd] {
+            return Err(LoraError::ShapeMismatch {
+                path: path.to_path_buf(),
+                tensor: name,
+                expected: vec![n_vocab, n_embd],
+                got: view.shape().to_vec(),
+                message: format!("a replacement {what} is [n_vocab, n_embd] (added tokens are not supported)"),
+            });
+        }
+        warnings.push(format!(
+            "`{name}`: the adapter replaces the model's {what} while active"
+        ));
+        Ok(Some(read(&name, &view)?))
     };
+    let embedding_replacement = whole(replacement, "input embedding")?;
+    let head_replacement = whole(head_replacement, "output head")?;
 
     // Targeted modules without tensors keep PEFT's initialization (B = 0): no effect.
     if cfg.target_modules.is_some() && canonical_names {
@@ -1370,6 +1397,7 @@ pub fn load_safetensors(
         targets,
         embedding,
         embedding_replacement,
+        head_replacement,
         warnings,
     })
 }

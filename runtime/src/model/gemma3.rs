@@ -11,10 +11,11 @@ use super::{AttnParams, KvCache, LoraPlan, Model, ModelError, ops};
 pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
-    let mut x = m.embed(tokens)?; // [n_tok, n_embd]
+    let mut x = m.embed_with(tokens, plan)?; // [n_tok, n_embd]
     let emb_scale = (c.n_embd as f32).sqrt();
     x.iter_mut().for_each(|v| *v *= emb_scale);
-    plan.add_embedding(&mut x, tokens); // PEFT adds the embedding LoRA after Gemma's scaling
+    // PEFT scales the embedding LoRA's output by Gemma's embed_scale too.
+    plan.add_embedding(&mut x, tokens, emb_scale);
     for (il, layer) in m.layers.iter().enumerate() {
         let swa = c.is_swa_layer(il);
         let params = AttnParams {

@@ -21,8 +21,8 @@ pub(super) fn pre_norm_forward(
 ) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
-    let mut x = m.embed(tokens)?; // [n_tok, n_embd]
-    plan.add_embedding(&mut x, tokens);
+    let mut x = m.embed_with(tokens, plan)?; // [n_tok, n_embd]
+    plan.add_embedding(&mut x, tokens, 1.0);
     let params = AttnParams {
         rope_base: c.rope_freq_base,
         rope_scale: c.rope_freq_scale,

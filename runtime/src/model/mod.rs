@@ -351,12 +351,23 @@ impl Model {
     /// `y = W·x (+ LoRA deltas) (+ b)` for `n_tok` rows of `x` (`[n_tok, n_in]` →
     /// `[n_tok, n_out]`), with the plan's adapters on this layer fused into the product.
     pub fn linear(&self, lin: &Linear, x: &[f32], n_tok: usize, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
-        let mut y = vec![0f32; n_tok * lin.w.n_out];
+        self.linear_of(self.matrix(&lin.w), lin, x, n_tok, plan)
+    }
+
+    /// [`Model::linear`] with the weight matrix `m` in place of `lin`'s own (a replacement
+    /// head); `lin` gives the layer id and bias.
+    fn linear_of(
+        &self,
+        m: QMatrix<'_>,
+        lin: &Linear,
+        x: &[f32],
+        n_tok: usize,
+        plan: &LoraPlan,
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut y = vec![0f32; n_tok * m.n_out];
         let entries = plan.entries(lin.id);
         let prepared = crate::lora::apply::prepare(entries, x, n_tok);
-        let epi = |t: usize, first: usize, vals: &mut [f32]| crate::lora::apply::epilogue(&prepared, t, first, vals);
-        let epi: Option<quant::Epilogue<'_>> = if entries.is_empty() { None } else { Some(&epi) };
-        let m = self.matrix(&lin.w);
+        let epi: Option<quant::Epilogue<'_>> = if entries.is_empty() { None } else { Some(&prepared) };
         if self.float_reference {
             quant::matmul_dequantized(&m, x, n_tok, &mut y, epi)?;
         } else {
@@ -366,6 +377,25 @@ impl Model {
             ops::add_bias(&mut y, b);
         }
         Ok(y)
+    }
+
+    /// [`Model::embed`], from the plan's replacement embedding when an active adapter has one.
+    pub fn embed_with(&self, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+        let Some(rep) = plan.embedding_replacement() else {
+            return self.embed(tokens);
+        };
+        let n_embd = self.config.n_embd;
+        let mut x = vec![0f32; tokens.len() * n_embd];
+        for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
+            if t as usize >= self.config.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    id: t,
+                    n_vocab: self.config.n_vocab,
+                });
+            }
+            row.copy_from_slice(&rep[t as usize * n_embd..][..n_embd]);
+        }
+        Ok(x)
     }
 
     /// Embedding rows of `tokens`: `[n_tok, n_embd]` (ggml `get_rows`: dequantized rows).
@@ -451,7 +481,18 @@ impl Model {
             Logits::All => (x, n_tok),
         };
         let xn = ops::rms_norm_to(&x, &self.output_norm, self.config.rms_eps);
-        self.linear(&self.output, &xn, n, plan)
+        match plan.head_replacement() {
+            Some(w) => {
+                let m = QMatrix {
+                    ty: quant::GgmlType::F32,
+                    data: bytemuck::cast_slice(w),
+                    n_out: self.output.w.n_out,
+                    n_in: self.output.w.n_in,
+                };
+                self.linear_of(m, &self.output, &xn, n, plan)
+            }
+            None => self.linear(&self.output, &xn, n, plan),
+        }
     }
 
     /// A new KV cache for `n_ctx` positions (at most the training context).
