@@ -16,6 +16,9 @@ use rayon::prelude::*;
 use super::{LoraAdapter, LoraError, LoraTarget};
 use crate::model::{Model, ops};
 
+/// Output rows per block of the epilogue's B layout ([`AdapterHandle`]).
+const B_BLOCK: usize = 16;
+
 /// One loaded adapter in an engine's adapter set.
 #[derive(Clone, Debug)]
 pub struct AdapterHandle {
@@ -26,8 +29,10 @@ pub struct AdapterHandle {
     pub adapter: Arc<LoraAdapter>,
     /// DoRA row factors per scale, computed on first use.
     pub(crate) dora_cache: Arc<Mutex<HashMap<u32, DoraFactors>>>,
-    /// Each target's B transposed (`[r, n_out]`), so the fused epilogue is `r` contiguous
-    /// axpy passes over the output rows (vectorizes), not one tiny dot per row.
+    /// Each target's B in row blocks of [`B_BLOCK`]: block `o / B_BLOCK` holds
+    /// `[r][B_BLOCK]` (B transposed within the block, zero-padded), so the fused epilogue for a
+    /// run of rows reads one contiguous stretch (prefetcher-friendly) and is `r` short axpy
+    /// passes across the rows (vectorizes), not one tiny dot per row.
     pub(crate) b_t: Arc<Vec<Vec<f32>>>,
 }
 
@@ -38,10 +43,10 @@ impl AdapterHandle {
             .targets
             .iter()
             .map(|t| {
-                let mut bt = vec![0f32; t.b.len()];
+                let mut bt = vec![0f32; t.n_out.div_ceil(B_BLOCK) * B_BLOCK * t.r];
                 for o in 0..t.n_out {
                     for k in 0..t.r {
-                        bt[k * t.n_out + o] = t.b[o * t.r + k];
+                        bt[((o / B_BLOCK) * t.r + k) * B_BLOCK + o % B_BLOCK] = t.b[o * t.r + k];
                     }
                 }
                 bt
@@ -317,9 +322,8 @@ pub(crate) fn lora_a_times(t: &LoraTarget, x: &[f32], n_tok: usize) -> Vec<f32> 
 
 /// The precomputed pieces of one entry for the fused epilogue.
 pub(crate) struct Prepared<'p> {
-    /// B transposed, `[r, n_out]`.
+    /// B in the blocked layout of [`AdapterHandle`].
     pub b_t: &'p [f32],
-    pub n_out: usize,
     pub r: usize,
     /// `A·x` (`[n_tok, r]`, f32 bits). For a few tokens it is computed inside the pass, one
     /// `(token, rank)` unit at a time by whichever tasks start first, so it overlaps the other
@@ -396,7 +400,6 @@ pub(crate) fn prepare<'p>(entries: &'p [PlanEntry], x: &'p [f32], n_tok: usize) 
                 };
                 Prepared {
                     b_t: &e.b_t[e.target],
-                    n_out: t.n_out,
                     r: t.r,
                     next: AtomicUsize::new(done),
                     done: AtomicUsize::new(done),
@@ -434,21 +437,25 @@ impl quant::RowEpilogue for LoraEpilogue<'_> {
             };
             p.ax(tok, ax_buf);
             // d = B·(A·x) for these rows, summed over k in order (vectorized across rows through
-            // Bᵀ), then scaled and added: ggml's `build_lora_mm` order, (B·(A·x))·s + W·x.
-            let mut d = [0f32; 64];
-            for chunk_start in (0..vals.len()).step_by(64) {
-                let n = (vals.len() - chunk_start).min(64);
+            // the blocked Bᵀ), then scaled and added: ggml's `build_lora_mm` order,
+            // (B·(A·x))·s + W·x.
+            let end = first + vals.len();
+            let mut o = first;
+            while o < end {
+                let (blk, lane) = (o / B_BLOCK, o % B_BLOCK);
+                let n = (B_BLOCK - lane).min(end - o);
+                let block = &p.b_t[blk * p.r * B_BLOCK..][..p.r * B_BLOCK];
+                let mut d = [0f32; B_BLOCK];
                 let d = &mut d[..n];
-                d.fill(0.0);
                 for (k, &a) in ax_buf.iter().enumerate() {
-                    let col = &p.b_t[k * p.n_out + first + chunk_start..][..n];
-                    for (dv, &b) in d.iter_mut().zip(col) {
+                    for (dv, &b) in d.iter_mut().zip(&block[k * B_BLOCK + lane..][..n]) {
                         *dv += b * a;
                     }
                 }
-                for (v, &dv) in vals[chunk_start..chunk_start + n].iter_mut().zip(d.iter()) {
+                for (v, &dv) in vals[o - first..][..n].iter_mut().zip(d.iter()) {
                     *v += dv * p.scale;
                 }
+                o += n;
             }
             if let Some(f) = p.dora {
                 dora = Some(&f[first..first + vals.len()]);
