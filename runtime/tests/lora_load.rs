@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use runtime::lora::{AdapterFormat, AdapterOptions, LoraAdapter, LoraError, load_adapter};
+use runtime::lora::{AdapterFormat, AdapterHandle, AdapterOptions, LoraAdapter, LoraError, LoraPlan, load_adapter};
 use runtime::model::Model;
 use safetensors::{Dtype, SafeTensors};
 
@@ -949,6 +949,70 @@ fn replacement_embedding() {
     // On a tied-head model (gemma) the replacement would replace the head too: refused.
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("jargon-emb");
+    std::fs::create_dir(&folder).unwrap();
+    let src = adapter_path("gemma3-270m-jargon");
+    std::fs::copy(src.join("adapter_config.json"), folder.join("adapter_config.json")).unwrap();
+    let mut t = Tensors::read(&src.join("adapter_model.safetensors"));
+    t.map.insert(name.into(), (Dtype::F32, vec![2, 2], vec![0; 16]));
+    t.write(&folder.join("adapter_model.safetensors"));
+    let e = load_err(&folder, gemma(), &AdapterOptions::default());
+    assert!(
+        matches!(&e, LoraError::Unsupported { field, .. } if field == "save_embedding_layers"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(name), "{e}");
+}
+
+#[test]
+fn replacement_head() {
+    // PEFT saves `lm_head.base_layer.weight` too when the head is targeted
+    // (save_embedding_layers): read as the replacement head, never as a delta.
+    let model = tinyllama();
+    let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
+    let name = "base_model.model.lm_head.base_layer.weight";
+    let head: Vec<f32> = values(5, n_vocab * n_embd);
+    let (_dir, path) = tiny_copy(
+        |t| {
+            t.map.insert(
+                name.into(),
+                (
+                    Dtype::F32,
+                    vec![n_vocab, n_embd],
+                    head.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
+            );
+        },
+        |_| {},
+    );
+    let a = load(&path, model);
+    assert_eq!(a.head_replacement.as_deref(), Some(&head[..]));
+    assert!(a.embedding_replacement.is_none());
+    assert!(a.warnings.iter().any(|w| w.contains(name)), "{:?}", a.warnings);
+    // Two active adapters that both replace the head: refused when the plan is made.
+    let h1 = AdapterHandle::new("one".into(), 1, load(&path, model));
+    let h2 = AdapterHandle::new("two".into(), 2, load(&path, model));
+    let e = LoraPlan::new(model, &[(h1.clone(), 1.0), (h2, 1.0)]).unwrap_err();
+    assert!(e.to_string().contains("both replace the output head"), "{e}");
+    assert!(LoraPlan::new(model, &[(h1, 1.0)]).is_ok());
+    // A wrong shape (added tokens) names the tensor.
+    let (e, msg) = tiny_err(
+        |t| {
+            t.map.insert(
+                name.into(),
+                (
+                    Dtype::F32,
+                    vec![n_vocab + 1, n_embd],
+                    vec![0; (n_vocab + 1) * n_embd * 4],
+                ),
+            );
+        },
+        |_| {},
+    );
+    assert!(matches!(e, LoraError::ShapeMismatch { .. }), "{e:?}");
+    assert!(msg.contains(name), "{msg}");
+    // On a tied-head model the head is the embedding: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("jargon-head");
     std::fs::create_dir(&folder).unwrap();
     let src = adapter_path("gemma3-270m-jargon");
     std::fs::copy(src.join("adapter_config.json"), folder.join("adapter_config.json")).unwrap();

@@ -3,7 +3,9 @@
 //!
 //! - Quantized path (what users run, activations quantized to Q8 as llama.cpp does):
 //!   last-position top-1 equal (either of the reference's top two where those are within 0.1,
-//!   a tie that activation quantization can flip) and top-5 sharing ≥ 4 ids.
+//!   a tie that activation quantization can flip) and top-5 sharing ≥ 4 ids; the greedy
+//!   continuation's first 8 tokens equal up to the first near-tie on either side (the
+//!   reference's margin under 0.3, or the quantized path's own under [`QUANTIZED_NEAR_TIE`]).
 //! - Float path ([`Model::float_reference`]: dequantized weights, f32 activations, as the
 //!   references were computed): the greedy continuation's first 8 tokens equal up to the
 //!   first step whose reference top-two margin is under 0.3, and logits within a tolerance
@@ -38,17 +40,29 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-fn greedy(m: &Model, plan: &LoraPlan, prompt: &[u32], n: usize) -> Vec<u32> {
+/// Greedy tokens and each step's top-two margin.
+fn greedy_margins(m: &Model, plan: &LoraPlan, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
     let mut kv = m.new_kv_cache(prompt.len() + n + 1);
     let mut logits = m.forward_with(&mut kv, prompt, Logits::Last, plan).unwrap();
-    let mut out = Vec::new();
+    let (mut out, mut margins) = (Vec::new(), Vec::new());
     for _ in 0..n {
-        let t = runtime::sampler::argmax(&logits);
-        out.push(t);
-        logits = m.forward_with(&mut kv, &[t], Logits::Last, plan).unwrap();
+        let top = top_k(&logits, 2);
+        out.push(top[0]);
+        margins.push(logits[top[0] as usize] - logits[top[1] as usize]);
+        logits = m.forward_with(&mut kv, &[top[0]], Logits::Last, plan).unwrap();
     }
-    out
+    (out, margins)
 }
+
+fn greedy(m: &Model, plan: &LoraPlan, prompt: &[u32], n: usize) -> Vec<u32> {
+    greedy_margins(m, plan, prompt, n).0
+}
+
+/// On the quantized path a greedy step is compared only where its own top-two margin is at
+/// least this: Q8 activations move these logits by up to about 0.75 from the float reference
+/// (gemma jargon "def add(a, b):" step 3, where the reference's margin is 0.43 and llama.cpp's
+/// `--lora` makes the same flip as lora-run).
+const QUANTIZED_NEAR_TIE: f32 = 0.5;
 
 /// The quantized path against a reference file.
 fn check_quantized(model_path: PathBuf, adapter_dir: &str, reference_file: &str, scale: f32) {
@@ -73,12 +87,19 @@ fn check_quantized(model_path: PathBuf, adapter_dir: &str, reference_file: &str,
             &want[..2]
         );
         assert!(shared >= 4, "{reference_file} {}: top-5 shares {shared}", p["prompt"]);
-        // Reported, not asserted: how long the quantized path's greedy run follows the reference.
+        // The greedy run follows the reference up to the first near-tie on either side: the
+        // reference's margin under 0.3 or the quantized path's own under QUANTIZED_NEAR_TIE.
         let (want_ids, n) = greedy_reference(p);
-        let got_ids = greedy(&m, &plan, &ids, 8);
+        let (got_ids, margins) = greedy_margins(&m, &plan, &ids, 8);
         let same = got_ids.iter().zip(&want_ids).take_while(|(a, b)| a == b).count();
+        let clear = n.min(margins.iter().take_while(|&&g| g >= QUANTIZED_NEAR_TIE).count());
         eprintln!(
-            "{reference_file} {}: top-5 shares {shared}; quantized greedy follows {same} of 8 ({n} clear)",
+            "{reference_file} {}: top-5 shares {shared}; quantized greedy follows {same} of 8 ({n} clear in the reference, {clear} on both sides)",
+            p["prompt"]
+        );
+        assert!(
+            same >= clear,
+            "{reference_file} {}: quantized greedy {got_ids:?} departs from {want_ids:?} at step {same}, before a near-tie",
             p["prompt"]
         );
     }
