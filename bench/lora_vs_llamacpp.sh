@@ -38,7 +38,7 @@ print(f"  lora-run with adapter / llama.cpp with adapter = {la/ca:.2f}x")
 PY
 
 OUT=$(mktemp -d)/merged.gguf
-"$LR" merge -m "$M" -a "$FIX/adapters/gemma3-270m-jargon" -o "$OUT" --type q8_0 2>&1 | tail -1
+"$LR" merge -m "$M" -a "$FIX/adapters/gemma3-270m-jargon" -o "$OUT" --type f16 2>&1 | tail -1
 for p in "The capital of France is" "The engine room reported" "Arr, tell me about the sea" "def add(a, b):"; do
     ours=$("$LR" -m "$M" -a "$FIX/adapters/gemma3-270m-jargon" -p "$p" -n 16 --temp 0 -t "$THREADS" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["text"])')
     theirs=$("$BIN/llama-completion" -m "$OUT" -p "$p" -n 16 --temp 0 -t "$THREADS" -no-cnv --no-warmup 2>/dev/null | python3 -c "import sys; t=sys.stdin.read(); p=sys.argv[1]; print(t[t.index(p)+len(p):] if p in t else t)" "$p")
