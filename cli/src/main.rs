@@ -43,16 +43,25 @@ struct ModelArgs {
     /// (`jargon.safetensors:0.5`); repeatable, the adapters stack.
     #[arg(short = 'a', long = "adapter", value_name = "PATH[:SCALE]")]
     adapters: Vec<String>,
-    /// lora_alpha for an adapter that has no config (no adapter_config.json or metadata).
+    /// lora_alpha for an adapter whose config does not give one (no adapter_config.json or
+    /// safetensors metadata with it); an adapter's own lora_alpha wins (with a warning).
     #[arg(long)]
     lora_alpha: Option<f32>,
     /// Fold the adapters into the weights in memory (full base speed) instead of applying
     /// them on the fly; the file is untouched.
     #[arg(long)]
     bake: bool,
-    /// Type of the baked tensors: same (requantize to their own type), f16 or q8_0.
-    #[arg(long, default_value = "same", value_parser = parse_bake_type)]
-    bake_type: runtime::lora::bake::BakeType,
+    /// Type of the baked tensors (with --bake, or -i's /bake): same (requantize to their own
+    /// type; the default), f16 or q8_0.
+    #[arg(long, value_parser = parse_bake_type)]
+    bake_type: Option<runtime::lora::bake::BakeType>,
+}
+
+impl ModelArgs {
+    /// The bake type asked for (`same` by default).
+    fn bake_type(&self) -> runtime::lora::bake::BakeType {
+        self.bake_type.unwrap_or(runtime::lora::bake::BakeType::Same)
+    }
 }
 
 fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType, String> {
@@ -267,19 +276,31 @@ fn parse_adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
     Ok((PathBuf::from(spec), 1.0))
 }
 
+/// Print an adapter's summary line (with `note` in parentheses, if any) and its warnings.
+fn print_loaded(h: &runtime::lora::AdapterHandle, note: &str) {
+    if note.is_empty() {
+        eprintln!("{}", h.adapter.summary());
+    } else {
+        eprintln!("{} ({note})", h.adapter.summary());
+    }
+    for w in &h.adapter.warnings {
+        eprintln!("warning: adapter {}: {w}", h.name);
+    }
+}
+
 /// Load the `--adapter`s into the engine's adapter set; print each one's summary line.
 fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::AdapterHandle, f32)>> {
     if m.adapters.is_empty() && (m.bake || m.lora_alpha.is_some()) {
         return Err(format!("{} needs an --adapter", if m.bake { "--bake" } else { "--lora-alpha" }).into());
     }
+    if m.bake_type.is_some() && !m.bake {
+        return Err("--bake-type needs --bake (or, with -i, /bake)".into());
+    }
     let mut out = Vec::new();
     for spec in &m.adapters {
         let (path, scale) = parse_adapter_spec(spec)?;
-        // Two files with the same stem get distinct names (`jargon`, `jargon#2`).
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default();
+        // Two adapters with the same name get distinct ones (`jargon`, `jargon#2`).
+        let stem = runtime::lora::default_adapter_name(&path);
         let mut name = stem.clone();
         let mut k = 2;
         while engine.adapter(&name).is_ok() {
@@ -292,16 +313,18 @@ fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::A
         };
         let t0 = std::time::Instant::now();
         let h = engine.load_adapter(&path, &opts)?;
-        eprintln!(
-            "{} (loaded in {:.1} ms, scale {scale})",
-            h.adapter.summary(),
-            t0.elapsed().as_secs_f64() * 1e3
+        print_loaded(
+            &h,
+            &format!(
+                "loaded in {:.1} ms; applied at scale {scale}",
+                t0.elapsed().as_secs_f64() * 1e3
+            ),
         );
         out.push((h, scale));
     }
     if m.bake && !out.is_empty() {
         let t0 = std::time::Instant::now();
-        let r = engine.bake(&out, m.bake_type)?;
+        let r = engine.bake(&out, m.bake_type())?;
         eprintln!(
             "baked {} tensors ({} bytes) in {:.0} ms",
             r.tensors.len(),
@@ -351,7 +374,14 @@ fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeT
 fn interactive(a: &GenerateArgs) -> Result<()> {
     use std::io::BufRead;
     let engine = load(&a.model)?;
-    let mut active = load_adapters(&engine, &a.model)?;
+    // --bake-type is for a later /bake here.
+    let mut active = load_adapters(
+        &engine,
+        &ModelArgs {
+            bake_type: None,
+            ..a.model.clone()
+        },
+    )?;
     let mut session = engine.session(a.model.ctx);
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -394,7 +424,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                                         lora_alpha: a.model.lora_alpha,
                                     },
                                 )?;
-                                eprintln!("{}", h.adapter.summary());
+                                print_loaded(&h, "");
                                 h
                             }
                         };
@@ -423,7 +453,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             }
             Some("/bake") if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
             Some("/bake") if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
-            Some("/bake") => match engine.bake(&active, a.model.bake_type) {
+            Some("/bake") => match engine.bake(&active, a.model.bake_type()) {
                 Ok(r) => {
                     println!(
                         "baked {} tensors; the adapters now live in the weights",
@@ -437,7 +467,11 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 engine.unbake();
                 println!("weights restored");
             }
-            Some(cmd) if cmd.starts_with('/') => eprintln!("unknown command {cmd}"),
+            Some(cmd) if cmd.starts_with('/') => {
+                eprintln!(
+                    "error: unknown command {cmd} (/adapters, /use NAME[:SCALE] ..., /none, /bake, /unbake, /quit)"
+                )
+            }
             _ => {
                 let prompt = if a.chat {
                     engine.chat_prompt(line)?
@@ -629,7 +663,7 @@ fn resolve_adapter(
                             },
                         )
                         .map_err(|e| format!("{where_}: {e}"))?;
-                    eprintln!("{}", h.adapter.summary());
+                    print_loaded(&h, "");
                     Ok(h)
                 }
             }

@@ -208,3 +208,81 @@ fn inspect_peft_folder() {
     ]);
     assert!(text.contains("use_rslora = true"), "{text}");
 }
+
+/// One `error:` line and a non-zero exit.
+fn fails(args: &[&str]) -> String {
+    let out = lora_run(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "lora-run {args:?} succeeded: {err}");
+    assert!(err.contains("error: ") && !err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn adapter_names_warnings_and_misuse() {
+    let q = lora_run_tests::model(lora_run_tests::QWEN);
+    let g = model(GEMMA);
+    let fx = fixtures_dir().join("adapters");
+    let pirate = fx.join("qwen2-0.5b-pirate");
+    // A folder name with a dot is the adapter's whole name, which --prompts lines can use.
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("p.jsonl");
+    std::fs::write(
+        &lines,
+        r#"{"prompt": "Hi", "n": 2, "adapters": [{"name": "qwen2-0.5b-pirate"}]}"#,
+    )
+    .unwrap();
+    let (out, err) = ok(&[
+        "-m",
+        q.to_str().unwrap(),
+        "--adapter",
+        pirate.to_str().unwrap(),
+        "--prompts",
+        lines.to_str().unwrap(),
+        "--temp",
+        "0",
+        "--json",
+    ]);
+    assert!(err.contains("adapter qwen2-0.5b-pirate (Peft): 96 modules"), "{err}");
+    let v: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(
+        v["adapters"][0].as_str().unwrap().starts_with("qwen2-0.5b-pirate"),
+        "{v}"
+    );
+    // An unused --lora-alpha is reported, not dropped silently.
+    let jargon = fx.join("gemma3-270m-jargon");
+    let (_, err) = ok(&[
+        "-m",
+        g.to_str().unwrap(),
+        "-a",
+        jargon.to_str().unwrap(),
+        "--lora-alpha",
+        "3",
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    assert!(
+        err.contains("warning: adapter gemma3-270m-jargon: the lora_alpha option (3) is not used"),
+        "{err}"
+    );
+    // --bake-type without --bake.
+    let err = fails(&["-m", g.to_str().unwrap(), "-p", "Hi", "-n", "1", "--bake-type", "f16"]);
+    assert!(err.contains("--bake-type needs --bake"), "{err}");
+    // A scale large enough to overflow the activations: an error, not empty text.
+    let huge = format!("{}:1e30", jargon.display());
+    let err = fails(&[
+        "-m",
+        g.to_str().unwrap(),
+        "-a",
+        &huge,
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+    ]);
+    assert!(err.contains("not finite") && err.contains("adapter scale"), "{err}");
+}

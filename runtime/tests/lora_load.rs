@@ -637,6 +637,27 @@ fn bare_file(name: &str, metadata: Option<&[(&str, &str)]>) -> (tempfile::TempDi
 }
 
 #[test]
+fn config_without_lora_alpha_gets_peft_default() {
+    // PEFT's LoraConfig defaults lora_alpha to 8: a config that omits it loads as PEFT would.
+    let (_dir, path) = tiny_copy(
+        |_| {},
+        |c| {
+            c.as_object_mut().unwrap().remove("lora_alpha");
+        },
+    );
+    let a = load(&path, tinyllama());
+    assert_eq!(a.alpha, 8.0);
+    assert!(a.targets.iter().all(|t| t.scale == 8.0 / t.r as f32));
+    assert!(
+        a.warnings
+            .iter()
+            .any(|w| w.contains("no lora_alpha") && w.contains("default 8")),
+        "{:?}",
+        a.warnings
+    );
+}
+
+#[test]
 fn missing_config_needs_lora_alpha() {
     let (_dir, path) = bare_file("x.safetensors", Some(&[("format", "pt")]));
     let e = load_err(&path, tinyllama(), &AdapterOptions::default());

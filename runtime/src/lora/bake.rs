@@ -58,7 +58,9 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
         {
             return Err(LoraError::Plan {
                 message: format!(
-                    "adapter {}: baking an embedding LoRA is not supported; apply it on the fly",
+                    "adapter {}: it changes the input embedding or the output head (an embedding LoRA or a \
+                     replacement embedding / head), which baking and merging do not support; run it on the fly \
+                     (without --bake)",
                     h.name
                 ),
             });

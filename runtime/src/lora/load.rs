@@ -58,7 +58,13 @@ pub fn load_adapter(path: &Path, model: &Model, opts: &AdapterOptions) -> Result
     Ok(adapter)
 }
 
-/// The folder name for a PEFT folder or a file named like PEFT's, else the file stem.
+/// The name an adapter at `path` gets by default: the folder name for a PEFT folder (dots
+/// included: `qwen2-0.5b-pirate`) or a file named like PEFT's (`adapter_model.safetensors`,
+/// `adapter_config.json`), else the file stem (`jargon.safetensors` → `jargon`).
+pub fn default_adapter_name(path: &Path) -> String {
+    default_name(path, path.is_dir())
+}
+
 fn default_name(path: &Path, is_dir: bool) -> String {
     let folder_of = |p: &Path| -> Option<String> {
         let abs = std::path::absolute(p).ok()?;

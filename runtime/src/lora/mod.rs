@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 pub use apply::{AdapterHandle, LoraPlan};
 pub use error::LoraError;
-pub use load::load_adapter;
+pub use load::{default_adapter_name, load_adapter};
 
 /// How to load an adapter.
 #[derive(Clone, Debug, Default)]
@@ -140,22 +140,31 @@ impl LoraAdapter {
         scales.dedup();
         let ranks: Vec<String> = self.ranks().iter().map(|r| r.to_string()).collect();
         let scales: Vec<String> = scales.iter().map(|s| format!("{s}")).collect();
-        format!(
-            "adapter {} ({:?}): {} modules{}, rank {}, scale {}{}{}, {} parameters, {} bytes",
-            self.name,
-            self.format,
-            self.targets.len(),
-            if self.embedding.is_some() { " + embedding" } else { "" },
-            ranks.join("/"),
-            scales.join("/"),
-            if self.use_rslora { " (rsLoRA)" } else { "" },
-            if self.targets.iter().any(|t| t.dora_magnitude.is_some()) {
-                ", DoRA"
-            } else {
-                ""
-            },
-            self.n_params(),
-            self.n_bytes()
-        )
+        let mut parts = vec![format!("{} modules", self.targets.len())];
+        if self.embedding.is_some() {
+            parts[0].push_str(" + embedding");
+        }
+        if !ranks.is_empty() {
+            parts.push(format!("rank {}", ranks.join("/")));
+        }
+        if !scales.is_empty() {
+            parts.push(format!(
+                "scale {}{}",
+                scales.join("/"),
+                if self.use_rslora { " (rsLoRA)" } else { "" }
+            ));
+        }
+        if self.targets.iter().any(|t| t.dora_magnitude.is_some()) {
+            parts.push("DoRA".into());
+        }
+        if self.embedding_replacement.is_some() {
+            parts.push("replaces the input embedding".into());
+        }
+        if self.head_replacement.is_some() {
+            parts.push("replaces the output head".into());
+        }
+        parts.push(format!("{} parameters", self.n_params()));
+        parts.push(format!("{} bytes", self.n_bytes()));
+        format!("adapter {} ({:?}): {}", self.name, self.format, parts.join(", "))
     }
 }

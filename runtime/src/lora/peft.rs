@@ -846,6 +846,9 @@ fn parse_key(key: &str) -> Result<Key, KeyError> {
     Ok(Key { module, slot, adapter })
 }
 
+/// `LoraConfig.lora_alpha`'s default in PEFT (peft/tuners/lora/config.py).
+const PEFT_DEFAULT_LORA_ALPHA: f32 = 8.0;
+
 // ---------------------------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------------------------
@@ -924,6 +927,10 @@ struct Group<'a> {
 /// [`LoraError::Unpaired`]; [`LoraError::WrongBaseModel`], [`LoraError::NoSuchWeight`],
 /// [`LoraError::ShapeMismatch`] against the model; [`LoraError::RankMismatch`] against the
 /// config; [`LoraError::UnsupportedDtype`]; [`LoraError::NonFinite`]; [`LoraError::Empty`].
+///
+/// `lora_alpha` comes from the config file, else the safetensors metadata, else
+/// `opts.lora_alpha`; a config file that omits it gets PEFT's default (`LoraConfig.lora_alpha`
+/// = 8), as `PeftModel.from_pretrained` would.
 pub fn load_safetensors(
     path: &Path,
     config: Option<&Path>,
@@ -971,6 +978,14 @@ pub fn load_safetensors(
         }
         (Some(a), _) => a,
         (None, Some(o)) => o,
+        // A PEFT config without `lora_alpha`: PEFT's LoraConfig default.
+        (None, None) if config.is_some() => {
+            warnings.push(format!(
+                "{} gives no lora_alpha: PEFT's default {PEFT_DEFAULT_LORA_ALPHA} is used (or pass --lora-alpha)",
+                cfg_path.display()
+            ));
+            PEFT_DEFAULT_LORA_ALPHA
+        }
         (None, None) => {
             let looked: Vec<String> = looked_for.iter().map(|p| p.display().to_string()).collect();
             return Err(LoraError::MissingAlpha {

@@ -55,6 +55,11 @@ pub enum ModelError {
     },
     #[error("quantized kernel: {0}")]
     Quant(#[from] QuantError),
+    #[error(
+        "the logits are not finite ({what}): the activations overflowed{}",
+        if *.with_adapters { "; is an adapter scale too large?" } else { "" }
+    )]
+    NonFiniteLogits { what: String, with_adapters: bool },
 }
 
 /// A weight matrix `[n_out, n_in]` (ggml shape `[n_in, n_out]`) living in the mapped file.
@@ -480,8 +485,16 @@ impl Model {
             Logits::Last => (x.split_off((n_tok - 1) * n_embd), 1),
             Logits::All => (x, n_tok),
         };
+        // Non-finite hidden states would reach the head as all-zero Q8 blocks (ggml's quantizer
+        // gives NaN blocks a zero scale) and come out as plausible-looking logits.
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFiniteLogits {
+                what: format!("hidden state {} at position {}", x[i], i / n_embd),
+                with_adapters: !plan.is_empty(),
+            });
+        }
         let xn = ops::rms_norm_to(&x, &self.output_norm, self.config.rms_eps);
-        match plan.head_replacement() {
+        let logits = match plan.head_replacement() {
             Some(w) => {
                 let m = QMatrix {
                     ty: quant::GgmlType::F32,
@@ -492,7 +505,14 @@ impl Model {
                 self.linear_of(m, &self.output, &xn, n, plan)
             }
             None => self.linear(&self.output, &xn, n, plan),
+        }?;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFiniteLogits {
+                what: format!("{} at vocabulary id {}", logits[i], i % self.config.n_vocab),
+                with_adapters: !plan.is_empty(),
+            });
         }
+        Ok(logits)
     }
 
     /// A new KV cache for `n_ctx` positions (at most the training context).
