@@ -68,6 +68,25 @@ pub fn reference_top(top20: &serde_json::Value) -> Vec<(u32, f32)> {
         .collect()
 }
 
+/// The quantized path's last-position logits against a reference `top20`: top-1 equal (either
+/// of the reference's top two where those are within 0.1, a tie that activation quantization
+/// can flip) and the top 5 sharing at least 4 ids. Returns how many of the top 5 are shared.
+pub fn assert_top_agrees(logits: &[f32], top20: &serde_json::Value, what: &str) -> usize {
+    let want = reference_top(top20);
+    let want5: Vec<u32> = want.iter().take(5).map(|w| w.0).collect();
+    let got = top_k(logits, 5);
+    let shared = got.iter().filter(|g| want5.contains(g)).count();
+    let tie = want[0].1 - want[1].1 < 0.1;
+    assert!(
+        got[0] == want5[0] || (tie && got[0] == want5[1]),
+        "{what}: top-1 {} vs {:?}",
+        got[0],
+        &want[..2]
+    );
+    assert!(shared >= 4, "{what}: top-5 shares {shared}");
+    shared
+}
+
 /// Parse `../shared/fixtures/llamacpp/reference.json`.
 pub fn llamacpp_reference() -> serde_json::Value {
     let p = fixtures_dir().join("llamacpp/reference.json");

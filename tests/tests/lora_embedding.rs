@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lora_run_tests::{GEMMA, fixtures_dir, model, reference_top, top_k, workspace_root};
+use lora_run_tests::{GEMMA, assert_top_agrees, fixtures_dir, model, reference_top, top_k, workspace_root};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
@@ -99,19 +99,7 @@ fn check_quantized(model_path: &Path, adapter: &Path, reference_file: &str, scal
     let plan = plan(&m, adapter, scale);
     for p in json(reference_file)["prompts"].as_array().unwrap() {
         let logits = last_logits(&m, &plan, &ids_of(&p["input_ids"]));
-        let want = reference_top(&p["top20"]);
-        let want5: Vec<u32> = want.iter().take(5).map(|w| w.0).collect();
-        let got = top_k(&logits, 5);
-        let shared = got.iter().filter(|g| want5.contains(g)).count();
-        let tie = want[0].1 - want[1].1 < 0.1;
-        assert!(
-            got[0] == want5[0] || (tie && got[0] == want5[1]),
-            "{reference_file} {}: top-1 {} vs {:?}",
-            p["prompt"],
-            got[0],
-            &want[..2]
-        );
-        assert!(shared >= 4, "{reference_file} {}: top-5 shares {shared}", p["prompt"]);
+        assert_top_agrees(&logits, &p["top20"], &format!("{reference_file} {}", p["prompt"]));
     }
 }
 

@@ -15,7 +15,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lora_run_tests::{GEMMA, QWEN, clear_steps, fixtures_dir, model, reference, reference_top, top_k};
+use lora_run_tests::{
+    GEMMA, QWEN, assert_top_agrees, clear_steps, fixtures_dir, model, reference, reference_top, top_k,
+};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
@@ -74,19 +76,7 @@ fn check_quantized(model_path: PathBuf, adapter_dir: &str, reference_file: &str,
         let ids = ids_of(&p["input_ids"]);
         let mut kv = m.new_kv_cache(256);
         let logits = m.forward_with(&mut kv, &ids, Logits::Last, &plan).unwrap();
-        let want = reference_top(&p["top20"]);
-        let want5: Vec<u32> = want.iter().take(5).map(|w| w.0).collect();
-        let got = top_k(&logits, 5);
-        let shared = got.iter().filter(|g| want5.contains(g)).count();
-        let tie = want[0].1 - want[1].1 < 0.1;
-        assert!(
-            got[0] == want5[0] || (tie && got[0] == want5[1]),
-            "{reference_file} {}: top-1 {} vs {:?}",
-            p["prompt"],
-            got[0],
-            &want[..2]
-        );
-        assert!(shared >= 4, "{reference_file} {}: top-5 shares {shared}", p["prompt"]);
+        let shared = assert_top_agrees(&logits, &p["top20"], &format!("{reference_file} {}", p["prompt"]));
         // The greedy run follows the reference up to the first near-tie on either side: the
         // reference's margin under 0.3 or the quantized path's own under QUANTIZED_NEAR_TIE.
         let (want_ids, n) = greedy_reference(p);

@@ -386,28 +386,32 @@ impl Model {
 
     /// [`Model::embed`], from the plan's replacement embedding when an active adapter has one.
     pub fn embed_with(&self, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
-        let Some(rep) = plan.embedding_replacement() else {
-            return self.embed(tokens);
-        };
         let n_embd = self.config.n_embd;
-        let mut x = vec![0f32; tokens.len() * n_embd];
-        for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
-            if t as usize >= self.config.n_vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    id: t,
-                    n_vocab: self.config.n_vocab,
-                });
-            }
-            row.copy_from_slice(&rep[t as usize * n_embd..][..n_embd]);
+        match plan.embedding_replacement() {
+            Some(rep) => self.rows_of(tokens, |t, row| {
+                row.copy_from_slice(&rep[t * n_embd..][..n_embd]);
+                Ok(())
+            }),
+            None => self.embed(tokens),
         }
-        Ok(x)
     }
 
     /// Embedding rows of `tokens`: `[n_tok, n_embd]` (ggml `get_rows`: dequantized rows).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let n_embd = self.config.n_embd;
         let m = self.matrix(&self.tok_embd);
         let rb = m.row_bytes();
+        self.rows_of(tokens, |t, row| {
+            Ok(quant::dequantize_row(m.ty, &m.data[t * rb..][..rb], row)?)
+        })
+    }
+
+    /// `[n_tok, n_embd]`, each row filled by `fill(token, row)` after the token's range check.
+    fn rows_of(
+        &self,
+        tokens: &[u32],
+        mut fill: impl FnMut(usize, &mut [f32]) -> Result<(), ModelError>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let n_embd = self.config.n_embd;
         let mut x = vec![0f32; tokens.len() * n_embd];
         for (&t, row) in tokens.iter().zip(x.chunks_exact_mut(n_embd)) {
             if t as usize >= self.config.n_vocab {
@@ -416,7 +420,7 @@ impl Model {
                     n_vocab: self.config.n_vocab,
                 });
             }
-            quant::dequantize_row(m.ty, &m.data[t as usize * rb..][..rb], row)?;
+            fill(t as usize, row)?;
         }
         Ok(x)
     }
