@@ -87,6 +87,15 @@ pub fn assert_top_agrees(logits: &[f32], top20: &serde_json::Value, what: &str) 
     shared
 }
 
+/// A JSON array of token ids.
+pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
 /// Parse `../shared/fixtures/llamacpp/reference.json`.
 pub fn llamacpp_reference() -> serde_json::Value {
     let p = fixtures_dir().join("llamacpp/reference.json");

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lora_run_tests::{GEMMA, assert_top_agrees, fixtures_dir, model, reference_top, top_k, workspace_root};
+use lora_run_tests::{GEMMA, assert_top_agrees, fixtures_dir, ids_of, model, reference_top, top_k, workspace_root};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
@@ -36,14 +36,6 @@ fn json(name: &str) -> serde_json::Value {
 
 fn tinyllama() -> PathBuf {
     fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn plan(m: &Model, adapter: &Path, scale: f32) -> LoraPlan {

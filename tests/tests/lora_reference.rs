@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lora_run_tests::{
-    GEMMA, QWEN, assert_top_agrees, clear_steps, fixtures_dir, model, reference, reference_top, top_k,
+    GEMMA, QWEN, assert_top_agrees, clear_steps, fixtures_dir, ids_of, model, reference, reference_top, top_k,
 };
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
@@ -32,14 +32,6 @@ fn adapter(name: &str) -> PathBuf {
 fn handle(m: &Model, path: &std::path::Path) -> AdapterHandle {
     let a = load_adapter(path, m, &AdapterOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     AdapterHandle::new(a.name.clone(), 1, a)
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// Greedy tokens and each step's top-two margin.

@@ -1051,40 +1051,35 @@ pub fn load_safetensors(
         }
         let view = st.tensor(name).map_err(st_err)?;
         let target = map_module(&model.config, &key.module);
-        if key.slot == Slot::Replacement {
-            if target != Some(ModuleTarget::Embedding) {
+        if matches!(key.slot, Slot::Replacement | Slot::HeadReplacement) {
+            let (fits, what, slot) = if key.slot == Slot::Replacement {
+                (
+                    target == Some(ModuleTarget::Embedding),
+                    "input embedding",
+                    &mut replacement,
+                )
+            } else {
+                (
+                    matches!(&target, Some(ModuleTarget::Linear { tensor, .. }) if tensor == "output.weight"),
+                    "output head",
+                    &mut head_replacement,
+                )
+            };
+            if !fits {
                 return Err(LoraError::UnknownTensor {
                     path: path.to_path_buf(),
                     tensor: name.to_string(),
-                    message: format!("`{}` is not the input embedding of a {} model", key.module, arch.name()),
+                    message: format!("`{}` is not the {what} of a {} model", key.module, arch.name()),
                 });
             }
-            if let Some((other, _)) = &replacement {
+            if let Some((other, _)) = slot {
                 return Err(LoraError::Duplicate {
                     path: path.to_path_buf(),
                     tensor: name.to_string(),
                     other: other.clone(),
                 });
             }
-            replacement = Some((name.to_string(), view));
-            continue;
-        }
-        if key.slot == Slot::HeadReplacement {
-            if !matches!(&target, Some(ModuleTarget::Linear { tensor, .. }) if tensor == "output.weight") {
-                return Err(LoraError::UnknownTensor {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    message: format!("`{}` is not the output head of a {} model", key.module, arch.name()),
-                });
-            }
-            if let Some((other, _)) = &head_replacement {
-                return Err(LoraError::Duplicate {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    other: other.clone(),
-                });
-            }
-            head_replacement = Some((name.to_string(), view));
+            *slot = Some((name.to_string(), view));
             continue;
         }
         let fits_kind = matches!(
