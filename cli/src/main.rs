@@ -45,7 +45,7 @@ struct ModelArgs {
     adapters: Vec<String>,
     /// lora_alpha for an adapter whose config does not give one (no adapter_config.json or
     /// safetensors metadata with it); an adapter's own lora_alpha wins (with a warning).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_lora_alpha)]
     lora_alpha: Option<f32>,
     /// Fold the adapters into the weights in memory (full base speed) instead of applying
     /// them on the fly; the file is untouched.
@@ -61,6 +61,13 @@ impl ModelArgs {
     /// The bake type asked for (`same` by default).
     fn bake_type(&self) -> runtime::lora::bake::BakeType {
         self.bake_type.unwrap_or(runtime::lora::bake::BakeType::Same)
+    }
+}
+
+fn parse_lora_alpha(s: &str) -> std::result::Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number")),
     }
 }
 

@@ -305,11 +305,11 @@ impl PeftConfig {
             field: field.to_string(),
             message,
         };
-        let json: Json = serde_json::from_str(text)
-            .map_err(|e| config_err("adapter_config.json", format!("not valid JSON: {e}")))?;
+        let json: Json =
+            serde_json::from_str(text).map_err(|e| config_err("adapter config", format!("not valid JSON: {e}")))?;
         let Json::Object(fields) = json else {
             return Err(config_err(
-                "adapter_config.json",
+                "adapter config",
                 format!("expected a JSON object, found {}", json.show()),
             ));
         };
@@ -902,7 +902,7 @@ fn read_config(path: &Path) -> Result<PeftConfig, LoraError> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData => LoraError::Config {
             path: path.to_path_buf(),
-            field: "adapter_config.json".into(),
+            field: "adapter config".into(),
             message: "not UTF-8".into(),
         },
         _ => io_error(path, &e),
@@ -1608,7 +1608,7 @@ mod tests {
                 r#"{"target_modules": ".*q_proj", "layers_to_transform": [1]}"#,
                 "layers_to_transform",
             ),
-            (r#"[1]"#, "adapter_config.json"),
+            (r#"[1]"#, "adapter config"),
         ] {
             match cfg(json) {
                 Err(LoraError::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
