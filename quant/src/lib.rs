@@ -87,6 +87,21 @@ pub trait VecDot: Block {
             *o = Self::vec_dot(level, x, y);
         }
     }
+
+    /// [`VecDot::vec_dot_multi`] for two weight rows `x0`, `x1` at once (`out0[t]`, `out1[t]`),
+    /// each value bit-identical to [`VecDot::vec_dot`] of its pair. Formats whose kernel shares
+    /// the activation loads between the two rows override it; the default makes two calls.
+    fn vec_dot_multi2(
+        level: SimdLevel,
+        x0: &[Self],
+        x1: &[Self],
+        ys: &[&[Self::Act]],
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        Self::vec_dot_multi(level, x0, ys, out0);
+        Self::vec_dot_multi(level, x1, ys, out1);
+    }
 }
 
 /// Most activation rows one [`VecDot::vec_dot_multi`] call takes.

@@ -195,15 +195,28 @@ fn matmul_typed<B: VecDot>(
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
         .for_each(|(c, chunk)| {
-            for (i, row) in chunk.chunks_mut(n_tok).enumerate() {
-                let o = c * ROWS_PER_TASK + i;
-                let w = &wb[o * w_per_row..][..w_per_row];
-                // Tokens in groups: formats with a multi-row kernel unpack each weight block once.
-                for (g, vals) in row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
-                    let t0 = g * crate::MULTI_TOKENS;
-                    let ys: [&[B::Act]; crate::MULTI_TOKENS] =
-                        std::array::from_fn(|j| act_row((t0 + j).min(n_tok - 1)));
-                    B::vec_dot_multi(level, w, &ys[..vals.len()], vals);
+            let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
+            let group = |g: usize| -> [&[B::Act]; crate::MULTI_TOKENS] {
+                std::array::from_fn(|j| act_row((g * crate::MULTI_TOKENS + j).min(n_tok - 1)))
+            };
+            // Weight rows in pairs and tokens in groups: formats with multi-row kernels unpack
+            // each weight block once per group and load each activation block once per pair.
+            for (i, rows) in chunk.chunks_mut(2 * n_tok).enumerate() {
+                let o = c * ROWS_PER_TASK + 2 * i;
+                if rows.len() == 2 * n_tok {
+                    let (r0, r1) = rows.split_at_mut(n_tok);
+                    let groups = r0
+                        .chunks_mut(crate::MULTI_TOKENS)
+                        .zip(r1.chunks_mut(crate::MULTI_TOKENS));
+                    for (g, (v0, v1)) in groups.enumerate() {
+                        let ys = group(g);
+                        B::vec_dot_multi2(level, w_row(o), w_row(o + 1), &ys[..v0.len()], v0, v1);
+                    }
+                } else {
+                    for (g, vals) in rows.chunks_mut(crate::MULTI_TOKENS).enumerate() {
+                        let ys = group(g);
+                        B::vec_dot_multi(level, w_row(o), &ys[..vals.len()], vals);
+                    }
                 }
             }
         });
@@ -281,4 +294,57 @@ pub fn matmul_dequantized(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prompt batches (rows in pairs, tokens in groups, an odd last row) give bit for bit what
+    /// one token at a time gives, for a format with multi-row kernels and one without.
+    #[test]
+    fn batched_equals_token_by_token() {
+        let mut st = 0x1234_5678_9ABC_DEF1u64;
+        let mut rnd = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+            let n_in = 512;
+            for n_out in [1, 7, 33] {
+                let rb = ty.row_bytes(n_in).unwrap();
+                let mut data = vec![0u8; rb * n_out];
+                for row in data.chunks_mut(rb) {
+                    let w: Vec<f32> = (0..n_in).map(|_| rnd()).collect();
+                    crate::quantize_row(ty, &w, row).unwrap();
+                }
+                let w = QMatrix {
+                    ty,
+                    data: &data,
+                    n_out,
+                    n_in,
+                };
+                for n_tok in [2, 5, 9] {
+                    let x: Vec<f32> = (0..n_tok * n_in).map(|_| rnd() * 4.0).collect();
+                    for level in SimdLevel::available() {
+                        let mut y = vec![0f32; n_tok * n_out];
+                        matmul_at(level, &w, &x, n_tok, &mut y).unwrap();
+                        for t in 0..n_tok {
+                            let mut y1 = vec![0f32; n_out];
+                            matmul_at(level, &w, &x[t * n_in..][..n_in], 1, &mut y1).unwrap();
+                            for o in 0..n_out {
+                                assert_eq!(
+                                    y[t * n_out + o].to_bits(),
+                                    y1[o].to_bits(),
+                                    "{ty} {level:?} n_out {n_out} n_tok {n_tok}: token {t} row {o}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -114,6 +114,26 @@ impl VecDot for BlockQ5_0 {
             }
         }
     }
+
+    fn vec_dot_multi2(
+        level: SimdLevel,
+        x0: &[Self],
+        x1: &[Self],
+        ys: &[&[Self::Act]],
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 if level.is_available() && ys.len() <= crate::MULTI_TOKENS => unsafe {
+                x86::vec_dot_multi2_avx512(x0, x1, ys, out0, out1)
+            },
+            _ => {
+                Self::vec_dot_multi(level, x0, ys, out0);
+                Self::vec_dot_multi(level, x1, ys, out1);
+            }
+        }
+    }
 }
 
 /// Scalar reference of `ggml_vec_dot_q5_0_q8_0_generic` (ggml-cpu/quants.c): per block an
@@ -215,11 +235,7 @@ pub(crate) mod x86 {
         let n = ys[..nt].iter().fold(x.len(), |m, y| m.min(y.len()));
         let pairs = n / 2;
         for i in 0..pairs {
-            let (x0, x1) = (&x[2 * i], &x[2 * i + 1]);
-            let nib = join_256(bytes_from_nibbles_32(&x0.qs), bytes_from_nibbles_32(&x1.qs));
-            let k = u32::from_le_bytes(x0.qh) as u64 | ((u32::from_le_bytes(x1.qh) as u64) << 32);
-            let qx = _mm512_mask_blend_epi8(k, _mm512_or_si512(nib, hi), nib);
-            let (dx0, dx1) = (fp16_to_f32(x0.d), fp16_to_f32(x1.d));
+            let (qx, dx0, dx1) = unpack_pair(&x[2 * i], &x[2 * i + 1], hi);
             for t in 0..nt {
                 let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
                 let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
@@ -234,6 +250,60 @@ pub(crate) mod x86 {
                 sum += unsafe { vec_dot_avx2(&x[n - 1..n], &ys[t][n - 1..n]) };
             }
             out[t] = sum;
+        }
+    }
+
+    /// Two Q5_0 blocks as 64 signed bytes (q − 16, as in [`vec_dot_avx512`]) and their scales.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn unpack_pair(x0: &BlockQ5_0, x1: &BlockQ5_0, hi: __m512i) -> (__m512i, f32, f32) {
+        let nib = join_256(bytes_from_nibbles_32(&x0.qs), bytes_from_nibbles_32(&x1.qs));
+        let k = u32::from_le_bytes(x0.qh) as u64 | ((u32::from_le_bytes(x1.qh) as u64) << 32);
+        let q = _mm512_mask_blend_epi8(k, _mm512_or_si512(nib, hi), nib);
+        (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
+    }
+
+    /// [`vec_dot_multi_avx512`] for two weight rows: each pair of activation blocks is loaded
+    /// and its scales converted once for both rows. Every value goes through the same
+    /// operations in the same order as in [`vec_dot_avx512`], so the results are bit-identical.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, `out0` and `out1` at least
+    /// `ys.len()` long.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn vec_dot_multi2_avx512(
+        x0: &[BlockQ5_0],
+        x1: &[BlockQ5_0],
+        ys: &[&[BlockQ8_0]],
+        out0: &mut [f32],
+        out1: &mut [f32],
+    ) {
+        let nt = ys.len().min(4);
+        let mut acc0 = [_mm512_setzero_ps(); 4];
+        let mut acc1 = [_mm512_setzero_ps(); 4];
+        let hi = _mm512_set1_epi8(0xF0u8 as i8);
+        let n = ys[..nt].iter().fold(x0.len().min(x1.len()), |m, y| m.min(y.len()));
+        for i in 0..n / 2 {
+            let (qa, da0, da1) = unpack_pair(&x0[2 * i], &x0[2 * i + 1], hi);
+            let (qb, db0, db1) = unpack_pair(&x1[2 * i], &x1[2 * i + 1], hi);
+            for t in 0..nt {
+                let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
+                let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
+                let (dy0, dy1) = (fp16_to_f32(y0.d), fp16_to_f32(y1.d));
+                let q = mul_sum_i8_pairs_float_512(qy, qa);
+                acc0[t] = _mm512_fmadd_ps(scales_2x8(da0 * dy0, da1 * dy1), q, acc0[t]);
+                let q = mul_sum_i8_pairs_float_512(qy, qb);
+                acc1[t] = _mm512_fmadd_ps(scales_2x8(db0 * dy0, db1 * dy1), q, acc1[t]);
+            }
+        }
+        for t in 0..nt {
+            let (mut s0, mut s1) = (_mm512_reduce_add_ps(acc0[t]), _mm512_reduce_add_ps(acc1[t]));
+            if n % 2 == 1 {
+                s0 += unsafe { vec_dot_avx2(&x0[n - 1..n], &ys[t][n - 1..n]) };
+                s1 += unsafe { vec_dot_avx2(&x1[n - 1..n], &ys[t][n - 1..n]) };
+            }
+            out0[t] = s0;
+            out1[t] = s1;
         }
     }
 }
@@ -312,6 +382,24 @@ mod tests {
                 BlockQ5_0::vec_dot_multi(level, &x, &ys, &mut out[..nt]);
                 for t in 0..nt {
                     prop_assert_eq!(out[t].to_bits(), BlockQ5_0::vec_dot(level, &x, ys[t]).to_bits(), "{:?} row {}", level, t);
+                }
+            }
+        }
+
+        /// The two-row kernel too, for both rows.
+        #[test]
+        fn two_row_multi_is_bit_identical((x, y) in rows(), x1 in prop::collection::vec(block(), 9), extra in prop::collection::vec(prop::collection::vec(act(), 9), 3), nt in 1usize..=4) {
+            let n = x.len();
+            let x1 = &x1[..n];
+            let mut rows: Vec<Vec<BlockQ8_0>> = vec![y.clone()];
+            rows.extend(extra.into_iter().map(|mut r| { r.truncate(n); r }));
+            let ys: Vec<&[BlockQ8_0]> = rows.iter().take(nt).map(|r| r.as_slice()).collect();
+            for level in SimdLevel::available() {
+                let (mut out0, mut out1) = ([0f32; 4], [0f32; 4]);
+                BlockQ5_0::vec_dot_multi2(level, &x, x1, &ys, &mut out0[..nt], &mut out1[..nt]);
+                for t in 0..nt {
+                    prop_assert_eq!(out0[t].to_bits(), BlockQ5_0::vec_dot(level, &x, ys[t]).to_bits(), "{:?} row 0 token {}", level, t);
+                    prop_assert_eq!(out1[t].to_bits(), BlockQ5_0::vec_dot(level, x1, ys[t]).to_bits(), "{:?} row 1 token {}", level, t);
                 }
             }
         }
