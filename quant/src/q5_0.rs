@@ -286,14 +286,16 @@ pub(crate) mod x86 {
         for i in 0..n / 2 {
             let (qa, da0, da1) = unpack_pair(&x0[2 * i], &x0[2 * i + 1], hi);
             let (qb, db0, db1) = unpack_pair(&x1[2 * i], &x1[2 * i + 1], hi);
+            // The products d_x·d_y lane by lane: the same f32 products as the scalar ones.
+            let (da, db) = (scales_2x8(da0, da1), scales_2x8(db0, db1));
             for t in 0..nt {
                 let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
                 let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
-                let (dy0, dy1) = (fp16_to_f32(y0.d), fp16_to_f32(y1.d));
+                let dy = scales_2x8(fp16_to_f32(y0.d), fp16_to_f32(y1.d));
                 let q = mul_sum_i8_pairs_float_512(qy, qa);
-                acc0[t] = _mm512_fmadd_ps(scales_2x8(da0 * dy0, da1 * dy1), q, acc0[t]);
+                acc0[t] = _mm512_fmadd_ps(_mm512_mul_ps(da, dy), q, acc0[t]);
                 let q = mul_sum_i8_pairs_float_512(qy, qb);
-                acc1[t] = _mm512_fmadd_ps(scales_2x8(db0 * dy0, db1 * dy1), q, acc1[t]);
+                acc1[t] = _mm512_fmadd_ps(_mm512_mul_ps(db, dy), q, acc1[t]);
             }
         }
         for t in 0..nt {
