@@ -151,6 +151,21 @@ pub fn attention(
 ) -> Vec<f32> {
     let group = n_head / n_head_kv;
     let mut out = vec![0f32; n_tok * n_head * head_dim_v];
+    // Prompt batches read every cached key and value once per query and head: widen the
+    // positions any query can see to f32 once (the same values the per-row widening gives).
+    let lo = window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
+    let widen = |c: &[f16], row: usize| -> Vec<f32> {
+        if n_tok == 1 {
+            return Vec::new();
+        }
+        let src = &c[lo * n_head_kv * row..];
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(4096)
+            .zip(src.par_chunks(4096))
+            .for_each(|(d, s)| f16_to_f32_slice(s, d));
+        dst
+    };
+    let (k_all, v_all) = (widen(k_cache, head_dim), widen(v_cache, head_dim_v));
     out.par_chunks_mut(head_dim_v).enumerate().for_each(|(idx, o)| {
         let (t, h) = (idx / n_head, idx % n_head);
         let kvh = h / group;
@@ -170,8 +185,13 @@ pub fn attention(
         let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
         let mut acc = vec![0f32; head_dim_v];
         for p in first..=pos {
-            f16_to_f32_slice(&k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim], &mut kf);
-            let s = dot_f16_like(&q16, &kf) * scale;
+            let kr: &[f32] = if k_all.is_empty() {
+                f16_to_f32_slice(&k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim], &mut kf);
+                &kf
+            } else {
+                &k_all[((p - lo) * n_head_kv + kvh) * head_dim..][..head_dim]
+            };
+            let s = dot_f16_like(&q16, kr) * scale;
             let m_old = m;
             let (mut ms, mut vs) = (1f32, 1f32);
             if s > m {
@@ -182,9 +202,14 @@ pub fn attention(
             } else {
                 vs = (s - m).exp();
             }
-            f16_to_f32_slice(&v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v], &mut vf);
+            let vr: &[f32] = if v_all.is_empty() {
+                f16_to_f32_slice(&v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v], &mut vf);
+                &vf
+            } else {
+                &v_all[((p - lo) * n_head_kv + kvh) * head_dim_v..][..head_dim_v]
+            };
             // ggml_vec_mad_f16: acc = f16(fma(v, vs, acc))
-            mad_round_f16(&mut acc, &vf, vs);
+            mad_round_f16(&mut acc, vr, vs);
             s_sum = s_sum * ms + vs;
         }
         let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
