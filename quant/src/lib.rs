@@ -88,21 +88,23 @@ pub trait VecDot: Block {
         }
     }
 
-    /// [`VecDot::vec_dot_multi`] for two weight rows `x0`, `x1` at once (`out0[t]`, `out1[t]`),
+    /// [`VecDot::vec_dot_multi`] for [`MULTI_ROWS`] weight rows `xs[r]` at once (`outs[r][t]`),
     /// each value bit-identical to [`VecDot::vec_dot`] of its pair. Formats whose kernel shares
-    /// the activation loads between the two rows override it; the default makes two calls.
-    fn vec_dot_multi2(
+    /// the activation loads between the rows override it; the default makes one call per row.
+    fn vec_dot_multi_rows(
         level: SimdLevel,
-        x0: &[Self],
-        x1: &[Self],
+        xs: [&[Self]; MULTI_ROWS],
         ys: &[&[Self::Act]],
-        out0: &mut [f32],
-        out1: &mut [f32],
+        outs: [&mut [f32]; MULTI_ROWS],
     ) {
-        Self::vec_dot_multi(level, x0, ys, out0);
-        Self::vec_dot_multi(level, x1, ys, out1);
+        for (x, out) in xs.into_iter().zip(outs) {
+            Self::vec_dot_multi(level, x, ys, out);
+        }
     }
 }
+
+/// Weight rows one [`VecDot::vec_dot_multi_rows`] call takes.
+pub const MULTI_ROWS: usize = 4;
 
 /// Most activation rows one [`VecDot::vec_dot_multi`] call takes.
 pub const MULTI_TOKENS: usize = 4;

@@ -199,24 +199,39 @@ fn matmul_typed<B: VecDot>(
             let group = |g: usize| -> [&[B::Act]; crate::MULTI_TOKENS] {
                 std::array::from_fn(|j| act_row((g * crate::MULTI_TOKENS + j).min(n_tok - 1)))
             };
-            // Weight rows in pairs and tokens in groups: formats with multi-row kernels unpack
-            // each weight block once per group and load each activation block once per pair.
-            for (i, rows) in chunk.chunks_mut(2 * n_tok).enumerate() {
-                let o = c * ROWS_PER_TASK + 2 * i;
-                if rows.len() == 2 * n_tok {
-                    let (r0, r1) = rows.split_at_mut(n_tok);
-                    let groups = r0
-                        .chunks_mut(crate::MULTI_TOKENS)
-                        .zip(r1.chunks_mut(crate::MULTI_TOKENS));
-                    for (g, (v0, v1)) in groups.enumerate() {
-                        let ys = group(g);
-                        B::vec_dot_multi2(level, w_row(o), w_row(o + 1), &ys[..v0.len()], v0, v1);
-                    }
-                } else {
-                    for (g, vals) in rows.chunks_mut(crate::MULTI_TOKENS).enumerate() {
-                        let ys = group(g);
-                        B::vec_dot_multi(level, w_row(o), &ys[..vals.len()], vals);
-                    }
+            // Weight rows in fours and tokens in groups: formats with multi-row kernels unpack
+            // each weight block once per token group and load each activation block once per
+            // four rows. Rows left over go one at a time.
+            const R: usize = crate::MULTI_ROWS;
+            let full = chunk.len() / (R * n_tok) * (R * n_tok);
+            let (quads, rest) = chunk.split_at_mut(full);
+            for (i, rows) in quads.chunks_mut(R * n_tok).enumerate() {
+                let o = c * ROWS_PER_TASK + R * i;
+                let mut it = rows.chunks_mut(n_tok);
+                let mut outs: [&mut [f32]; R] = std::array::from_fn(|_| it.next().unwrap_or_default());
+                for g in 0..n_tok.div_ceil(crate::MULTI_TOKENS) {
+                    let ys = group(g);
+                    let s0 = g * crate::MULTI_TOKENS;
+                    let len = (n_tok - s0).min(crate::MULTI_TOKENS);
+                    let [a, b, cc, d] = &mut outs;
+                    B::vec_dot_multi_rows(
+                        level,
+                        std::array::from_fn(|r| w_row(o + r)),
+                        &ys[..len],
+                        [
+                            &mut a[s0..s0 + len],
+                            &mut b[s0..s0 + len],
+                            &mut cc[s0..s0 + len],
+                            &mut d[s0..s0 + len],
+                        ],
+                    );
+                }
+            }
+            for (i, vals_row) in rest.chunks_mut(n_tok).enumerate() {
+                let o = c * ROWS_PER_TASK + full / n_tok + i;
+                for (g, vals) in vals_row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
+                    let ys = group(g);
+                    B::vec_dot_multi(level, w_row(o), &ys[..vals.len()], vals);
                 }
             }
         });

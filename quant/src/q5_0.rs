@@ -115,22 +115,21 @@ impl VecDot for BlockQ5_0 {
         }
     }
 
-    fn vec_dot_multi2(
+    fn vec_dot_multi_rows(
         level: SimdLevel,
-        x0: &[Self],
-        x1: &[Self],
+        xs: [&[Self]; crate::MULTI_ROWS],
         ys: &[&[Self::Act]],
-        out0: &mut [f32],
-        out1: &mut [f32],
+        outs: [&mut [f32]; crate::MULTI_ROWS],
     ) {
         match level {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 if level.is_available() && ys.len() <= crate::MULTI_TOKENS => unsafe {
-                x86::vec_dot_multi2_avx512(x0, x1, ys, out0, out1)
+                x86::vec_dot_multi_rows_avx512(xs, ys, outs)
             },
             _ => {
-                Self::vec_dot_multi(level, x0, ys, out0);
-                Self::vec_dot_multi(level, x1, ys, out1);
+                for (x, out) in xs.into_iter().zip(outs) {
+                    Self::vec_dot_multi(level, x, ys, out);
+                }
             }
         }
     }
@@ -263,50 +262,69 @@ pub(crate) mod x86 {
         (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
     }
 
-    /// [`vec_dot_multi_avx512`] for two weight rows: each pair of activation blocks is loaded
-    /// and its scales converted once for both rows. Every value goes through the same
-    /// operations in the same order as in [`vec_dot_avx512`], so the results are bit-identical.
+    /// [`vec_dot_multi_avx512`] for four weight rows: each pair of activation blocks is loaded
+    /// and its scales converted once for all four. The weights enter `vpdpbusd` as unsigned
+    /// q = (q − 16) + 16 ∈ 0..=31 with the accumulator started at −16·Σ q_y (once per token
+    /// for all rows), which leaves in every lane exactly the integer Σ (q − 16)·q_y of
+    /// [`vec_dot_avx512`]; the float steps are the same too (d_x·d_y as f32 products, one fused
+    /// multiply-add per pair of blocks), so the results are bit-identical.
     ///
     /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, `out0` and `out1` at least
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, every `outs[r]` at least
     /// `ys.len()` long.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn vec_dot_multi2_avx512(
-        x0: &[BlockQ5_0],
-        x1: &[BlockQ5_0],
+    pub unsafe fn vec_dot_multi_rows_avx512(
+        xs: [&[BlockQ5_0]; crate::MULTI_ROWS],
         ys: &[&[BlockQ8_0]],
-        out0: &mut [f32],
-        out1: &mut [f32],
+        outs: [&mut [f32]; crate::MULTI_ROWS],
     ) {
+        const R: usize = crate::MULTI_ROWS;
         let nt = ys.len().min(4);
-        let mut acc0 = [_mm512_setzero_ps(); 4];
-        let mut acc1 = [_mm512_setzero_ps(); 4];
-        let hi = _mm512_set1_epi8(0xF0u8 as i8);
-        let n = ys[..nt].iter().fold(x0.len().min(x1.len()), |m, y| m.min(y.len()));
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let sixteen = _mm512_set1_epi8(16);
+        let zero = _mm512_setzero_si512();
+        let n_x = xs.iter().fold(usize::MAX, |m, x| m.min(x.len()));
+        let n = ys[..nt].iter().fold(n_x, |m, y| m.min(y.len()));
         for i in 0..n / 2 {
-            let (qa, da0, da1) = unpack_pair(&x0[2 * i], &x0[2 * i + 1], hi);
-            let (qb, db0, db1) = unpack_pair(&x1[2 * i], &x1[2 * i + 1], hi);
-            // The products d_x·d_y lane by lane: the same f32 products as the scalar ones.
-            let (da, db) = (scales_2x8(da0, da1), scales_2x8(db0, db1));
+            let mut u = [zero; R];
+            let mut dx = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let (q, d0, d1) = unpack_pair_unsigned(&xs[r][2 * i], &xs[r][2 * i + 1]);
+                u[r] = q;
+                // The products d_x·d_y lane by lane: the same f32 products as the scalar ones.
+                dx[r] = scales_2x8(d0, d1);
+            }
             for t in 0..nt {
                 let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
                 let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
                 let dy = scales_2x8(fp16_to_f32(y0.d), fp16_to_f32(y1.d));
-                let q = mul_sum_i8_pairs_float_512(qy, qa);
-                acc0[t] = _mm512_fmadd_ps(_mm512_mul_ps(da, dy), q, acc0[t]);
-                let q = mul_sum_i8_pairs_float_512(qy, qb);
-                acc1[t] = _mm512_fmadd_ps(_mm512_mul_ps(db, dy), q, acc1[t]);
+                let neg16y = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, sixteen, qy));
+                for r in 0..R {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg16y, u[r], qy));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), q, acc[r][t]);
+                }
             }
         }
-        for t in 0..nt {
-            let (mut s0, mut s1) = (_mm512_reduce_add_ps(acc0[t]), _mm512_reduce_add_ps(acc1[t]));
-            if n % 2 == 1 {
-                s0 += unsafe { vec_dot_avx2(&x0[n - 1..n], &ys[t][n - 1..n]) };
-                s1 += unsafe { vec_dot_avx2(&x1[n - 1..n], &ys[t][n - 1..n]) };
+        for (r, out) in outs.into_iter().enumerate() {
+            for t in 0..nt {
+                let mut s = _mm512_reduce_add_ps(acc[r][t]);
+                if n % 2 == 1 {
+                    s += unsafe { vec_dot_avx2(&xs[r][n - 1..n], &ys[t][n - 1..n]) };
+                }
+                out[t] = s;
             }
-            out0[t] = s0;
-            out1[t] = s1;
         }
+    }
+
+    /// Two Q5_0 blocks as 64 unsigned bytes q ∈ 0..=31 (the nibble, plus 16 where the fifth
+    /// bit is set) and their scales.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn unpack_pair_unsigned(x0: &BlockQ5_0, x1: &BlockQ5_0) -> (__m512i, f32, f32) {
+        let nib = join_256(bytes_from_nibbles_32(&x0.qs), bytes_from_nibbles_32(&x1.qs));
+        let k = u32::from_le_bytes(x0.qh) as u64 | ((u32::from_le_bytes(x1.qh) as u64) << 32);
+        let q = _mm512_mask_blend_epi8(k, nib, _mm512_or_si512(nib, _mm512_set1_epi8(16)));
+        (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
     }
 }
 
@@ -388,20 +406,22 @@ mod tests {
             }
         }
 
-        /// The two-row kernel too, for both rows.
+        /// The four-row kernel too, for every row.
         #[test]
-        fn two_row_multi_is_bit_identical((x, y) in rows(), x1 in prop::collection::vec(block(), 9), extra in prop::collection::vec(prop::collection::vec(act(), 9), 3), nt in 1usize..=4) {
+        fn multi_rows_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 3), nt in 1usize..=4) {
             let n = x.len();
-            let x1 = &x1[..n];
+            let xs: [&[BlockQ5_0]; 4] = [&x, &more[0][..n], &more[1][..n], &more[2][..n]];
             let mut rows: Vec<Vec<BlockQ8_0>> = vec![y.clone()];
             rows.extend(extra.into_iter().map(|mut r| { r.truncate(n); r }));
             let ys: Vec<&[BlockQ8_0]> = rows.iter().take(nt).map(|r| r.as_slice()).collect();
             for level in SimdLevel::available() {
-                let (mut out0, mut out1) = ([0f32; 4], [0f32; 4]);
-                BlockQ5_0::vec_dot_multi2(level, &x, x1, &ys, &mut out0[..nt], &mut out1[..nt]);
-                for t in 0..nt {
-                    prop_assert_eq!(out0[t].to_bits(), BlockQ5_0::vec_dot(level, &x, ys[t]).to_bits(), "{:?} row 0 token {}", level, t);
-                    prop_assert_eq!(out1[t].to_bits(), BlockQ5_0::vec_dot(level, x1, ys[t]).to_bits(), "{:?} row 1 token {}", level, t);
+                let mut out = [[0f32; 4]; 4];
+                let [o0, o1, o2, o3] = &mut out;
+                BlockQ5_0::vec_dot_multi_rows(level, xs, &ys, [&mut o0[..nt], &mut o1[..nt], &mut o2[..nt], &mut o3[..nt]]);
+                for r in 0..4 {
+                    for t in 0..nt {
+                        prop_assert_eq!(out[r][t].to_bits(), BlockQ5_0::vec_dot(level, xs[r], ys[t]).to_bits(), "{:?} row {} token {}", level, r, t);
+                    }
                 }
             }
         }
