@@ -36,9 +36,10 @@ struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
-    /// Context size in tokens (at most the model's training context).
-    #[arg(short = 'c', long = "ctx", default_value_t = 4096)]
-    ctx: usize,
+    /// Context size in tokens (at most the model's training context) [default: 4096; 512 for
+    /// perplexity, as llama.cpp's]
+    #[arg(short = 'c', long = "ctx")]
+    ctx_arg: Option<usize>,
     /// A LoRA adapter (PEFT folder, .safetensors, or GGUF LoRA), with an optional scale
     /// (`jargon.safetensors:0.5`); repeatable, the adapters stack.
     #[arg(short = 'a', long = "adapter", value_name = "PATH[:SCALE]")]
@@ -58,6 +59,11 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The context size asked for (4096 by default).
+    fn ctx(&self) -> usize {
+        self.ctx_arg.unwrap_or(4096)
+    }
+
     /// The bake type asked for (`same` by default).
     fn bake_type(&self) -> runtime::lora::bake::BakeType {
         self.bake_type.unwrap_or(runtime::lora::bake::BakeType::Same)
@@ -258,10 +264,10 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
         },
     )?;
     let n_ctx_train = engine.model().config.n_ctx_train;
-    if m.ctx > n_ctx_train {
+    if m.ctx() > n_ctx_train {
         eprintln!(
             "note: --ctx {} is capped at the model's training context {n_ctx_train}",
-            m.ctx
+            m.ctx()
         );
     }
     Ok(engine)
@@ -389,7 +395,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             ..a.model.clone()
         },
     )?;
-    let mut session = engine.session(a.model.ctx);
+    let mut session = engine.session(a.model.ctx());
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     eprintln!("lora-run interactive: type a prompt, or /adapters, /use NAME[:SCALE] ..., /none, /bake, /unbake, /quit");
@@ -593,7 +599,7 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     }
     let engine = load(&a.model)?;
     load_adapters(&engine, &a.model)?;
-    let mut session = engine.session(a.model.ctx);
+    let mut session = engine.session(a.model.ctx());
     let mut out = std::io::stdout().lock();
     for (where_, p) in lines {
         let resolve = |r: &AdapterRef| -> Result<runtime::lora::AdapterHandle> {
@@ -704,7 +710,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         adapters: active,
         ..Default::default()
     };
-    let mut session = engine.session(a.model.ctx);
+    let mut session = engine.session(a.model.ctx());
     let mut out = std::io::stdout().lock();
     let json = a.json;
     let g = session.generate(&prompt, &opts, |ev| {
@@ -742,7 +748,8 @@ fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let engine = load(m)?;
     let active = load_adapters(&engine, m)?;
-    let n_ctx = m.ctx.min(engine.model().config.n_ctx_train);
+    // llama.cpp's perplexity default context.
+    let n_ctx = m.ctx_arg.unwrap_or(512).min(engine.model().config.n_ctx_train);
     let r = runtime::perplexity::perplexity(&engine, &text, n_ctx, chunks, &active, |i, ppl| {
         if !json {
             eprint!("[{}]{ppl:.4},", i + 1);
@@ -762,7 +769,7 @@ fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json
 fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     let engine = load(m)?;
     let active = load_adapters(&engine, m)?;
-    let mut session = engine.session(m.ctx);
+    let mut session = engine.session(m.ctx());
     let logits = session.logits(prompt, &active)?;
     let idx = runtime::sampler::top_k(&logits, top);
     if json {

@@ -326,7 +326,7 @@ mod tests {
             st ^= st << 17;
             (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             let n_in = 512;
             for n_out in [1, 7, 33] {
                 let rb = ty.row_bytes(n_in).unwrap();

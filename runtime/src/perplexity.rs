@@ -49,7 +49,7 @@ pub fn perplexity(
     let tokens = engine.tokenize(text)?;
     if tokens.len() < 2 * n_ctx {
         return Err(Error::Perplexity(format!(
-            "the text has {} tokens; at least 2·ctx = {} are needed",
+            "the text has {} tokens; at least 2·ctx = {} are needed (a smaller --ctx needs less)",
             tokens.len(),
             2 * n_ctx
         )));

@@ -909,6 +909,33 @@ pub(crate) mod testutil {
         Ok(())
     }
 
+    /// [`VecDot::vec_dot_multi`] equals [`VecDot::vec_dot`] bit for bit at every level, for
+    /// `nt` activation rows derived from `y` (rotated quants, other scales).
+    pub fn check_multi_tokens<B: VecDot<Act = BlockQ8_K>>(
+        x: &[B],
+        y: &[BlockQ8_K],
+        nt: usize,
+    ) -> Result<(), TestCaseError> {
+        let rows: Vec<Vec<BlockQ8_K>> = (0..nt)
+            .map(|t| {
+                let q: Vec<i8> = y.iter().flat_map(|b| b.qs).collect();
+                let q: Vec<i8> = (0..q.len()).map(|i| q[(i + 37 * t) % q.len()]).collect();
+                let d: Vec<f32> = y.iter().map(|b| b.d * (1.0 + t as f32 * 0.5)).collect();
+                act_blocks(&q, &d)
+            })
+            .collect();
+        let ys: Vec<&[BlockQ8_K]> = rows.iter().map(|r| r.as_slice()).collect();
+        for level in SimdLevel::available() {
+            let mut out = [0f32; 4];
+            B::vec_dot_multi(level, x, &ys, &mut out[..nt]);
+            for t in 0..nt {
+                let want = B::vec_dot(level, x, ys[t]);
+                prop_assert_eq!(out[t].to_bits(), want.to_bits(), "{:?} token {}", level, t);
+            }
+        }
+        Ok(())
+    }
+
     /// Q8_K activations for `n` elements, quantized from a fixed pattern in -1..1.
     pub fn act_for(n: usize) -> Vec<BlockQ8_K> {
         use crate::QuantizeRef;
