@@ -103,6 +103,27 @@ pub trait VecDot: Block {
     }
 }
 
+/// The [`VecDot::vec_dot_multi`] of formats with an AVX-512 multi-token kernel: `kernel` where
+/// `level` is AVX-512 on this CPU and `ys` fits it, else one [`VecDot::vec_dot`] per row.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn multi_avx512_or_each<B: VecDot>(
+    level: SimdLevel,
+    x: &[B],
+    ys: &[&[B::Act]],
+    out: &mut [f32],
+    kernel: unsafe fn(&[B], &[&[B::Act]], &mut [f32]),
+) {
+    if level == SimdLevel::Avx512 && level.is_available() && ys.len() <= MULTI_TOKENS {
+        // SAFETY: the kernels passed here need AVX-512 (F/BW/VL/DQ + VNNI, which `Avx512`
+        // stands for), checked just above, and take up to MULTI_TOKENS rows.
+        unsafe { kernel(x, ys, out) }
+    } else {
+        for (o, y) in out.iter_mut().zip(ys) {
+            *o = B::vec_dot(level, x, y);
+        }
+    }
+}
+
 /// Weight rows one [`VecDot::vec_dot_multi_rows`] call takes.
 pub const MULTI_ROWS: usize = 4;
 

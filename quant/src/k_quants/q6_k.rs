@@ -158,18 +158,9 @@ impl VecDot for BlockQ6_K {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 if level.is_available() && ys.len() <= crate::MULTI_TOKENS => unsafe {
-                x86::vec_dot_multi_avx512(x, ys, out)
-            },
-            _ => {
-                for (o, y) in out.iter_mut().zip(ys) {
-                    *o = Self::vec_dot(level, x, y);
-                }
-            }
-        }
+        crate::multi_avx512_or_each(level, x, ys, out, x86::vec_dot_multi_avx512)
     }
 }
 
