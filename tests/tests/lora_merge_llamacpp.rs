@@ -55,7 +55,9 @@ fn merged_gguf_in_llamacpp_matches_on_the_fly() {
     let merged_path = dir.path().join("merged.gguf");
     runtime::lora::merge::write_merged(&baked, &format!("+ LoRA {}:1", h.name), &merged_path).unwrap();
     drop(baked);
-    let sha = format!("{:x}", sha2::Sha256::digest(std::fs::read(&merged_path).unwrap()));
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&merged_path).unwrap(), &mut hasher).unwrap();
+    let sha = format!("{:x}", hasher.finalize());
     assert_eq!(
         sha,
         g["merged_sha256"].as_str().unwrap(),
