@@ -486,18 +486,8 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 )
             }
             _ => {
-                let prompt = if a.chat {
-                    engine.chat_prompt(line)?
-                } else {
-                    line.to_string()
-                };
-                let opts = GenerateOptions {
-                    n_predict: a.n_predict,
-                    sampling: sampling(a),
-                    stop: a.stop.clone(),
-                    adapters: active.clone(),
-                    ..Default::default()
-                };
+                let prompt = user_prompt(&engine, a, line)?;
+                let opts = generate_options(a, a.n_predict, active.clone());
                 let g = session.generate(&prompt, &opts, |ev| {
                     out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok()
                 });
@@ -512,6 +502,30 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The text to generate from: `text` itself, or wrapped in the model's chat template (--chat).
+fn user_prompt(engine: &Engine, a: &GenerateArgs, text: &str) -> Result<String> {
+    Ok(if a.chat {
+        engine.chat_prompt(text)?
+    } else {
+        text.to_string()
+    })
+}
+
+/// The generation options of the command line, for `n_predict` tokens with `adapters` active.
+fn generate_options(
+    a: &GenerateArgs,
+    n_predict: usize,
+    adapters: Vec<(runtime::lora::AdapterHandle, f32)>,
+) -> GenerateOptions {
+    GenerateOptions {
+        n_predict,
+        sampling: sampling(a),
+        stop: a.stop.clone(),
+        adapters,
+        ..Default::default()
+    }
 }
 
 fn sampling(a: &GenerateArgs) -> SamplingOptions {
@@ -612,18 +626,8 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
             }
             active.push((resolve(r)?, r.scale));
         }
-        let prompt = if a.chat {
-            engine.chat_prompt(&p.prompt)?
-        } else {
-            p.prompt.clone()
-        };
-        let opts = GenerateOptions {
-            n_predict: p.n.unwrap_or(a.n_predict),
-            sampling: sampling(a),
-            stop: a.stop.clone(),
-            adapters: active.clone(),
-            ..Default::default()
-        };
+        let prompt = user_prompt(&engine, a, &p.prompt)?;
+        let opts = generate_options(a, p.n.unwrap_or(a.n_predict), active.clone());
         let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
         if !a.json {
             writeln!(
@@ -698,18 +702,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     };
     let engine = load(&a.model)?;
     let active = load_adapters(&engine, &a.model)?;
-    let prompt = if a.chat {
-        engine.chat_prompt(prompt)?
-    } else {
-        prompt.clone()
-    };
-    let opts = GenerateOptions {
-        n_predict: a.n_predict,
-        sampling: sampling(a),
-        stop: a.stop.clone(),
-        adapters: active,
-        ..Default::default()
-    };
+    let prompt = user_prompt(&engine, a, prompt)?;
+    let opts = generate_options(a, a.n_predict, active);
     let mut session = engine.session(a.model.ctx());
     let mut out = std::io::stdout().lock();
     let json = a.json;

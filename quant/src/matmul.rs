@@ -112,29 +112,35 @@ fn matmul_epilogue_at(
     y: &mut [f32],
     epilogue: Option<Epilogue<'_>>,
 ) -> Result<(), QuantError> {
-    let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
-    if x.len() != expect_x {
-        return Err(QuantError::LengthMismatch {
-            what: "matmul input",
-            expected: expect_x,
-            got: x.len(),
-            unit: "floats",
-        });
-    }
-    let expect_y = n_tok.checked_mul(w.n_out).unwrap_or(usize::MAX);
-    if y.len() != expect_y {
-        return Err(QuantError::LengthMismatch {
-            what: "matmul output",
-            expected: expect_y,
-            got: y.len(),
-            unit: "floats",
-        });
-    }
-    check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row")?;
+    check_matmul_shapes(w, x, n_tok, y)?;
     let ty = w.ty;
     with_weight_block!(ty, B => matmul_typed::<B>(level, w, x, n_tok, y, epilogue),
         else return Err(QuantError::UnsupportedType { ty, op: "matmul" }));
     Ok(())
+}
+
+/// The lengths every matmul entry checks: `x` is `[n_tok, n_in]`, `y` is `[n_tok, n_out]`, and a
+/// weight row is a whole number of blocks and the weights are `n_out` rows (the fields of a
+/// [`QMatrix`] are public, so a hand-built one is checked here too). Returns the bytes of one
+/// weight row.
+fn check_matmul_shapes(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &[f32]) -> Result<usize, QuantError> {
+    let rb = check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row")? * w.ty.type_size();
+    let checks = [
+        ("matmul input", x.len(), n_tok.saturating_mul(w.n_in), "floats"),
+        ("matmul output", y.len(), n_tok.saturating_mul(w.n_out), "floats"),
+        ("matmul weights", w.data.len(), rb.saturating_mul(w.n_out), "bytes"),
+    ];
+    for (what, got, expected, unit) in checks {
+        if got != expected {
+            return Err(QuantError::LengthMismatch {
+                what,
+                expected,
+                got,
+                unit,
+            });
+        }
+    }
+    Ok(rb)
 }
 
 /// Quantize `n_tok` rows of `n_in` activations into `A` blocks, row after row, with ggml-cpu's
@@ -263,25 +269,7 @@ pub fn matmul_dequantized(
     y: &mut [f32],
     epilogue: Option<Epilogue<'_>>,
 ) -> Result<(), QuantError> {
-    let expect_x = n_tok.checked_mul(w.n_in).unwrap_or(usize::MAX);
-    if x.len() != expect_x {
-        return Err(QuantError::LengthMismatch {
-            what: "matmul input",
-            expected: expect_x,
-            got: x.len(),
-            unit: "floats",
-        });
-    }
-    let expect_y = n_tok.checked_mul(w.n_out).unwrap_or(usize::MAX);
-    if y.len() != expect_y {
-        return Err(QuantError::LengthMismatch {
-            what: "matmul output",
-            expected: expect_y,
-            got: y.len(),
-            unit: "floats",
-        });
-    }
-    let rb = check_row(w.ty, w.n_in, w.row_bytes(), "matmul weight row").map(|nb| nb * w.ty.type_size())?;
+    let rb = check_matmul_shapes(w, x, n_tok, y)?;
     let (n_in, n_out) = (w.n_in, w.n_out);
     let mut tmp = vec![0f32; n_out * n_tok];
     tmp.par_chunks_mut(n_tok.max(1))

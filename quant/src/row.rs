@@ -6,210 +6,66 @@ use std::borrow::Cow;
 
 use crate::{Block, GgmlType, QuantError, QuantizeRef, SimdLevel, VecDot};
 
+/// The match behind [`with_block!`], [`with_weight_block!`] and [`with_quantize_block!`]: one
+/// arm per listed `GgmlType` variant, binding `$B` to its block type.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! dispatch_block {
+    ($ty:expr, $B:ident => $body:expr, else $other:expr; $($v:ident => $blk:ty),* $(,)?) => {{
+        match $ty {
+            $($crate::GgmlType::$v => {
+                type $B = $blk;
+                $body
+            })*
+            _ => $other,
+        }
+    }};
+}
+
 /// Run `$body` with `$B` bound to the block type of `$ty`, for every type this crate can
 /// dequantize; `$other` otherwise.
 #[macro_export]
 macro_rules! with_block {
-    ($ty:expr, $B:ident => $body:expr, else $other:expr) => {{
-        use $crate::GgmlType as T;
-        match $ty {
-            T::F32 => {
-                type $B = f32;
-                $body
-            }
-            T::F16 => {
-                type $B = half::f16;
-                $body
-            }
-            T::BF16 => {
-                type $B = half::bf16;
-                $body
-            }
-            T::Q4_0 => {
-                type $B = $crate::q4_0::BlockQ4_0;
-                $body
-            }
-            T::Q4_1 => {
-                type $B = $crate::q4_1::BlockQ4_1;
-                $body
-            }
-            T::Q5_0 => {
-                type $B = $crate::q5_0::BlockQ5_0;
-                $body
-            }
-            T::Q5_1 => {
-                type $B = $crate::q5_1::BlockQ5_1;
-                $body
-            }
-            T::Q8_0 => {
-                type $B = $crate::q8_0::BlockQ8_0;
-                $body
-            }
-            T::Q8_1 => {
-                type $B = $crate::q8_1::BlockQ8_1;
-                $body
-            }
-            T::Q2_K => {
-                type $B = $crate::k_quants::q2_k::BlockQ2_K;
-                $body
-            }
-            T::Q3_K => {
-                type $B = $crate::k_quants::q3_k::BlockQ3_K;
-                $body
-            }
-            T::Q4_K => {
-                type $B = $crate::k_quants::q4_k::BlockQ4_K;
-                $body
-            }
-            T::Q5_K => {
-                type $B = $crate::k_quants::q5_k::BlockQ5_K;
-                $body
-            }
-            T::Q6_K => {
-                type $B = $crate::k_quants::q6_k::BlockQ6_K;
-                $body
-            }
-            T::Q8_K => {
-                type $B = $crate::k_quants::q8_k::BlockQ8_K;
-                $body
-            }
-            T::IQ4_NL => {
-                type $B = $crate::iq4_nl::BlockIQ4_NL;
-                $body
-            }
-            T::IQ4_XS => {
-                type $B = $crate::iq4_xs::BlockIQ4_XS;
-                $body
-            }
-            _ => $other,
-        }
-    }};
+    ($ty:expr, $B:ident => $body:expr, else $other:expr) => {
+        $crate::dispatch_block!($ty, $B => $body, else $other;
+            F32 => f32, F16 => half::f16, BF16 => half::bf16,
+            Q4_0 => $crate::q4_0::BlockQ4_0, Q4_1 => $crate::q4_1::BlockQ4_1,
+            Q5_0 => $crate::q5_0::BlockQ5_0, Q5_1 => $crate::q5_1::BlockQ5_1,
+            Q8_0 => $crate::q8_0::BlockQ8_0, Q8_1 => $crate::q8_1::BlockQ8_1,
+            Q2_K => $crate::k_quants::q2_k::BlockQ2_K, Q3_K => $crate::k_quants::q3_k::BlockQ3_K,
+            Q4_K => $crate::k_quants::q4_k::BlockQ4_K, Q5_K => $crate::k_quants::q5_k::BlockQ5_K,
+            Q6_K => $crate::k_quants::q6_k::BlockQ6_K, Q8_K => $crate::k_quants::q8_k::BlockQ8_K,
+            IQ4_NL => $crate::iq4_nl::BlockIQ4_NL, IQ4_XS => $crate::iq4_xs::BlockIQ4_XS)
+    };
 }
 
 /// Like [`with_block!`], for the weight types (those with a fused `vec_dot`).
 #[macro_export]
 macro_rules! with_weight_block {
-    ($ty:expr, $B:ident => $body:expr, else $other:expr) => {{
-        use $crate::GgmlType as T;
-        match $ty {
-            T::F32 => {
-                type $B = f32;
-                $body
-            }
-            T::F16 => {
-                type $B = half::f16;
-                $body
-            }
-            T::BF16 => {
-                type $B = half::bf16;
-                $body
-            }
-            T::Q4_0 => {
-                type $B = $crate::q4_0::BlockQ4_0;
-                $body
-            }
-            T::Q4_1 => {
-                type $B = $crate::q4_1::BlockQ4_1;
-                $body
-            }
-            T::Q5_0 => {
-                type $B = $crate::q5_0::BlockQ5_0;
-                $body
-            }
-            T::Q5_1 => {
-                type $B = $crate::q5_1::BlockQ5_1;
-                $body
-            }
-            T::Q8_0 => {
-                type $B = $crate::q8_0::BlockQ8_0;
-                $body
-            }
-            T::Q2_K => {
-                type $B = $crate::k_quants::q2_k::BlockQ2_K;
-                $body
-            }
-            T::Q3_K => {
-                type $B = $crate::k_quants::q3_k::BlockQ3_K;
-                $body
-            }
-            T::Q4_K => {
-                type $B = $crate::k_quants::q4_k::BlockQ4_K;
-                $body
-            }
-            T::Q5_K => {
-                type $B = $crate::k_quants::q5_k::BlockQ5_K;
-                $body
-            }
-            T::Q6_K => {
-                type $B = $crate::k_quants::q6_k::BlockQ6_K;
-                $body
-            }
-            T::IQ4_NL => {
-                type $B = $crate::iq4_nl::BlockIQ4_NL;
-                $body
-            }
-            T::IQ4_XS => {
-                type $B = $crate::iq4_xs::BlockIQ4_XS;
-                $body
-            }
-            _ => $other,
-        }
-    }};
+    ($ty:expr, $B:ident => $body:expr, else $other:expr) => {
+        $crate::dispatch_block!($ty, $B => $body, else $other;
+            F32 => f32, F16 => half::f16, BF16 => half::bf16,
+            Q4_0 => $crate::q4_0::BlockQ4_0, Q4_1 => $crate::q4_1::BlockQ4_1,
+            Q5_0 => $crate::q5_0::BlockQ5_0, Q5_1 => $crate::q5_1::BlockQ5_1,
+            Q8_0 => $crate::q8_0::BlockQ8_0,
+            Q2_K => $crate::k_quants::q2_k::BlockQ2_K, Q3_K => $crate::k_quants::q3_k::BlockQ3_K,
+            Q4_K => $crate::k_quants::q4_k::BlockQ4_K, Q5_K => $crate::k_quants::q5_k::BlockQ5_K,
+            Q6_K => $crate::k_quants::q6_k::BlockQ6_K,
+            IQ4_NL => $crate::iq4_nl::BlockIQ4_NL, IQ4_XS => $crate::iq4_xs::BlockIQ4_XS)
+    };
 }
 
 /// Like [`with_block!`], for the types with a reference quantizer.
 #[macro_export]
 macro_rules! with_quantize_block {
-    ($ty:expr, $B:ident => $body:expr, else $other:expr) => {{
-        use $crate::GgmlType as T;
-        match $ty {
-            T::F32 => {
-                type $B = f32;
-                $body
-            }
-            T::F16 => {
-                type $B = half::f16;
-                $body
-            }
-            T::BF16 => {
-                type $B = half::bf16;
-                $body
-            }
-            T::Q4_0 => {
-                type $B = $crate::q4_0::BlockQ4_0;
-                $body
-            }
-            T::Q5_0 => {
-                type $B = $crate::q5_0::BlockQ5_0;
-                $body
-            }
-            T::Q8_0 => {
-                type $B = $crate::q8_0::BlockQ8_0;
-                $body
-            }
-            T::Q8_1 => {
-                type $B = $crate::q8_1::BlockQ8_1;
-                $body
-            }
-            T::Q4_K => {
-                type $B = $crate::k_quants::q4_k::BlockQ4_K;
-                $body
-            }
-            T::Q5_K => {
-                type $B = $crate::k_quants::q5_k::BlockQ5_K;
-                $body
-            }
-            T::Q6_K => {
-                type $B = $crate::k_quants::q6_k::BlockQ6_K;
-                $body
-            }
-            T::Q8_K => {
-                type $B = $crate::k_quants::q8_k::BlockQ8_K;
-                $body
-            }
-            _ => $other,
-        }
-    }};
+    ($ty:expr, $B:ident => $body:expr, else $other:expr) => {
+        $crate::dispatch_block!($ty, $B => $body, else $other;
+            F32 => f32, F16 => half::f16, BF16 => half::bf16,
+            Q4_0 => $crate::q4_0::BlockQ4_0, Q5_0 => $crate::q5_0::BlockQ5_0,
+            Q8_0 => $crate::q8_0::BlockQ8_0, Q8_1 => $crate::q8_1::BlockQ8_1,
+            Q4_K => $crate::k_quants::q4_k::BlockQ4_K, Q5_K => $crate::k_quants::q5_k::BlockQ5_K,
+            Q6_K => $crate::k_quants::q6_k::BlockQ6_K, Q8_K => $crate::k_quants::q8_k::BlockQ8_K)
+    };
 }
 
 /// View `bytes` as blocks: borrowed when aligned, copied otherwise (never a misaligned read).

@@ -947,19 +947,8 @@ fn replacement_embedding() {
         .into_iter()
         .map(half::bf16::from_f32)
         .collect();
-    let (_dir, path) = tiny_copy(
-        |t| {
-            t.map.insert(
-                name.into(),
-                (
-                    Dtype::BF16,
-                    vec![n_vocab, n_embd],
-                    emb.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
-            );
-        },
-        |_| {},
-    );
+    let bytes = emb.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let (_dir, path) = tiny_with_tensor(name, Dtype::BF16, vec![n_vocab, n_embd], bytes);
     let a = load(&path, model);
     let rep = a.embedding_replacement.as_ref().expect("a replacement embedding");
     assert_eq!(rep.len(), n_vocab * n_embd);
@@ -969,6 +958,16 @@ fn replacement_embedding() {
     assert!(a.warnings.iter().any(|w| w.contains(name)), "{:?}", a.warnings);
     // On a tied-head model (gemma) the replacement would replace the head too: refused.
     refused_on_tied_gemma(name);
+}
+
+/// The tinyllama adapter plus one more tensor `name`.
+fn tiny_with_tensor(name: &str, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> (tempfile::TempDir, PathBuf) {
+    tiny_copy(
+        |t| {
+            t.map.insert(name.into(), (dtype, shape, bytes));
+        },
+        |_| {},
+    )
 }
 
 /// The gemma jargon adapter plus a whole-weight tensor `name`: refused on the tied-head model,
@@ -998,19 +997,8 @@ fn replacement_head() {
     let (n_vocab, n_embd) = (model.config.n_vocab, model.config.n_embd);
     let name = "base_model.model.lm_head.base_layer.weight";
     let head: Vec<f32> = values(5, n_vocab * n_embd);
-    let (_dir, path) = tiny_copy(
-        |t| {
-            t.map.insert(
-                name.into(),
-                (
-                    Dtype::F32,
-                    vec![n_vocab, n_embd],
-                    head.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
-            );
-        },
-        |_| {},
-    );
+    let bytes = head.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let (_dir, path) = tiny_with_tensor(name, Dtype::F32, vec![n_vocab, n_embd], bytes);
     let a = load(&path, model);
     assert_eq!(a.head_replacement.as_deref(), Some(&head[..]));
     assert!(a.embedding_replacement.is_none());
@@ -1022,21 +1010,11 @@ fn replacement_head() {
     assert!(e.to_string().contains("both replace the output head"), "{e}");
     assert!(LoraPlan::new(model, &[(h1, 1.0)]).is_ok());
     // A wrong shape (added tokens) names the tensor.
-    let (e, msg) = tiny_err(
-        |t| {
-            t.map.insert(
-                name.into(),
-                (
-                    Dtype::F32,
-                    vec![n_vocab + 1, n_embd],
-                    vec![0; (n_vocab + 1) * n_embd * 4],
-                ),
-            );
-        },
-        |_| {},
-    );
+    let bytes = vec![0; (n_vocab + 1) * n_embd * 4];
+    let (_dir2, bad) = tiny_with_tensor(name, Dtype::F32, vec![n_vocab + 1, n_embd], bytes);
+    let e = load_err(&bad, model, &AdapterOptions::default());
     assert!(matches!(e, LoraError::ShapeMismatch { .. }), "{e:?}");
-    assert!(msg.contains(name), "{msg}");
+    assert!(e.to_string().contains(name), "{e}");
     // On a tied-head model the head is the embedding: refused.
     refused_on_tied_gemma(name);
 }
