@@ -339,10 +339,11 @@ fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::A
         let t0 = std::time::Instant::now();
         let r = engine.bake(&out, m.bake_type())?;
         eprintln!(
-            "baked {} tensors ({} bytes) in {:.0} ms",
+            "baked {} tensors ({} bytes) in {:.0} ms; {}",
             r.tensors.len(),
             r.bytes,
-            t0.elapsed().as_secs_f64() * 1e3
+            t0.elapsed().as_secs_f64() * 1e3,
+            kept_note(&r)
         );
         out.clear();
     }
@@ -375,12 +376,21 @@ fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeT
     let note: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
     let n = runtime::lora::merge::write_merged(&baked, &format!("+ LoRA {}", note.join(" + ")), output)?;
     eprintln!(
-        "merged {} tensors in {:.0} ms; wrote {} ({n} bytes)",
+        "merged {} tensors in {:.0} ms; {}; wrote {} ({n} bytes)",
         report.tensors.len(),
         t0.elapsed().as_secs_f64() * 1e3,
+        kept_note(&report),
         output.display()
     );
     Ok(())
+}
+
+/// "kept N% of the adapters' change", after printing the bake's warning if it has one.
+fn kept_note(r: &runtime::lora::bake::BakeReport) -> String {
+    if let Some(w) = r.warning() {
+        eprintln!("warning: {w}");
+    }
+    format!("kept {:.1}% of the adapters' change", 100.0 * r.kept)
 }
 
 /// `-i`: prompts from stdin, commands to switch adapters.
@@ -469,8 +479,9 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             Some("/bake") => match engine.bake(&active, a.model.bake_type()) {
                 Ok(r) => {
                     println!(
-                        "baked {} tensors; the adapters now live in the weights",
-                        r.tensors.len()
+                        "baked {} tensors ({}); the adapters now live in the weights",
+                        r.tensors.len(),
+                        kept_note(&r)
                     );
                     active.clear();
                 }

@@ -111,6 +111,13 @@ fn adapter_scale_and_bake_on_the_command_line() {
         "--json",
     ]);
     assert!(err.contains("baked 126 tensors"), "{err}");
+    // In the tensors' own types the bake keeps 87% of this adapter's change, and says so.
+    let (_, err) = ok(&["-m", m.to_str().unwrap(), "-a", &spec, "--bake", "-p", p, "-n", "1"]);
+    assert!(
+        err.contains("kept 87.0% of the adapters' change")
+            && err.contains("warning: the baked weights keep 87% of the adapters' change"),
+        "{err}"
+    );
     let (fly, baked): (Value, Value) = (
         serde_json::from_str(&fly).unwrap(),
         serde_json::from_str(&baked).unwrap(),
@@ -153,6 +160,10 @@ fn merge_writes_a_loadable_gguf() {
         "q8_0",
     ]);
     assert!(err.contains("merged 126 tensors"), "{err}");
+    assert!(
+        err.contains("kept 100.0% of the adapters' change") && !err.contains("warning"),
+        "{err}"
+    );
     let (j, _) = ok(&["inspect", out.to_str().unwrap(), "--json"]);
     let j: Value = serde_json::from_str(&j).unwrap();
     assert_eq!(j["tensor_count"], 236);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lora_run_tests::{GEMMA, QWEN, fixtures_dir, model};
-use runtime::lora::bake::{BakeType, bake};
+use runtime::lora::bake::{BakeType, KEPT_WARN, bake};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
@@ -46,26 +46,71 @@ fn jargon(m: &Model) -> AdapterHandle {
 
 #[test]
 fn baked_f16_equals_on_the_fly() {
-    // Both on the float path, so only the f16 rounding of W + s·B·A differs.
+    // Both on the float path, so only the f16 rounding of W + s·B·A differs. Its floor is what
+    // f16 does to the base weights alone: W stored as F16, the adapter still on the fly.
     let mut m = Model::load(model(GEMMA)).unwrap();
     m.float_reference = true;
     let h = jargon(&m);
+    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
     let active = [(h, 1.0)];
     let plan = LoraPlan::new(&m, &active).unwrap();
     let (baked, report) = bake(&m, &active, BakeType::F16).unwrap();
     assert_eq!(report.tensors.len(), 18 * 7);
+    assert!(report.kept > 0.9999 && report.kept < 1.0001, "f16 kept {}", report.kept);
+    let base_f16 = with_weights(&m, &names, |row| {
+        row.iter_mut().for_each(|v| *v = f16_round(*v));
+    });
     for ids in PROMPTS {
         let a = logits(&m, &plan, ids);
         let b = logits(&baked, &LoraPlan::default(), ids);
+        let plan16 = LoraPlan::new(&base_f16, &active).unwrap();
+        let floor = rel(&logits(&base_f16, &plan16, ids), &a);
         // Relative error in the L2 sense: ‖Δ‖ / ‖logits‖.
-        let rel = l2(&a, &b) / l2(&a, &vec![0.0; a.len()]);
+        let r = rel(&b, &a);
         eprintln!(
-            "f16 bake vs on the fly: ‖Δ‖/‖logits‖ = {rel:.2e}, max |Δ| / max |logit| = {:.2e}",
+            "f16 bake vs on the fly: ‖Δ‖/‖logits‖ = {r:.2e} (f16 of W alone: {floor:.2e}), max |Δ| / max |logit| = {:.2e}",
             max_diff(&a, &b) / max_abs(&a)
         );
-        // f16's own rounding of W + s·B·A is the floor: measured 0.5–1.1e-3 on these prompts.
-        assert!(rel < 1.5e-3, "relative difference {rel}");
+        // Measured 0.44 / 0.95 / 1.17e-3 against a floor of 0.55 / 1.09 / 1.03e-3.
+        assert!(
+            r < 1.5e-3 && r < 1.5 * floor,
+            "relative difference {r}, f16 floor {floor}"
+        );
     }
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    l2(a, b) / l2(b, &vec![0.0; b.len()])
+}
+
+/// `x` rounded to f16 (nearest even) and back.
+fn f16_round(x: f32) -> f32 {
+    let mut b = [0u8; 2];
+    quant::quantize_row(quant::GgmlType::F16, &[x], &mut b).unwrap();
+    let mut o = [0f32];
+    quant::dequantize_row(quant::GgmlType::F16, &b, &mut o).unwrap();
+    o[0]
+}
+
+/// `m` with the weights `names` dequantized, each row passed through `edit`, and stored as F32.
+fn with_weights(m: &Model, names: &[String], mut edit: impl FnMut(&mut [f32])) -> Model {
+    let mut d = m.clone();
+    let originals: Vec<runtime::model::WeightRef> = m.linears().map(|l| l.w.clone()).collect();
+    for (lin, w) in d.linears_mut().zip(&originals) {
+        if !names.contains(&w.name) {
+            continue;
+        }
+        let q = m.matrix(w);
+        let rb = q.row_bytes();
+        let mut out = vec![0f32; w.n_out * w.n_in];
+        for (o, row) in out.chunks_exact_mut(w.n_in).enumerate() {
+            quant::dequantize_row(q.ty, &q.data[o * rb..][..rb], row).unwrap();
+            edit(row);
+        }
+        lin.w = w.with_data(quant::GgmlType::F32, out.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    d
 }
 
 /// The grid step of a group of dequantized weights (a ggml block or sub-block, 16 elements):
@@ -95,7 +140,6 @@ fn grid_step(group: &[f32]) -> Option<f32> {
 /// quantization noise, which the fixtures cannot show (their references use the dequantized
 /// weights).
 fn dithered(m: &Model, names: &[String], seed: u64) -> Model {
-    let mut d = m.clone();
     let mut st = seed | 1;
     let mut rnd = move || {
         st ^= st << 13;
@@ -103,24 +147,12 @@ fn dithered(m: &Model, names: &[String], seed: u64) -> Model {
         st ^= st << 17;
         (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    let originals: Vec<runtime::model::WeightRef> = m.linears().map(|l| l.w.clone()).collect();
-    for (lin, w) in d.linears_mut().zip(&originals) {
-        if !names.contains(&w.name) {
-            continue;
+    with_weights(m, names, |row| {
+        for g in row.chunks_mut(16) {
+            let step = grid_step(g).unwrap_or(0.0);
+            g.iter_mut().for_each(|v| *v += rnd() * step);
         }
-        let q = m.matrix(w);
-        let rb = q.row_bytes();
-        let mut out = vec![0f32; w.n_out * w.n_in];
-        for (o, row) in out.chunks_exact_mut(w.n_in).enumerate() {
-            quant::dequantize_row(q.ty, &q.data[o * rb..][..rb], row).unwrap();
-            for g in row.chunks_mut(16) {
-                let step = grid_step(g).unwrap_or(0.0);
-                g.iter_mut().for_each(|v| *v += rnd() * step);
-            }
-        }
-        lin.w = w.with_data(quant::GgmlType::F32, out.iter().flat_map(|v| v.to_le_bytes()).collect());
-    }
-    d
+    })
 }
 
 #[test]
@@ -137,8 +169,21 @@ fn baked_same_types_within_quantization_noise() {
     let h = jargon(&m);
     let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
     let active = [(h, 1.0)];
-    let (baked, _) = bake(&m, &active, BakeType::Same).unwrap();
-    let (baked8, _) = bake(&m, &active, BakeType::Q8_0).unwrap();
+    let (baked, report) = bake(&m, &active, BakeType::Same).unwrap();
+    let (baked8, report8) = bake(&m, &active, BakeType::Q8_0).unwrap();
+    eprintln!(
+        "kept of the adapter's change: same types {:.4}, q8_0 {:.4}",
+        report.kept, report8.kept
+    );
+    // Most of this adapter's change is under a Q5_0/Q4_K step: the same-type bake keeps 87% of
+    // it and warns; Q8_0 keeps all but rounding.
+    assert!(
+        report.kept > 0.8 && report.kept < KEPT_WARN,
+        "same types kept {}",
+        report.kept
+    );
+    assert!(report.warning().is_some());
+    assert!(report8.kept > 0.995, "q8_0 kept {}", report8.kept);
     let mut fd = dithered(&m, &names, 7);
     fd.float_reference = true;
     for ids in PROMPTS {
@@ -162,8 +207,10 @@ fn baked_same_types_within_quantization_noise() {
             d_b8 <= 2.0 * act_noise.max(d_fly),
             "q8_0 bake {d_b8} vs noise {act_noise}"
         );
-        // Same types: measured 1.6–2.4× the weight-quantization noise, keeping about 70% of the
-        // adapter's effect (a broken bake would lose all of it: |same − exact| ≈ the effect).
+        // Same types: measured 1.5–2.4× this estimate of the weight-quantization noise, keeping
+        // about 70% of the adapter's effect on the logits (a broken bake would lose all of it:
+        // |same − exact| ≈ the effect). The estimate is 0.6–1.5× the true noise where the float
+        // original is known (the tiny llama requantized to Q4_K / Q5_0 / Q6_K).
         assert!(
             d_baked < 3.0 * weight_noise && d_baked < 0.5 * effect,
             "same-type bake {d_baked} vs weight noise {weight_noise}, effect {effect}"
