@@ -57,9 +57,7 @@ fn baked_f16_equals_on_the_fly() {
     let (baked, report) = bake(&m, &active, BakeType::F16).unwrap();
     assert_eq!(report.tensors.len(), 18 * 7);
     assert!(report.kept > 0.9999 && report.kept < 1.0001, "f16 kept {}", report.kept);
-    let base_f16 = with_weights(&m, &names, |row| {
-        row.iter_mut().for_each(|v| *v = f16_round(*v));
-    });
+    let base_f16 = with_weights(&m, &names, quant::GgmlType::F16, |_| {});
     for ids in PROMPTS {
         let a = logits(&m, &plan, ids);
         let b = logits(&baked, &LoraPlan::default(), ids);
@@ -84,31 +82,25 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
     l2(a, b) / l2(b, &vec![0.0; b.len()])
 }
 
-/// `x` rounded to f16 (nearest even) and back.
-fn f16_round(x: f32) -> f32 {
-    let mut b = [0u8; 2];
-    quant::quantize_row(quant::GgmlType::F16, &[x], &mut b).unwrap();
-    let mut o = [0f32];
-    quant::dequantize_row(quant::GgmlType::F16, &b, &mut o).unwrap();
-    o[0]
-}
-
-/// `m` with the weights `names` dequantized, each row passed through `edit`, and stored as F32.
-fn with_weights(m: &Model, names: &[String], mut edit: impl FnMut(&mut [f32])) -> Model {
+/// `m` with the weights `names` dequantized, each row passed through `edit`, and stored as
+/// `ty` (those whose rows are whole `ty` blocks; the others are left as they are).
+fn with_weights(m: &Model, names: &[String], ty: quant::GgmlType, mut edit: impl FnMut(&mut [f32])) -> Model {
     let mut d = m.clone();
     let originals: Vec<runtime::model::WeightRef> = m.linears().map(|l| l.w.clone()).collect();
     for (lin, w) in d.linears_mut().zip(&originals) {
-        if !names.contains(&w.name) {
+        let Some(out_rb) = ty.row_bytes(w.n_in).filter(|_| names.contains(&w.name)) else {
             continue;
+        };
+        let src = m.matrix(w);
+        let rb = src.row_bytes();
+        let mut out = vec![0u8; out_rb * w.n_out];
+        let mut row = vec![0f32; w.n_in];
+        for (o, dst) in out.chunks_exact_mut(out_rb).enumerate() {
+            quant::dequantize_row(src.ty, &src.data[o * rb..][..rb], &mut row).unwrap();
+            edit(&mut row);
+            quant::quantize_row(ty, &row, dst).unwrap();
         }
-        let q = m.matrix(w);
-        let rb = q.row_bytes();
-        let mut out = vec![0f32; w.n_out * w.n_in];
-        for (o, row) in out.chunks_exact_mut(w.n_in).enumerate() {
-            quant::dequantize_row(q.ty, &q.data[o * rb..][..rb], row).unwrap();
-            edit(row);
-        }
-        lin.w = w.with_data(quant::GgmlType::F32, out.iter().flat_map(|v| v.to_le_bytes()).collect());
+        lin.w = w.with_data(ty, out);
     }
     d
 }
@@ -147,7 +139,7 @@ fn dithered(m: &Model, names: &[String], seed: u64) -> Model {
         st ^= st << 17;
         (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    with_weights(m, names, |row| {
+    with_weights(m, names, quant::GgmlType::F32, |row| {
         for g in row.chunks_mut(16) {
             let step = grid_step(g).unwrap_or(0.0);
             g.iter_mut().for_each(|v| *v += rnd() * step);
@@ -249,28 +241,6 @@ fn unbake_restores_the_original_weights_exactly() {
     assert_eq!(l0, l1, "unbaked logits are bit-identical");
 }
 
-/// `m` with the weights `names` requantized from their dequantized values to `ty` (those whose
-/// rows are whole `ty` blocks).
-fn requantized(m: &Model, names: &[String], ty: quant::GgmlType) -> Model {
-    let mut q = m.clone();
-    let originals: Vec<runtime::model::WeightRef> = m.linears().map(|l| l.w.clone()).collect();
-    for (lin, w) in q.linears_mut().zip(&originals) {
-        let Some(orb) = ty.row_bytes(w.n_in).filter(|_| names.contains(&w.name)) else {
-            continue;
-        };
-        let src = m.matrix(w);
-        let rb = src.row_bytes();
-        let mut out = vec![0u8; orb * w.n_out];
-        let mut row = vec![0f32; w.n_in];
-        for (r, dst) in out.chunks_exact_mut(orb).enumerate() {
-            quant::dequantize_row(src.ty, &src.data[r * rb..][..rb], &mut row).unwrap();
-            quant::quantize_row(ty, &row, dst).unwrap();
-        }
-        lin.w = w.with_data(ty, out);
-    }
-    q
-}
-
 #[test]
 fn weight_noise_estimate_against_a_known_original() {
     // The tiny llama's Q8_0 weights, taken as a float original and quantized to Q4_K / Q5_0 as
@@ -290,7 +260,7 @@ fn weight_noise_estimate_against_a_known_original() {
     let active = [(h, 1.0)];
     let none = LoraPlan::default();
     for ty in [quant::GgmlType::Q4_K, quant::GgmlType::Q5_0] {
-        let mut q = requantized(&orig, &names, ty);
+        let mut q = with_weights(&orig, &names, ty, |_| {});
         q.float_reference = true;
         let mut est = dithered(&q, &names, 7);
         est.float_reference = true;

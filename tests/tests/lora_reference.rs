@@ -18,7 +18,7 @@ use std::sync::Arc;
 use lora_run_tests::{
     GEMMA, QWEN, assert_top_agrees, clear_steps, fixtures_dir, ids_of, model, reference, reference_top, top_k,
 };
-use runtime::lora::bake::{BakeType, bake};
+use runtime::lora::bake::{BakeReport, BakeType, KEPT_WARN, bake};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
@@ -68,14 +68,13 @@ fn check_quantized(model_path: PathBuf, adapter_dir: &str, reference_file: &str,
 }
 
 /// The adapter baked into the weights as `ty`, on the quantized path, against a reference
-/// file with [`check_quantized`]'s tolerances; returns the bake's
-/// [`runtime::lora::bake::BakeReport::kept`].
-fn check_baked(model_path: PathBuf, adapter_dir: &str, reference_file: &str, scale: f32, ty: BakeType) -> f64 {
+/// file with [`check_quantized`]'s tolerances; returns the bake's report.
+fn check_baked(model_path: PathBuf, adapter_dir: &str, reference_file: &str, scale: f32, ty: BakeType) -> BakeReport {
     let m = Model::load(&model_path).unwrap();
     let h = handle(&m, &adapter(adapter_dir));
     let (baked, report) = bake(&m, &[(h, scale)], ty).unwrap();
     check_quantized_on(&baked, &LoraPlan::default(), reference_file);
-    report.kept
+    report
 }
 
 /// [`check_quantized`] on a loaded model and plan.
@@ -309,7 +308,8 @@ fn gemma_jargon_scale_half_baked_q8_0() {
         "gemma3-270m__jargon__0.5.json",
         0.5,
         BakeType::Q8_0,
-    );
+    )
+    .kept;
     assert!(kept > 0.995, "q8_0 bake kept {kept}");
 }
 
@@ -321,7 +321,8 @@ fn qwen_pirate_scale_half_baked_q8_0() {
         "qwen2-0.5b__pirate__0.5.json",
         0.5,
         BakeType::Q8_0,
-    );
+    )
+    .kept;
     assert!(kept > 0.995, "q8_0 bake kept {kept}");
 }
 
@@ -335,19 +336,21 @@ fn qwen_pirate_scale_1_baked_same_types() {
         "qwen2-0.5b__pirate__1.0.json",
         1.0,
         BakeType::Same,
-    );
-    assert!(
-        kept > runtime::lora::bake::KEPT_WARN && kept < 0.995,
-        "same-type bake kept {kept}"
-    );
+    )
+    .kept;
+    assert!(kept > KEPT_WARN && kept < 0.995, "same-type bake kept {kept}");
 }
 
 // The tiny llama's ffn_down rows (688) are not whole Q8_0 blocks: a q8_0 bake keeps them as F16.
 #[test]
 fn tinyllama_baked_q8_0() {
-    let m = Model::load(tinyllama()).unwrap();
-    let h = handle(&m, &adapter("tinyllama-a-lora"));
-    let (_, report) = bake(&m, &[(h, 1.0)], BakeType::Q8_0).unwrap();
+    let report = check_baked(
+        tinyllama(),
+        "tinyllama-a-lora",
+        "tinyllama-a__lora__1.0.json",
+        1.0,
+        BakeType::Q8_0,
+    );
     for (name, ty) in &report.tensors {
         let want = if name.contains("ffn_down") {
             quant::GgmlType::F16
@@ -356,12 +359,5 @@ fn tinyllama_baked_q8_0() {
         };
         assert_eq!(*ty, want, "{name}");
     }
-    let kept = check_baked(
-        tinyllama(),
-        "tinyllama-a-lora",
-        "tinyllama-a__lora__1.0.json",
-        1.0,
-        BakeType::Q8_0,
-    );
-    assert!(kept > 0.995, "q8_0 bake kept {kept}");
+    assert!(report.kept > 0.995, "q8_0 bake kept {}", report.kept);
 }
