@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lora_run_tests::{GEMMA, QWEN, fixtures_dir, model};
+use lora_run_tests::{GEMMA, QWEN, fixtures_dir, llamacpp_reference, model};
 use runtime::lora::bake::{BakeType, KEPT_WARN, bake};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
@@ -246,7 +246,9 @@ fn weight_noise_estimate_against_a_known_original() {
     // The tiny llama's Q8_0 weights, taken as a float original and quantized to Q4_K / Q5_0 as
     // llama-quantize would (ggml's reference quantizers): there the true weight-quantization
     // noise is known, and [`dithered`] (the estimate the gemma test relies on) can be checked
-    // against it. Measured 0.64–1.53× the true noise.
+    // against it. Measured 0.64–1.53× the true noise at the last positions of three prompts,
+    // 0.74× (Q4_K) and 0.61× (Q5_0) in mean KL divergence over 128 positions of text, where the
+    // same-type bake is 0.14× and 0.17× the true noise.
     let mut orig = Model::load(fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
     orig.float_reference = true;
     let a = load_adapter(
@@ -259,6 +261,9 @@ fn weight_noise_estimate_against_a_known_original() {
     let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
     let active = [(h, 1.0)];
     let none = LoraPlan::default();
+    let chunks = text_chunks(&fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf"), 2, 64);
+    let n_vocab = orig.config.n_vocab;
+    let orig_text = all_logits(&orig, &none, &chunks);
     for ty in [quant::GgmlType::Q4_K, quant::GgmlType::Q5_0] {
         let mut q = with_weights(&orig, &names, ty, |_| {});
         q.float_reference = true;
@@ -281,5 +286,153 @@ fn weight_noise_estimate_against_a_known_original() {
                 "{ty}: estimate {estimate} vs true {truth}"
             );
         }
+        // The same over text, as mean KL divergence.
+        let base = all_logits(&q, &none, &chunks);
+        let (truth, _) = kl_divergence(&orig_text, &base, n_vocab);
+        let (estimate, _) = kl_divergence(&base, &all_logits(&est, &none, &chunks), n_vocab);
+        let exact = all_logits(&q, &LoraPlan::new(&q, &active).unwrap(), &chunks);
+        let (d_baked, _) = kl_divergence(&exact, &all_logits(&baked, &none, &chunks), n_vocab);
+        eprintln!(
+            "{ty}, mean KL over text: weight noise {truth:.5}, estimate {estimate:.5}; same-type bake vs exact {d_baked:.5} ({:.2}× the noise)",
+            d_baked / truth
+        );
+        assert!(
+            (0.5 * truth..2.0 * truth).contains(&estimate),
+            "{ty}: KL estimate {estimate} vs true {truth}"
+        );
     }
+}
+
+/// The perplexity test's text (llama.cpp's perplexity fixture file), tokenized by `model_path`'s
+/// tokenizer, as `n` chunks of `len` tokens, each led by the BOS when the model adds one.
+fn text_chunks(model_path: &std::path::Path, n: usize, len: usize) -> Vec<Vec<u32>> {
+    let file = llamacpp_reference()["gemma"]["perplexity"]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let e = runtime::Engine::load(model_path, &Default::default()).unwrap();
+    let bos = e.tokenize("").unwrap();
+    let ids = e.tokenize(&text).unwrap();
+    let body = &ids[bos.len()..];
+    assert!(body.len() >= len * n, "{file}: {} tokens", body.len());
+    body.chunks(len)
+        .take(n)
+        .map(|c| bos.iter().chain(c).copied().collect())
+        .collect()
+}
+
+/// Logits at every position of every chunk, `[Σ n_tok, n_vocab]`.
+fn all_logits(m: &Model, plan: &LoraPlan, chunks: &[Vec<u32>]) -> Vec<f32> {
+    chunks
+        .iter()
+        .flat_map(|ids| {
+            let mut kv = m.new_kv_cache(ids.len());
+            m.forward_with(&mut kv, ids, Logits::All, plan).unwrap()
+        })
+        .collect()
+}
+
+/// Mean over positions of KL(softmax(p) ‖ softmax(q)) in nats (llama.cpp's `--kl-divergence`
+/// statistic, p the reference), and the fraction of positions whose top-1 differs.
+fn kl_divergence(p: &[f32], q: &[f32], n_vocab: usize) -> (f64, f64) {
+    fn log_softmax(x: &[f32]) -> Vec<f64> {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        x.iter().map(|&v| v as f64 - log_sum).collect()
+    }
+    fn argmax(x: &[f32]) -> usize {
+        x.iter()
+            .enumerate()
+            .fold(0, |best, (i, &v)| if v > x[best] { i } else { best })
+    }
+    let (mut kl, mut flips, mut n) = (0f64, 0usize, 0usize);
+    for (a, b) in p.chunks_exact(n_vocab).zip(q.chunks_exact(n_vocab)) {
+        let (la, lb) = (log_softmax(a), log_softmax(b));
+        kl += la.iter().zip(&lb).map(|(x, y)| x.exp() * (x - y)).sum::<f64>();
+        flips += usize::from(argmax(a) != argmax(b));
+        n += 1;
+    }
+    (kl / n as f64, flips as f64 / n as f64)
+}
+
+/// Mean KL divergence over 128 positions of text ([`text_chunks`]) of baked models from the
+/// exact on-the-fly model, as multiples of the base's own weight-quantization noise in the same
+/// statistic (the [`dithered`] estimate of the adapter's target tensors against the file). All
+/// on the float path, so that only the weights differ. Returns, per scale, the ratio for each
+/// of `types`.
+fn bake_kl_ratios(name: &str, adapter_dir: &str, scales: &[f32], types: &[BakeType]) -> Vec<Vec<f64>> {
+    let path = model(name);
+    let chunks = text_chunks(&path, 2, 64);
+    let m = Model::load(&path).unwrap();
+    let n_vocab = m.config.n_vocab;
+    let mut f = m.clone();
+    f.float_reference = true;
+    let a = load_adapter(&fixtures_dir().join(adapter_dir), &m, &AdapterOptions::default()).unwrap();
+    let h = AdapterHandle::new(a.name.clone(), 1, a);
+    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
+    let none = LoraPlan::default();
+    let base = all_logits(&f, &none, &chunks);
+    let mut fd = dithered(&m, &names, 7);
+    fd.float_reference = true;
+    let (noise, noise_flips) = kl_divergence(&base, &all_logits(&fd, &none, &chunks), n_vocab);
+    eprintln!(
+        "{name} + {adapter_dir}: mean KL of the base's weight-quantization noise {noise:.4} (top-1 differs at {:.1}%)",
+        100.0 * noise_flips
+    );
+    let mut ratios = vec![];
+    for &scale in scales {
+        let active = [(h.clone(), scale)];
+        let exact = all_logits(&f, &LoraPlan::new(&f, &active).unwrap(), &chunks);
+        let (effect, _) = kl_divergence(&exact, &base, n_vocab);
+        // The adapter must matter far more than the noise, or the comparison says nothing.
+        assert!(
+            effect > 2.0 * noise,
+            "scale {scale}: adapter effect {effect} vs noise {noise}"
+        );
+        let mut row = vec![];
+        for &ty in types {
+            let (mut b, report) = bake(&m, &active, ty).unwrap();
+            b.float_reference = true;
+            let (kl, flips) = kl_divergence(&exact, &all_logits(&b, &none, &chunks), n_vocab);
+            eprintln!(
+                "  scale {scale}, {ty:?} bake: mean KL from the exact model {kl:.4} = {:.2}× the noise (adapter effect {:.1}×; top-1 differs at {:.1}%; kept {:.3})",
+                kl / noise,
+                effect / noise,
+                100.0 * flips,
+                report.kept
+            );
+            row.push(kl / noise);
+        }
+        ratios.push(row);
+    }
+    ratios
+}
+
+#[test]
+fn baked_same_types_within_the_noise_qwen_pirate() {
+    // The pirate adapter (rsLoRA, q/v/o/down) changes the weights by more than a grid step
+    // where it matters: baked into the tensors' own types it stays well within the base's
+    // noise. Measured 0.16× (scale 1) and 0.11× (scale 0.5); the DoRA adapter 0.30× / 0.19×.
+    let r = bake_kl_ratios(QWEN, "adapters/qwen2-0.5b-pirate", &[1.0, 0.5], &[BakeType::Same]);
+    for (scale, row) in [1.0, 0.5].iter().zip(&r) {
+        assert!(row[0] < 0.5, "scale {scale}: same-type bake {}× the noise", row[0]);
+    }
+}
+
+#[test]
+fn baked_gemma_jargon_against_the_noise() {
+    // The jargon adapter's change is mostly under a Q5_0/Q4_K grid step: requantizing it into
+    // the tensors' own types costs a second rounding about as large as the first. Measured 1.62×
+    // the base's noise at scale 1 (1.79× over 512 positions; the bake warns, see
+    // `baked_same_types_within_quantization_noise`); Q8_0 keeps it at 0.02×. A bake that dropped
+    // the adapter would sit at the adapter's effect, 25×.
+    let r = bake_kl_ratios(
+        GEMMA,
+        "adapters/gemma3-270m-jargon",
+        &[1.0],
+        &[BakeType::Same, BakeType::Q8_0],
+    );
+    assert!(r[0][0] > 1.0 && r[0][0] < 3.0, "same types: {}× the noise", r[0][0]);
+    assert!(r[0][1] < 0.1, "q8_0: {}× the noise", r[0][1]);
 }
