@@ -327,8 +327,16 @@ mod tests {
             st ^= st << 17;
             (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-            let n_in = 512;
+        // 512 inputs are an even number of 32-element blocks, 544 an odd one.
+        let shapes = [
+            (GgmlType::Q5_0, 512),
+            (GgmlType::Q5_0, 544),
+            (GgmlType::Q8_0, 512),
+            (GgmlType::Q8_0, 544),
+            (GgmlType::Q4_K, 512),
+            (GgmlType::Q6_K, 512),
+        ];
+        for (ty, n_in) in shapes {
             for n_out in [1, 7, 33] {
                 let rb = ty.row_bytes(n_in).unwrap();
                 let mut data = vec![0u8; rb * n_out];

@@ -56,15 +56,36 @@ impl QuantizeRef for BlockQ8_0 {
 }
 
 /// ggml-cpu's x86 `quantize_row_q8_0` (arch/x86/quants.c): d = amax / 127 stored as f16,
-/// q = round-half-even(x · (127 / amax)).
+/// q = round-half-even(x · (127 / amax)). Compiled for AVX2 where the CPU has it (the same
+/// arithmetic, vectorized by the compiler: bit-identical, see the tests).
 fn quantize_row_act_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+    #[cfg(target_arch = "x86_64")]
+    if SimdLevel::detect() != SimdLevel::Scalar && SimdLevel::Avx2.is_available() {
+        // SAFETY: AVX2, FMA and F16C were detected.
+        unsafe { x86::quantize_row_act_avx2(src, dst) };
+        return;
+    }
+    quantize_row_act_body(src, dst, crate::round_half_even_small)
+}
+
+/// The body of [`quantize_row_act_q8_0`]: `round` is round-half-even (either spelling).
+#[inline(always)]
+fn quantize_row_act_body(src: &[f32], dst: &mut [BlockQ8_0], round: impl Fn(f32) -> f32) {
     for (x, b) in src.chunks_exact(QK8_0).zip(dst.iter_mut()) {
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // The largest magnitude, in eight lanes (max is exact in any order; NaN is skipped
+        // as by a sequential `f32::max`).
+        let mut lanes = [0f32; 8];
+        for c in x.chunks_exact(8) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         b.d = f16::from_f32(d);
         for (q, &v) in b.qs.iter_mut().zip(x) {
-            *q = crate::round_half_even_small(v * id) as i8;
+            *q = round(v * id) as i8;
         }
     }
 }
@@ -81,6 +102,26 @@ impl VecDot for BlockQ8_0 {
             #[cfg(target_arch = "aarch64")]
             SimdLevel::Neon if level.is_available() => unsafe { neon::vec_dot_neon(x, y) },
             _ => vec_dot_scalar(x, y),
+        }
+    }
+
+    fn vec_dot_multi_rows(
+        level: SimdLevel,
+        xs: [&[Self]; crate::MULTI_ROWS],
+        ys: &[&[Self::Act]],
+        outs: [&mut [f32]; crate::MULTI_ROWS],
+    ) {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512 (F/BW/VL/DQ + VNNI) was detected; at most MULTI_TOKENS rows.
+            SimdLevel::Avx512 if level.is_available() && ys.len() <= crate::MULTI_TOKENS => unsafe {
+                x86::vec_dot_multi_rows_avx512(xs, ys, outs)
+            },
+            _ => {
+                for (x, out) in xs.into_iter().zip(outs) {
+                    Self::vec_dot_multi(level, x, ys, out);
+                }
+            }
         }
     }
 }
@@ -101,6 +142,15 @@ pub(crate) mod x86 {
     use super::BlockQ8_0;
     use crate::x86_util::*;
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_row_act_q8_0`] compiled for AVX2 (`vroundps` for the rounding).
+    ///
+    /// # Safety
+    /// Requires AVX2 + FMA + F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_row_act_avx2(src: &[f32], dst: &mut [BlockQ8_0]) {
+        super::quantize_row_act_body(src, dst, f32::round_ties_even)
+    }
 
     /// # Safety
     /// Requires AVX2, FMA and F16C.
@@ -148,6 +198,60 @@ pub(crate) mod x86 {
         }
         sum
     }
+
+    /// [`vec_dot_avx512`] for four weight rows against up to four activation rows: each pair
+    /// of activation blocks is loaded and its scales converted once for all four rows. The
+    /// weights enter `vpdpbusd` as unsigned q + 128 (the sign bit flipped) with the
+    /// accumulator started at −128·Σ q_y of the same four bytes, which leaves in every lane
+    /// exactly the integer Σ q_x·q_y of [`vec_dot_avx512`]; the float steps are the same too
+    /// (d_x·d_y as f32 products, one fused multiply-add per pair of blocks), so the results
+    /// are bit-identical.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, every `outs[r]` at least
+    /// `ys.len()` long.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn vec_dot_multi_rows_avx512(
+        xs: [&[BlockQ8_0]; crate::MULTI_ROWS],
+        ys: &[&[BlockQ8_0]],
+        outs: [&mut [f32]; crate::MULTI_ROWS],
+    ) {
+        const R: usize = crate::MULTI_ROWS;
+        let nt = ys.len().min(4);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let bias = _mm512_set1_epi8(i8::MIN);
+        let zero = _mm512_setzero_si512();
+        let n_x = xs.iter().fold(usize::MAX, |m, x| m.min(x.len()));
+        let n = ys[..nt].iter().fold(n_x, |m, y| m.min(y.len()));
+        for i in 0..n / 2 {
+            let mut u = [zero; R];
+            let mut dx = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let (x0, x1) = (&xs[r][2 * i], &xs[r][2 * i + 1]);
+                u[r] = _mm512_xor_si512(join_256(load_i8_32(&x0.qs), load_i8_32(&x1.qs)), bias);
+                dx[r] = scales_2x8(fp16_to_f32(x0.d), fp16_to_f32(x1.d));
+            }
+            for t in 0..nt {
+                let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
+                let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
+                let dy = scales_2x8(fp16_to_f32(y0.d), fp16_to_f32(y1.d));
+                let neg128y = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, qy));
+                for r in 0..R {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg128y, u[r], qy));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), q, acc[r][t]);
+                }
+            }
+        }
+        for (r, out) in outs.into_iter().enumerate() {
+            for t in 0..nt {
+                let mut s = _mm512_reduce_add_ps(acc[r][t]);
+                if n % 2 == 1 {
+                    s += unsafe { vec_dot_avx2(&xs[r][n - 1..n], &ys[t][n - 1..n]) };
+                }
+                out[t] = s;
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -170,5 +274,39 @@ pub(crate) mod neon {
             acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), bx.d.to_f32() * by.d.to_f32());
         }
         vaddvq_f32(acc)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use bytemuck::Zeroable;
+
+    #[test]
+    fn act_quantizer_avx2_build_is_bit_identical() {
+        if SimdLevel::Avx2.is_available() {
+            // Random values, exact halves (ties), zeros, NaN and infinities.
+            let mut st = 0x9E37_79B9_7F4A_7C15u64;
+            let mut x: Vec<f32> = (0..QK8_0 * 64)
+                .map(|_| {
+                    st ^= st << 13;
+                    st ^= st >> 7;
+                    st ^= st << 17;
+                    ((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
+                })
+                .collect();
+            for (i, v) in x[..QK8_0].iter_mut().enumerate() {
+                *v = (i as f32 - 13.0) * 0.5;
+            }
+            x[QK8_0 * 2..QK8_0 * 3].fill(0.0);
+            x[QK8_0 * 4 + 3] = f32::NAN;
+            x[QK8_0 * 5 + 1] = f32::INFINITY;
+            let mut a = vec![BlockQ8_0::zeroed(); 64];
+            let mut b = vec![BlockQ8_0::zeroed(); 64];
+            quantize_row_act_body(&x, &mut a, crate::round_half_even_small);
+            // SAFETY: AVX2 was detected just above.
+            unsafe { x86::quantize_row_act_avx2(&x, &mut b) };
+            assert_eq!(a, b);
+        }
     }
 }

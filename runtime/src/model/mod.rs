@@ -635,23 +635,24 @@ impl Model {
         }
         let pos0 = kv.len();
         let rope_type = c.arch.rope_type();
-        for t in 0..n_tok {
+        let (q_row, k_row) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        // One token's q and k rotated (and q scaled) at a time; tokens in parallel.
+        let rotate = |t: usize, qt: &mut [f32], kt: &mut [f32]| {
             let cache = ops::rope_cache(pos0 + t, c.n_rot, p.rope_base, p.rope_scale, self.rope_freqs.as_deref());
-            ops::rope(
-                &mut q[t * c.n_head * c.head_dim..][..c.n_head * c.head_dim],
-                c.head_dim,
-                &cache,
-                rope_type,
-            );
-            ops::rope(
-                &mut k[t * c.n_head_kv * c.head_dim..][..c.n_head_kv * c.head_dim],
-                c.head_dim,
-                &cache,
-                rope_type,
-            );
-        }
-        if p.q_scale != 1.0 {
-            q.iter_mut().for_each(|v| *v *= p.q_scale);
+            ops::rope(qt, c.head_dim, &cache, rope_type);
+            ops::rope(kt, c.head_dim, &cache, rope_type);
+            if p.q_scale != 1.0 {
+                qt.iter_mut().for_each(|v| *v *= p.q_scale);
+            }
+        };
+        if n_tok == 1 {
+            rotate(0, &mut q, &mut k);
+        } else {
+            use rayon::prelude::*;
+            q.par_chunks_mut(q_row)
+                .zip(k.par_chunks_mut(k_row))
+                .enumerate()
+                .for_each(|(t, (qt, kt))| rotate(t, qt, kt));
         }
         let (k_cache, v_cache) = kv.append(il, &k, &v);
         let attn = ops::attention(

@@ -9,18 +9,39 @@ use rayon::prelude::*;
 
 use super::config::RopeType;
 
+/// Below this many elements an element-wise op runs on the calling thread (a decode step's
+/// rows); above it, in parallel chunks (prompt batches). Each element's arithmetic is the
+/// same either way.
+const PAR_MIN: usize = 1 << 15;
+
+/// `f` on each `n`-element chunk of `x` (the last may be shorter), in parallel for a large `x`.
+fn for_chunks(x: &mut [f32], n: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let n = n.max(1);
+    if x.len() < PAR_MIN {
+        x.chunks_mut(n).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        x.par_chunks_mut(n).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Elements per parallel chunk of an element-wise op.
+const CHUNK: usize = 4096;
+
 /// In-place RMS norm of each `n`-element row of `x`, times `w` (`ggml_rms_norm` then
 /// `ggml_mul`): the sum of squares in f64, mean and scale in f32.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     let n = w.len();
-    for row in x.chunks_exact_mut(n) {
+    for_chunks(x, n, |_, row| {
+        if row.len() != n {
+            return;
+        }
         let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
         let mean = (sum / n as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for (v, &g) in row.iter_mut().zip(w) {
             *v = (*v * scale) * g;
         }
-    }
+    });
 }
 
 /// [`rms_norm`] into a new buffer.
@@ -32,9 +53,11 @@ pub fn rms_norm_to(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 
 /// `x += y`.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += *b;
-    }
+    for_chunks(x, CHUNK, |i, c| {
+        for (a, b) in c.iter_mut().zip(&y[(i * CHUNK).min(y.len())..]) {
+            *a += *b;
+        }
+    });
 }
 
 /// Add `bias` (one row) to every row of `x`.
@@ -65,23 +88,30 @@ fn gelu_table() -> &'static [f16] {
 /// x ≤ -10 gives 0, x ≥ 10 gives x).
 pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32]) {
     let t = gelu_table();
-    for ((y, &x), &u) in y.iter_mut().zip(g).zip(u) {
-        let gx = if x <= -10.0 {
+    gated(g, u, y, |x| {
+        if x <= -10.0 {
             0.0
         } else if x >= 10.0 {
             x
         } else {
             t[f16::from_f32(x).to_bits() as usize].to_f32()
-        };
-        *y = gx * u;
-    }
+        }
+    });
 }
 
 /// `y = silu(g) * u` element-wise (`ggml_vec_swiglu_f32`): silu(x) = x / (1 + e^-x).
 pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
-    for ((y, &x), &u) in y.iter_mut().zip(g).zip(u) {
-        *y = x / (1.0 + (-x).exp()) * u;
-    }
+    gated(g, u, y, |x| x / (1.0 + (-x).exp()));
+}
+
+/// `y = act(g) * u` element-wise, in parallel chunks for a prompt batch.
+fn gated(g: &[f32], u: &[f32], y: &mut [f32], act: impl Fn(f32) -> f32 + Sync + Send) {
+    for_chunks(y, CHUNK, |i, ys| {
+        let o = (i * CHUNK).min(g.len().min(u.len()));
+        for ((y, &x), &u) in ys.iter_mut().zip(&g[o..]).zip(&u[o..]) {
+            *y = act(x) * u;
+        }
+    });
 }
 
 /// Rope angles for one position: `(cos, sin)` for each of the `n_rot / 2` pairs, computed as
