@@ -24,7 +24,7 @@ struct Cli {
     generate: GenerateArgs,
 }
 
-/// What every command that runs a model takes.
+/// What every command that loads a model takes.
 #[derive(Args, Debug, Clone)]
 struct ModelArgs {
     /// The GGUF model.
@@ -36,10 +36,20 @@ struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+}
+
+/// The context size, for the commands that keep one.
+#[derive(Args, Debug, Clone)]
+struct CtxArgs {
     /// Context size in tokens (at most the model's training context) [default: 4096; 512 for
     /// perplexity, as llama.cpp's]
     #[arg(short = 'c', long = "ctx")]
     ctx_arg: Option<usize>,
+}
+
+/// The adapters to load.
+#[derive(Args, Debug, Clone)]
+struct AdapterArgs {
     /// A LoRA adapter (PEFT folder, .safetensors, or GGUF LoRA), with an optional scale
     /// (`jargon.safetensors:0.5`); repeatable, the adapters stack.
     #[arg(short = 'a', long = "adapter", value_name = "PATH[:SCALE]")]
@@ -48,6 +58,11 @@ struct ModelArgs {
     /// safetensors metadata with it); an adapter's own lora_alpha wins (with a warning).
     #[arg(long, value_parser = parse_lora_alpha)]
     lora_alpha: Option<f32>,
+}
+
+/// Baking the adapters into the weights in memory.
+#[derive(Args, Debug, Clone)]
+struct BakeArgs {
     /// Fold the adapters into the weights in memory (full base speed) instead of applying
     /// them on the fly; the file is untouched.
     #[arg(long)]
@@ -58,12 +73,7 @@ struct ModelArgs {
     bake_type: Option<runtime::lora::bake::BakeType>,
 }
 
-impl ModelArgs {
-    /// The context size asked for (4096 by default).
-    fn ctx(&self) -> usize {
-        self.ctx_arg.unwrap_or(4096)
-    }
-
+impl BakeArgs {
     /// The bake type asked for (`same` by default).
     fn bake_type(&self) -> runtime::lora::bake::BakeType {
         self.bake_type.unwrap_or(runtime::lora::bake::BakeType::Same)
@@ -85,14 +95,20 @@ fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    ctx: CtxArgs,
+    #[command(flatten)]
+    lora: AdapterArgs,
+    #[command(flatten)]
+    bake: BakeArgs,
     /// The prompt.
-    #[arg(short, long)]
+    #[arg(short, long, allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
-    /// Temperature; 0 is greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
+    /// Temperature; 0 (or below) is greedy.
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Top-k (0: off).
     #[arg(long, default_value_t = 40)]
@@ -120,13 +136,26 @@ struct GenerateArgs {
     json: bool,
     /// Interactive: read prompts from stdin; `/adapters`, `/use NAME[:SCALE] ...`, `/none`,
     /// `/bake`, `/unbake`, `/quit`.
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, conflicts_with = "prompt")]
     interactive: bool,
     /// Run many prompts on one loaded model, one JSON object a line: `prompt`, optional
     /// `adapters` ([{"path" or "name", "scale"}]) and `n`. Adapters switch between prompts
-    /// without reloading anything.
-    #[arg(long, value_name = "FILE.jsonl")]
+    /// without reloading anything; `--adapter` only loads (and names) adapters here.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "interactive", "bake"])]
     prompts: Option<PathBuf>,
+}
+
+/// A model with its context and adapters (perplexity, logits).
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    ctx: CtxArgs,
+    #[command(flatten)]
+    lora: AdapterArgs,
+    #[command(flatten)]
+    bake: BakeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,7 +183,7 @@ enum Command {
     /// Perplexity of a text file by llama.cpp's method (second half of each chunk scored).
     Perplexity {
         #[command(flatten)]
-        model: ModelArgs,
+        run: RunArgs,
         /// The text file.
         #[arg(short, long)]
         file: PathBuf,
@@ -169,6 +198,8 @@ enum Command {
     Merge {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        lora: AdapterArgs,
         /// Output GGUF.
         #[arg(short, long)]
         output: PathBuf,
@@ -181,6 +212,10 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        lora: AdapterArgs,
+        #[command(flatten)]
+        bake: BakeArgs,
         /// Prompt tokens.
         #[arg(short = 'p', long, default_value_t = 128)]
         n_prompt: usize,
@@ -197,9 +232,9 @@ enum Command {
     /// The largest logits at the last position of a prompt.
     Logits {
         #[command(flatten)]
-        model: ModelArgs,
+        run: RunArgs,
         /// The prompt.
-        #[arg(short, long)]
+        #[arg(short, long, allow_hyphen_values = true)]
         prompt: String,
         /// How many.
         #[arg(long, default_value_t = 20)]
@@ -216,25 +251,27 @@ fn main() -> ExitCode {
         Some(Command::Inspect { file, json }) => inspect(&file, json),
         Some(Command::Tokenize { model, text, json }) => tokenize(&model, &text, json),
         Some(Command::Perplexity {
-            model,
+            run,
             file,
             chunks,
             json,
-        }) => perplexity(&model, &file, chunks, json),
-        Some(Command::Logits {
-            model,
-            prompt,
-            top,
-            json,
-        }) => logits(&model, &prompt, top, json),
+        }) => perplexity(&run, &file, chunks, json),
+        Some(Command::Logits { run, prompt, top, json }) => logits(&run, &prompt, top, json),
         Some(Command::Bench {
             model,
+            lora,
+            bake,
             n_prompt,
             n_gen,
             reps,
             json,
-        }) => bench(&model, n_prompt, n_gen, reps, json),
-        Some(Command::Merge { model, output, ty }) => merge(&model, &output, ty),
+        }) => bench(&model, &lora, &bake, n_prompt, n_gen, reps, json),
+        Some(Command::Merge {
+            model,
+            lora,
+            output,
+            ty,
+        }) => merge(&model, &lora, &output, ty),
         None => generate(&cli.generate),
     };
     match result {
@@ -263,14 +300,18 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
             tokenizer_json: m.tokenizer.clone(),
         },
     )?;
-    let n_ctx_train = engine.model().config.n_ctx_train;
-    if m.ctx() > n_ctx_train {
-        eprintln!(
-            "note: --ctx {} is capped at the model's training context {n_ctx_train}",
-            m.ctx()
-        );
-    }
     Ok(engine)
+}
+
+/// The context size: `--ctx`, else `default`, at most the model's training context (with a
+/// note when `--ctx` asked for more).
+fn context(engine: &Engine, c: &CtxArgs, default: usize) -> usize {
+    let n_ctx_train = engine.model().config.n_ctx_train;
+    let want = c.ctx_arg.unwrap_or(default);
+    if c.ctx_arg.is_some_and(|n| n > n_ctx_train) {
+        eprintln!("note: --ctx {want} is capped at the model's training context {n_ctx_train}");
+    }
+    want.min(n_ctx_train)
 }
 
 /// Split `PATH[:SCALE]`: the scale is what follows the last `:`, unless the whole text is an
@@ -278,15 +319,26 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
 fn parse_adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
     if let Some((p, s)) = spec.rsplit_once(':') {
         if !std::path::Path::new(spec).exists() {
-            return match s.parse::<f32>() {
-                Ok(scale) if scale.is_finite() => Ok((PathBuf::from(p), scale)),
-                _ => {
-                    Err(format!("invalid adapter scale `{s}` in `{spec}` (PATH[:SCALE], SCALE a finite number)").into())
-                }
-            };
+            return parse_scale(s)
+                .map(|scale| (PathBuf::from(p), scale))
+                .map_err(|e| format!("adapter scale in `{spec}` (PATH[:SCALE]): {e}").into());
         }
     }
     Ok((PathBuf::from(spec), 1.0))
+}
+
+/// An adapter scale: a number that an f32 holds (not one that overflows to infinity or
+/// underflows to zero).
+fn parse_scale(s: &str) -> std::result::Result<f32, String> {
+    let wide: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let v = wide as f32;
+    if !v.is_finite() {
+        return Err(format!("`{s}` is not a finite number an f32 holds (|scale| < 3.4e38)"));
+    }
+    if v == 0.0 && wide != 0.0 {
+        return Err(format!("`{s}` is too small for an f32 (it would be 0)"));
+    }
+    Ok(v)
 }
 
 /// Print an adapter's summary line (with `note` in parentheses, if any) and its warnings.
@@ -301,17 +353,48 @@ fn print_loaded(h: &runtime::lora::AdapterHandle, note: &str) {
     }
 }
 
-/// Load the `--adapter`s into the engine's adapter set; print each one's summary line.
-fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::AdapterHandle, f32)>> {
-    if m.adapters.is_empty() && (m.bake || m.lora_alpha.is_some()) {
-        return Err(format!("{} needs an --adapter", if m.bake { "--bake" } else { "--lora-alpha" }).into());
+/// How `--adapter` is used by a command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AdapterUse {
+    /// Applied (or baked) with their scales.
+    Apply,
+    /// Only loaded and named (`--prompts`: each line picks its adapters).
+    LoadOnly,
+}
+
+/// Adapters with their scales.
+type AdapterSet = Vec<(runtime::lora::AdapterHandle, f32)>;
+
+/// Load the `--adapter`s into the engine's adapter set and print each one's summary line;
+/// with `bake.bake`, fold them into the weights. Returns the active set (empty after a bake).
+fn load_adapters(engine: &Engine, a: &AdapterArgs, bake: Option<&BakeArgs>, usage: AdapterUse) -> Result<AdapterSet> {
+    load_adapters_baked(engine, a, bake, usage).map(|(active, _)| active)
+}
+
+/// [`load_adapters`], also returning what was baked.
+fn load_adapters_baked(
+    engine: &Engine,
+    a: &AdapterArgs,
+    bake: Option<&BakeArgs>,
+    usage: AdapterUse,
+) -> Result<(AdapterSet, AdapterSet)> {
+    let baking = bake.is_some_and(|b| b.bake);
+    if a.adapters.is_empty() && (baking || a.lora_alpha.is_some()) {
+        return Err(format!("{} needs an --adapter", if baking { "--bake" } else { "--lora-alpha" }).into());
     }
-    if m.bake_type.is_some() && !m.bake {
-        return Err("--bake-type needs --bake (or, with -i, /bake)".into());
-    }
-    let mut out = Vec::new();
-    for spec in &m.adapters {
+    let mut out: AdapterSet = Vec::new();
+    for spec in &a.adapters {
         let (path, scale) = parse_adapter_spec(spec)?;
+        let same_file = |h: &runtime::lora::AdapterHandle| {
+            h.adapter.path == path || std::fs::canonicalize(&h.adapter.path).ok() == std::fs::canonicalize(&path).ok()
+        };
+        if let Some((h, _)) = out.iter().find(|(h, _)| same_file(h)) {
+            eprintln!(
+                "warning: {} is given twice; both copies are loaded ({} and the next) and both apply",
+                path.display(),
+                h.name
+            );
+        }
         // Two adapters with the same name get distinct ones (`jargon`, `jargon#2`).
         let stem = runtime::lora::default_adapter_name(&path);
         let mut name = stem.clone();
@@ -322,22 +405,24 @@ fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::A
         }
         let opts = runtime::lora::AdapterOptions {
             name: Some(name),
-            lora_alpha: m.lora_alpha,
+            lora_alpha: a.lora_alpha,
         };
         let t0 = std::time::Instant::now();
         let h = engine.load_adapter(&path, &opts)?;
-        print_loaded(
-            &h,
-            &format!(
-                "loaded in {:.1} ms; applied at scale {scale}",
-                t0.elapsed().as_secs_f64() * 1e3
-            ),
-        );
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let note = match usage {
+            AdapterUse::Apply => format!("loaded in {ms:.1} ms; applied at scale {scale}"),
+            AdapterUse::LoadOnly => format!("loaded in {ms:.1} ms as `{}` for the prompts to name", h.name),
+        };
+        print_loaded(&h, &note);
         out.push((h, scale));
     }
-    if m.bake && !out.is_empty() {
+    if baking && !out.is_empty() {
         let t0 = std::time::Instant::now();
-        let r = engine.bake(&out, m.bake_type())?;
+        let r = engine.bake(
+            &out,
+            bake.map_or(runtime::lora::bake::BakeType::Same, BakeArgs::bake_type),
+        )?;
         eprintln!(
             "baked {} tensors ({} bytes) in {:.0} ms; {}",
             r.tensors.len(),
@@ -345,13 +430,21 @@ fn load_adapters(engine: &Engine, m: &ModelArgs) -> Result<Vec<(runtime::lora::A
             t0.elapsed().as_secs_f64() * 1e3,
             kept_note(&r)
         );
-        out.clear();
+        return Ok((Vec::new(), out));
     }
-    Ok(out)
+    Ok((out, Vec::new()))
 }
 
-fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeType) -> Result<()> {
-    if m.adapters.is_empty() {
+/// `--bake-type` without `--bake` is a mistake, except in `-i` (for a later `/bake`).
+fn check_bake_type(b: &BakeArgs, interactive: bool) -> Result<()> {
+    if b.bake_type.is_some() && !b.bake && !interactive {
+        return Err("--bake-type needs --bake (or, with -i, /bake)".into());
+    }
+    Ok(())
+}
+
+fn merge(m: &ModelArgs, lora: &AdapterArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeType) -> Result<()> {
+    if lora.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
     }
     if let (Some(input), Ok(out)) = (&m.model, std::fs::canonicalize(output)) {
@@ -364,13 +457,7 @@ fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeT
         }
     }
     let engine = load(m)?;
-    let active = load_adapters(
-        engine.as_ref(),
-        &ModelArgs {
-            bake: false,
-            ..m.clone()
-        },
-    )?;
+    let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
     let t0 = std::time::Instant::now();
     let (baked, report) = runtime::lora::bake::bake(engine.base_model(), &active, ty)?;
     let note: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
@@ -379,36 +466,48 @@ fn merge(m: &ModelArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeT
         "merged {} tensors in {:.0} ms; {}; wrote {} ({n} bytes)",
         report.tensors.len(),
         t0.elapsed().as_secs_f64() * 1e3,
-        kept_note(&report),
+        kept_note_for(&report, "--type q8_0 or f16"),
         output.display()
     );
     Ok(())
 }
 
-/// "kept N% of the adapters' change", after printing the bake's warning if it has one.
+/// "kept N% of the adapters' change", after printing the bake's warning (if it has one) with
+/// the options that avoid the loss.
 fn kept_note(r: &runtime::lora::bake::BakeReport) -> String {
+    kept_note_for(r, "--bake-type q8_0 or f16, or no --bake")
+}
+
+/// [`kept_note`] with the command's own advice (`--bake-type ...`, or merge's `--type ...`).
+fn kept_note_for(r: &runtime::lora::bake::BakeReport, advice: &str) -> String {
     if let Some(w) = r.warning() {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {w} ({advice})");
     }
     format!("kept {:.1}% of the adapters' change", 100.0 * r.kept)
 }
+
+/// `name:scale + name:scale`, or `none`.
+fn adapter_list(set: &[(runtime::lora::AdapterHandle, f32)]) -> String {
+    if set.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<String> = set.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
+    names.join(" + ")
+}
+
+const INTERACTIVE_HELP: &str = "/adapters, /use NAME|PATH[:SCALE] ..., /none, /bake, /unbake, /quit";
 
 /// `-i`: prompts from stdin, commands to switch adapters.
 fn interactive(a: &GenerateArgs) -> Result<()> {
     use std::io::BufRead;
     let engine = load(&a.model)?;
-    // --bake-type is for a later /bake here.
-    let mut active = load_adapters(
-        &engine,
-        &ModelArgs {
-            bake_type: None,
-            ..a.model.clone()
-        },
-    )?;
-    let mut session = engine.session(a.model.ctx());
+    // `baked`: what is baked into the weights now (the active set again after /unbake).
+    let (mut active, mut baked) = load_adapters_baked(&engine, &a.lora, Some(&a.bake), AdapterUse::Apply)?;
+    let n_ctx = context(&engine, &a.ctx, 4096);
+    let mut session = engine.session(n_ctx);
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    eprintln!("lora-run interactive: type a prompt, or /adapters, /use NAME[:SCALE] ..., /none, /bake, /unbake, /quit");
+    eprintln!("lora-run interactive: type a prompt, or {INTERACTIVE_HELP}");
     for line in stdin.lock().lines() {
         let line = line?;
         let line = line.trim();
@@ -416,24 +515,38 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             continue;
         }
         let mut words = line.split_whitespace();
-        match words.next() {
-            Some("/quit") | Some("/exit") => break,
-            Some("/adapters") => {
-                for h in engine.adapters() {
+        let cmd = words.next().unwrap_or_default();
+        let args: Vec<&str> = words.collect();
+        if cmd.starts_with('/') && cmd != "/use" && !args.is_empty() {
+            eprintln!("error: {cmd} takes no arguments (got `{}`)", args.join(" "));
+            continue;
+        }
+        match cmd {
+            "/quit" | "/exit" => break,
+            "/adapters" => {
+                let all = engine.adapters();
+                if all.is_empty() {
+                    println!("no adapters loaded (/use PATH[:SCALE] loads one)");
+                }
+                for h in all {
                     let on = active
                         .iter()
                         .find(|(x, _)| x.version == h.version)
                         .map(|(_, s)| format!(" [active, scale {s}]"))
+                        .or_else(|| {
+                            baked
+                                .iter()
+                                .find(|(x, _)| x.version == h.version)
+                                .map(|(_, s)| format!(" [baked in, scale {s}]"))
+                        })
                         .unwrap_or_default();
                     println!("{}{on}", h.adapter.summary());
                 }
-                if engine.is_baked() {
-                    println!("(weights are baked)");
-                }
             }
-            Some("/use") => {
+            "/use" => {
                 // All or nothing: on any error the active set stays as it was.
-                let next: Result<Vec<_>> = words
+                let next: Result<Vec<_>> = args
+                    .iter()
                     .map(|spec| {
                         let (name, scale) = parse_adapter_spec(spec)?;
                         let name = name.to_string_lossy().to_string();
@@ -444,58 +557,61 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                                     &name,
                                     &runtime::lora::AdapterOptions {
                                         name: None,
-                                        lora_alpha: a.model.lora_alpha,
+                                        lora_alpha: a.lora.lora_alpha,
                                     },
                                 )?;
                                 print_loaded(&h, "");
                                 h
                             }
                         };
+                        if baked.iter().any(|(b, _)| b.version == h.version) {
+                            return Err(format!(
+                                "{} is baked into the weights already (it would apply twice); /unbake first",
+                                h.name
+                            )
+                            .into());
+                        }
                         Ok((h, scale))
                     })
                     .collect();
+                // The same adapter twice is refused here as a generation would refuse it.
+                let next = next.and_then(|n| {
+                    runtime::lora::LoraPlan::new(&engine.model(), &n)?;
+                    Ok(n)
+                });
                 match next {
                     Ok(next) => {
                         active = next;
-                        let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
-                        println!(
-                            "active: {}",
-                            if names.is_empty() {
-                                "none".into()
-                            } else {
-                                names.join(" + ")
-                            }
-                        );
+                        println!("active: {}{}", adapter_list(&active), baked_note(&baked));
                     }
                     Err(e) => eprintln!("error: {e} (active adapters unchanged)"),
                 }
             }
-            Some("/none") => {
+            "/none" => {
                 active.clear();
-                println!("active: none");
+                println!("active: none{}", baked_note(&baked));
             }
-            Some("/bake") if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
-            Some("/bake") if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
-            Some("/bake") => match engine.bake(&active, a.model.bake_type()) {
+            "/bake" if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
+            "/bake" if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
+            "/bake" => match engine.bake(&active, a.bake.bake_type()) {
                 Ok(r) => {
                     println!(
-                        "baked {} tensors ({}); the adapters now live in the weights",
+                        "baked {} tensors ({}); {} now live in the weights (/unbake restores the base and makes them active again)",
                         r.tensors.len(),
-                        kept_note(&r)
+                        kept_note(&r),
+                        adapter_list(&active)
                     );
-                    active.clear();
+                    baked = std::mem::take(&mut active);
                 }
                 Err(e) => eprintln!("error: {e}"),
             },
-            Some("/unbake") => {
+            "/unbake" if !engine.is_baked() => eprintln!("error: nothing is baked"),
+            "/unbake" => {
                 engine.unbake();
-                println!("weights restored");
+                active = std::mem::take(&mut baked);
+                println!("weights restored; active on the fly: {}", adapter_list(&active));
             }
-            Some(cmd) if cmd.starts_with('/') => {
-                eprintln!(
-                    "error: unknown command {cmd} (/adapters, /use NAME[:SCALE] ..., /none, /bake, /unbake, /quit)"
-                )
-            }
+            _ if cmd.starts_with('/') => eprintln!("error: unknown command {cmd} ({INTERACTIVE_HELP})"),
             _ => {
                 let prompt = user_prompt(&engine, a, line)?;
                 let opts = generate_options(a, a.n_predict, active.clone());
@@ -505,7 +621,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 match g {
                     Ok(g) => {
                         println!();
-                        eprintln!("{}", stats_line(engine.load_ms, &g.timings));
+                        report_end(&g, engine.load_ms, n_ctx);
                     }
                     Err(e) => eprintln!("error: {e}"),
                 }
@@ -513,6 +629,27 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// " (baked into the weights: ...)" while adapters are baked, else nothing.
+fn baked_note(baked: &[(runtime::lora::AdapterHandle, f32)]) -> String {
+    if baked.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (baked into the weights: {}; /unbake restores the base)",
+            adapter_list(baked)
+        )
+    }
+}
+
+/// The stats line on stderr, after a note when the context (`n_ctx` tokens) ended the
+/// generation.
+fn report_end(g: &runtime::Generation, load_ms: f64, n_ctx: usize) {
+    if g.stop_reason == runtime::StopReason::Context {
+        eprintln!("note: stopped at the end of the context ({n_ctx} tokens); a larger --ctx allows more");
+    }
+    eprintln!("{}", stats_line(load_ms, &g.timings));
 }
 
 /// The text to generate from: `text` itself, or wrapped in the model's chat template (--chat).
@@ -557,9 +694,10 @@ fn sampling(a: &GenerateArgs) -> SamplingOptions {
     }
 }
 
-fn generation_json(g: &runtime::Generation, load_ms: f64) -> serde_json::Value {
+fn generation_json(g: &runtime::Generation, prompt: &str, load_ms: f64) -> serde_json::Value {
     let t = g.timings;
     json!({
+        "prompt": prompt,
         "prompt_tokens": g.prompt_tokens,
         "tokens": g.tokens,
         "text": g.text,
@@ -623,46 +761,55 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
         return Err(format!("{}: no prompts in the file", file.display()).into());
     }
     let engine = load(&a.model)?;
-    load_adapters(&engine, &a.model)?;
-    let mut session = engine.session(a.model.ctx());
-    let mut out = std::io::stdout().lock();
+    load_adapters(&engine, &a.lora, None, AdapterUse::LoadOnly)?;
+    let n_ctx = context(&engine, &a.ctx, 4096);
+    // Resolve every line's adapters and check every prompt fits before running any.
+    let mut jobs = Vec::new();
     for (where_, p) in lines {
-        let resolve = |r: &AdapterRef| -> Result<runtime::lora::AdapterHandle> {
-            resolve_adapter(&engine, r, a.model.lora_alpha, &where_)
-        };
         let mut active = Vec::new();
         for r in &p.adapters {
             if !r.scale.is_finite() {
                 return Err(format!("{where_}: adapter scale {} is not a finite number", r.scale).into());
             }
-            active.push((resolve(r)?, r.scale));
+            active.push((resolve_adapter(&engine, r, a.lora.lora_alpha, &where_)?, r.scale));
         }
+        runtime::lora::LoraPlan::new(&engine.model(), &active).map_err(|e| format!("{where_}: {e}"))?;
         let prompt = user_prompt(&engine, a, &p.prompt)?;
+        let n_tok = engine.tokenize(&prompt)?.len();
+        if n_tok >= n_ctx {
+            return Err(format!(
+                "{where_}: the prompt is {n_tok} tokens, the context {n_ctx} (--ctx): it does not fit"
+            )
+            .into());
+        }
+        jobs.push((where_, p, prompt, active));
+    }
+    let mut session = engine.session(n_ctx);
+    let mut out = std::io::stdout().lock();
+    for (where_, p, prompt, active) in jobs {
         let opts = generate_options(a, p.n.unwrap_or(a.n_predict), active.clone());
         let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
         if !a.json {
             writeln!(
                 out,
                 "--- [{}] {}",
-                if names.is_empty() {
-                    "base".to_string()
-                } else {
-                    names.join(" + ")
-                },
+                adapter_list(&active).replace("none", "base"),
                 p.prompt
             )?;
         }
         let json = a.json;
-        let g = session.generate(&prompt, &opts, |ev| {
-            json || out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok()
-        })?;
+        let g = session
+            .generate(&prompt, &opts, |ev| {
+                json || out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok()
+            })
+            .map_err(|e| format!("{where_}: {e}"))?;
         if json {
-            let mut obj = generation_json(&g, engine.load_ms);
+            let mut obj = generation_json(&g, &p.prompt, engine.load_ms);
             obj["adapters"] = json!(names);
             writeln!(out, "{obj}")?;
         } else {
             writeln!(out)?;
-            eprintln!("{}", stats_line(engine.load_ms, &g.timings));
+            report_end(&g, engine.load_ms, n_ctx);
         }
     }
     Ok(())
@@ -702,6 +849,7 @@ fn resolve_adapter(
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
+    check_bake_type(&a.bake, a.interactive)?;
     if let Some(file) = &a.prompts {
         return run_prompts(a, file);
     }
@@ -712,13 +860,14 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         return Err("no prompt: pass --prompt TEXT or --prompts FILE.jsonl (or a subcommand; see --help)".into());
     };
     let engine = load(&a.model)?;
-    let active = load_adapters(&engine, &a.model)?;
-    let prompt = user_prompt(&engine, a, prompt)?;
+    let active = load_adapters(&engine, &a.lora, Some(&a.bake), AdapterUse::Apply)?;
+    let text = user_prompt(&engine, a, prompt)?;
     let opts = generate_options(a, a.n_predict, active);
-    let mut session = engine.session(a.model.ctx());
+    let n_ctx = context(&engine, &a.ctx, 4096);
+    let mut session = engine.session(n_ctx);
     let mut out = std::io::stdout().lock();
     let json = a.json;
-    let g = session.generate(&prompt, &opts, |ev| {
+    let g = session.generate(&text, &opts, |ev| {
         if !json {
             // A closed stdout ends the generation quietly.
             return out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok();
@@ -726,11 +875,11 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         true
     })?;
     if json {
-        writeln!(out, "{}", generation_json(&g, engine.load_ms))?;
+        writeln!(out, "{}", generation_json(&g, prompt, engine.load_ms))?;
     } else {
         writeln!(out).ok();
     }
-    eprintln!("{}", stats_line(engine.load_ms, &g.timings));
+    report_end(&g, engine.load_ms, n_ctx);
     Ok(())
 }
 
@@ -749,12 +898,13 @@ fn tokenize(m: &ModelArgs, text: &str, json: bool) -> Result<()> {
     }
 }
 
-fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json: bool) -> Result<()> {
+fn perplexity(r: &RunArgs, file: &std::path::Path, chunks: Option<usize>, json: bool) -> Result<()> {
+    check_bake_type(&r.bake, false)?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let engine = load(m)?;
-    let active = load_adapters(&engine, m)?;
+    let engine = load(&r.model)?;
+    let active = load_adapters(&engine, &r.lora, Some(&r.bake), AdapterUse::Apply)?;
     // llama.cpp's perplexity default context.
-    let n_ctx = m.ctx_arg.unwrap_or(512).min(engine.model().config.n_ctx_train);
+    let n_ctx = context(&engine, &r.ctx, 512);
     let r = runtime::perplexity::perplexity(&engine, &text, n_ctx, chunks, &active, |i, ppl| {
         if !json {
             eprint!("[{}]{ppl:.4},", i + 1);
@@ -771,10 +921,11 @@ fn perplexity(m: &ModelArgs, file: &std::path::Path, chunks: Option<usize>, json
     }
 }
 
-fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
-    let engine = load(m)?;
-    let active = load_adapters(&engine, m)?;
-    let mut session = engine.session(m.ctx());
+fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
+    check_bake_type(&r.bake, false)?;
+    let engine = load(&r.model)?;
+    let active = load_adapters(&engine, &r.lora, Some(&r.bake), AdapterUse::Apply)?;
+    let mut session = engine.session(context(&engine, &r.ctx, 4096));
     let logits = session.logits(prompt, &active)?;
     let idx = runtime::sampler::top_k(&logits, top);
     if json {
@@ -793,12 +944,21 @@ fn logits(m: &ModelArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     }
 }
 
-fn bench(m: &ModelArgs, n_prompt: usize, n_gen: usize, reps: usize, json: bool) -> Result<()> {
+fn bench(
+    m: &ModelArgs,
+    lora: &AdapterArgs,
+    bake: &BakeArgs,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
+    check_bake_type(bake, false)?;
     if reps == 0 || n_prompt + n_gen == 0 {
         return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
     }
     let engine = load(m)?;
-    let active = load_adapters(&engine, m)?;
+    let active = load_adapters(&engine, lora, Some(bake), AdapterUse::Apply)?;
     let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1), &active)?;
     let threads = rayon::current_num_threads();
     if json {

@@ -72,7 +72,183 @@ fn demo_prompts_switch_adapters_on_one_model() {
     assert_eq!(lines[2]["adapters"][0], "jargon-bf16:0.5");
     for l in &lines {
         assert!(l["prompt_tokens"].is_array() && l["timings"]["decode_tokens_per_s"].is_number());
+        assert_eq!(l["prompt"], "The engine room reported");
     }
+}
+
+/// `lora-run ARGS` with `input` on stdin: (stdout, stderr), whatever the exit status.
+fn with_stdin(args: &[&str], input: &str) -> (String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lora-run"))
+        .args(args)
+        .current_dir(workspace_root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lora-run");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn interactive_bake_and_unbake_keep_track_of_the_adapters() {
+    let m = model(GEMMA);
+    let m = m.to_str().unwrap();
+    // --bake-type is honoured by the start-up bake of -i.
+    let (_, err) = with_stdin(
+        &[
+            "-m",
+            m,
+            "-i",
+            "-a",
+            "models/jargon-bf16",
+            "--bake",
+            "--bake-type",
+            "f16",
+        ],
+        "/quit\n",
+    );
+    assert!(err.contains("kept 100.0%") && !err.contains("warning"), "{err}");
+    let (out, err) = with_stdin(
+        &["-m", m, "-i", "-a", "models/jargon-bf16", "-n", "4", "--temp", "0"],
+        "/bake\n/use jargon-bf16:1\n/use jargon-bf16\n/none\n/unbake\n/unbake\n/adapters x\n/use jargon-bf16 jargon-bf16:0.5\n/quit\n",
+    );
+    // A baked adapter cannot be switched on again on top of itself.
+    assert!(err.contains("jargon-bf16 is baked into the weights already"), "{err}");
+    assert!(
+        out.contains("active: none (baked into the weights: jargon-bf16:1"),
+        "{out}"
+    );
+    // /unbake makes the baked adapters active again, on the fly.
+    assert!(
+        out.contains("weights restored; active on the fly: jargon-bf16:1"),
+        "{out}"
+    );
+    assert!(err.contains("error: nothing is baked"), "{err}");
+    assert!(err.contains("/adapters takes no arguments"), "{err}");
+    assert!(err.contains("active twice"), "{err}");
+}
+
+#[test]
+fn options_a_command_does_not_use_are_refused() {
+    let m = model(GEMMA);
+    let m = m.to_str().unwrap();
+    for args in [
+        &[
+            "merge",
+            "-m",
+            m,
+            "-a",
+            "models/jargon-bf16",
+            "-o",
+            "/tmp/x.gguf",
+            "--bake",
+        ][..],
+        &[
+            "merge",
+            "-m",
+            m,
+            "-a",
+            "models/jargon-bf16",
+            "-o",
+            "/tmp/x.gguf",
+            "--ctx",
+            "99",
+        ],
+        &["tokenize", "-m", m, "--text", "hi", "-a", "models/jargon-bf16"],
+        &["bench", "-m", m, "--ctx", "10"],
+        &["-m", m, "--prompts", "models/demo.jsonl", "-p", "Hi"],
+        &["-m", m, "--prompts", "models/demo.jsonl", "-i"],
+        &[
+            "-m",
+            m,
+            "--prompts",
+            "models/demo.jsonl",
+            "-a",
+            "models/jargon-bf16",
+            "--bake",
+        ],
+        &["-m", m, "-p", "Hi", "-i"],
+    ] {
+        let out = lora_run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && (err.contains("unexpected argument") || err.contains("cannot be used with")),
+            "{args:?}: {err}"
+        );
+    }
+    // Text that starts with '-' is a prompt, and a negative temperature is greedy.
+    let (_, err) = ok(&["-m", m, "-p", "-- a list:", "-n", "2", "--temp", "-1"]);
+    assert!(err.contains("decode 2 tokens"), "{err}");
+}
+
+#[test]
+fn prompts_file_is_checked_before_anything_runs() {
+    let m = model(GEMMA);
+    let dir = std::env::temp_dir().join(format!("lora-run-prompts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p.jsonl");
+    let long = "word ".repeat(200);
+    std::fs::write(&file, format!("{{\"prompt\": \"Hi\"}}\n{{\"prompt\": \"{long}\"}}\n")).unwrap();
+    let out = lora_run(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--prompts",
+        file.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "-n",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("p.jsonl:2: the prompt is") && err.contains("does not fit"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "line 1 ran before the check");
+    // The same adapter twice on one line.
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"Hi\", \"adapters\": [{\"path\": \"models/jargon-bf16\"}, {\"path\": \"models/jargon-bf16\"}]}\n",
+    )
+    .unwrap();
+    let out = lora_run(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--prompts",
+        file.to_str().unwrap(),
+        "-n",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("p.jsonl:1") && err.contains("active twice"),
+        "{err}"
+    );
+    // A generation the context cuts short says so.
+    let (_, err) = ok(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "Hi",
+        "--ctx",
+        "16",
+        "-n",
+        "100",
+        "--temp",
+        "0",
+    ]);
+    assert!(
+        err.contains("note: stopped at the end of the context (16 tokens)"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -114,9 +114,10 @@ pub struct LoraPlan {
 impl LoraPlan {
     /// Resolve `active` (adapter, generation scale) pairs against `model`.
     ///
-    /// Errors: [`LoraError::Plan`] when two DoRA targets (or a DoRA and a plain one) meet on
-    /// one layer, a target names no layer of this model, or two adapters each replace the
-    /// embedding (or the head).
+    /// Errors: [`LoraError::Plan`] when the same adapter (handle version) is listed twice, a
+    /// scale is not finite, two DoRA targets (or a DoRA and a plain one) meet on one layer, a
+    /// target names no layer of this model, or two adapters each replace the embedding (or
+    /// the head).
     pub fn new(model: &Model, active: &[(AdapterHandle, f32)]) -> Result<LoraPlan, LoraError> {
         let ids = model.linear_ids();
         let mut per_linear: Vec<Vec<PlanEntry>> = vec![Vec::new(); ids.len()];
@@ -128,6 +129,14 @@ impl LoraPlan {
             if !scale.is_finite() {
                 return Err(LoraError::Plan {
                     message: format!("adapter {}: scale {scale} is not a finite number", h.name),
+                });
+            }
+            if key.iter().any(|&(v, _)| v == h.version) {
+                return Err(LoraError::Plan {
+                    message: format!(
+                        "adapter {} is active twice; give it once, with the sum of the scales",
+                        h.name
+                    ),
                 });
             }
             key.push((h.version, scale.to_bits()));

@@ -62,8 +62,8 @@ impl BakeReport {
             format!(
                 "the baked weights keep {:.0}% of the adapters' change: requantizing to the tensors' own types \
                  rounds away what is small against their quantization step, so the baked model's logits can differ \
-                 from the on-the-fly ones by more than the base's quantization noise; --bake-type q8_0 or f16 keeps \
-                 all of it (more memory), and without --bake nothing is lost",
+                 from the on-the-fly ones by more than the base's quantization noise; baking to Q8_0 or F16 keeps \
+                 all of it (more memory), and applying the adapters on the fly loses nothing",
                 100.0 * self.kept
             )
         })
