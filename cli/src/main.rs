@@ -94,13 +94,7 @@ fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType
 #[derive(Args, Debug)]
 struct GenerateArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    ctx: CtxArgs,
-    #[command(flatten)]
-    lora: AdapterArgs,
-    #[command(flatten)]
-    bake: BakeArgs,
+    run: RunArgs,
     /// The prompt.
     #[arg(short, long, allow_hyphen_values = true)]
     prompt: Option<String>,
@@ -145,7 +139,7 @@ struct GenerateArgs {
     prompts: Option<PathBuf>,
 }
 
-/// A model with its context and adapters (perplexity, logits).
+/// A model with its context and adapters (generate, perplexity, logits).
 #[derive(Args, Debug)]
 struct RunArgs {
     #[command(flatten)]
@@ -500,10 +494,10 @@ const INTERACTIVE_HELP: &str = "/adapters, /use NAME|PATH[:SCALE] ..., /none, /b
 /// `-i`: prompts from stdin, commands to switch adapters.
 fn interactive(a: &GenerateArgs) -> Result<()> {
     use std::io::BufRead;
-    let engine = load(&a.model)?;
+    let engine = load(&a.run.model)?;
     // `baked`: what is baked into the weights now (the active set again after /unbake).
-    let (mut active, mut baked) = load_adapters_baked(&engine, &a.lora, Some(&a.bake), AdapterUse::Apply)?;
-    let n_ctx = context(&engine, &a.ctx, 4096);
+    let (mut active, mut baked) = load_adapters_baked(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::Apply)?;
+    let n_ctx = context(&engine, &a.run.ctx, 4096);
     let mut session = engine.session(n_ctx);
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -557,7 +551,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                                     &name,
                                     &runtime::lora::AdapterOptions {
                                         name: None,
-                                        lora_alpha: a.lora.lora_alpha,
+                                        lora_alpha: a.run.lora.lora_alpha,
                                     },
                                 )?;
                                 print_loaded(&h, "");
@@ -593,7 +587,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             }
             "/bake" if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
             "/bake" if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
-            "/bake" => match engine.bake(&active, a.bake.bake_type()) {
+            "/bake" => match engine.bake(&active, a.run.bake.bake_type()) {
                 Ok(r) => {
                     println!(
                         "baked {} tensors ({}); {} now live in the weights (/unbake restores the base and makes them active again)",
@@ -760,9 +754,9 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     if lines.is_empty() {
         return Err(format!("{}: no prompts in the file", file.display()).into());
     }
-    let engine = load(&a.model)?;
-    load_adapters(&engine, &a.lora, None, AdapterUse::LoadOnly)?;
-    let n_ctx = context(&engine, &a.ctx, 4096);
+    let engine = load(&a.run.model)?;
+    load_adapters(&engine, &a.run.lora, None, AdapterUse::LoadOnly)?;
+    let n_ctx = context(&engine, &a.run.ctx, 4096);
     // Resolve every line's adapters and check every prompt fits before running any.
     let mut jobs = Vec::new();
     for (where_, p) in lines {
@@ -771,7 +765,7 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
             if !r.scale.is_finite() {
                 return Err(format!("{where_}: adapter scale {} is not a finite number", r.scale).into());
             }
-            active.push((resolve_adapter(&engine, r, a.lora.lora_alpha, &where_)?, r.scale));
+            active.push((resolve_adapter(&engine, r, a.run.lora.lora_alpha, &where_)?, r.scale));
         }
         runtime::lora::LoraPlan::new(&engine.model(), &active).map_err(|e| format!("{where_}: {e}"))?;
         let prompt = user_prompt(&engine, a, &p.prompt)?;
@@ -849,7 +843,7 @@ fn resolve_adapter(
 }
 
 fn generate(a: &GenerateArgs) -> Result<()> {
-    check_bake_type(&a.bake, a.interactive)?;
+    check_bake_type(&a.run.bake, a.interactive)?;
     if let Some(file) = &a.prompts {
         return run_prompts(a, file);
     }
@@ -859,11 +853,11 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let Some(prompt) = &a.prompt else {
         return Err("no prompt: pass --prompt TEXT or --prompts FILE.jsonl (or a subcommand; see --help)".into());
     };
-    let engine = load(&a.model)?;
-    let active = load_adapters(&engine, &a.lora, Some(&a.bake), AdapterUse::Apply)?;
+    let engine = load(&a.run.model)?;
+    let active = load_adapters(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::Apply)?;
     let text = user_prompt(&engine, a, prompt)?;
     let opts = generate_options(a, a.n_predict, active);
-    let n_ctx = context(&engine, &a.ctx, 4096);
+    let n_ctx = context(&engine, &a.run.ctx, 4096);
     let mut session = engine.session(n_ctx);
     let mut out = std::io::stdout().lock();
     let json = a.json;
@@ -1003,11 +997,27 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
 
 /// Human-readable form of a PEFT adapter inspection.
 fn format_peft(v: &serde_json::Value) -> String {
+    let sm = &v["summary"];
+    let ranks: Vec<String> = sm["ranks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r.to_string())
+        .collect();
+    let scale = match sm["scale"].as_f64() {
+        Some(x) if sm["use_rslora"] == true => format!("scale {x} (lora_alpha / √r, use_rslora)"),
+        Some(x) => format!("scale {x} (lora_alpha / r)"),
+        None => "scale unknown (no lora_alpha and r in a config)".into(),
+    };
     let mut s = format!(
-        "{}\n  PEFT adapter, {} tensors, {} parameters\n",
+        "{}\n  PEFT adapter, {} tensors, {} parameters: {} modules, rank {}, {scale}{}\n  \
+         (not checked against a model: loading it with -m MODEL --adapter does that)\n",
         v["path"].as_str().unwrap_or(""),
         v["tensor_count"],
-        v["parameter_count"]
+        v["parameter_count"],
+        sm["modules"],
+        ranks.join("/"),
+        if sm["use_dora"] == true { ", DoRA" } else { "" }
     );
     match v["config"]["values"].as_object() {
         Some(c) => {

@@ -139,42 +139,17 @@ fn options_a_command_does_not_use_are_refused() {
     let m = model(GEMMA);
     let m = m.to_str().unwrap();
     for args in [
-        &[
-            "merge",
-            "-m",
-            m,
-            "-a",
-            "models/jargon-bf16",
-            "-o",
-            "/tmp/x.gguf",
-            "--bake",
-        ][..],
-        &[
-            "merge",
-            "-m",
-            m,
-            "-a",
-            "models/jargon-bf16",
-            "-o",
-            "/tmp/x.gguf",
-            "--ctx",
-            "99",
-        ],
-        &["tokenize", "-m", m, "--text", "hi", "-a", "models/jargon-bf16"],
-        &["bench", "-m", m, "--ctx", "10"],
-        &["-m", m, "--prompts", "models/demo.jsonl", "-p", "Hi"],
-        &["-m", m, "--prompts", "models/demo.jsonl", "-i"],
-        &[
-            "-m",
-            m,
-            "--prompts",
-            "models/demo.jsonl",
-            "-a",
-            "models/jargon-bf16",
-            "--bake",
-        ],
-        &["-m", m, "-p", "Hi", "-i"],
+        "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --bake",
+        "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --ctx 99",
+        "tokenize -m {m} --text hi -a models/jargon-bf16",
+        "bench -m {m} --ctx 10",
+        "-m {m} --prompts models/demo.jsonl -p Hi",
+        "-m {m} --prompts models/demo.jsonl -i",
+        "-m {m} --prompts models/demo.jsonl -a models/jargon-bf16 --bake",
+        "-m {m} -p Hi -i",
     ] {
+        let args: Vec<&str> = args.split(' ').map(|w| if w == "{m}" { m } else { w }).collect();
+        let args = &args[..];
         let out = lora_run(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -389,11 +364,25 @@ fn inspect_peft_folder() {
     assert_eq!(j["config"]["values"]["use_dora"], true);
     assert_eq!(j["config"]["values"]["r"], 8);
     assert_eq!(j["tensor_count"], 216);
+    // 72 modules (q, v, down of 24 layers), rank 8, scale 16 / 8, DoRA.
+    assert_eq!(j["summary"]["modules"], 72);
+    assert_eq!(j["summary"]["ranks"], serde_json::json!([8]));
+    assert_eq!(j["summary"]["scale"], 2.0);
+    assert_eq!(j["summary"]["use_dora"], true);
+    // The same parameter count as loading reports (A, B and the magnitude vectors).
     let (text, _) = ok(&[
         "inspect",
         fixtures_dir().join("adapters/qwen2-0.5b-pirate").to_str().unwrap(),
     ]);
     assert!(text.contains("use_rslora = true"), "{text}");
+    assert!(
+        text.contains("96 modules, rank 16, scale 8 (lora_alpha / √r, use_rslora)"),
+        "{text}"
+    );
+    // Layers in numeric order.
+    let l2 = text.find("layers.2.mlp").unwrap();
+    let l10 = text.find("layers.10.mlp").unwrap();
+    assert!(l2 < l10);
 }
 
 /// One `error:` line and a non-zero exit.

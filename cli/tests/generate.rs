@@ -182,7 +182,10 @@ fn missing_model_and_unsupported_architecture() {
     let out = lora_run(&["-m", adapter.to_str().unwrap(), "-p", "hi"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: this GGUF is a LoRA adapter"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("gemma3-270m-jargon.gguf: this GGUF is a LoRA adapter"),
+        "{err}"
+    );
     // A model whose architecture is unknown: rewrite general.architecture of the tiny llama.
     let f =
         runtime::gguf::GgufFile::open(lora_run_tests::fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
@@ -200,7 +203,8 @@ fn missing_model_and_unsupported_architecture() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.starts_with("error: unsupported architecture `mamba` (supported: llama, qwen2, qwen3, gemma3)"),
+        err.starts_with("error: ")
+            && err.contains(".gguf: unsupported architecture `mamba` (supported: llama, qwen2, qwen3, gemma3)"),
         "{err}"
     );
 }

@@ -216,41 +216,15 @@ pub(crate) mod x86 {
         ys: &[&[BlockQ8_0]],
         outs: [&mut [f32]; crate::MULTI_ROWS],
     ) {
-        const R: usize = crate::MULTI_ROWS;
-        let nt = ys.len().min(4);
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        let bias = _mm512_set1_epi8(i8::MIN);
-        let zero = _mm512_setzero_si512();
-        let n_x = xs.iter().fold(usize::MAX, |m, x| m.min(x.len()));
-        let n = ys[..nt].iter().fold(n_x, |m, y| m.min(y.len()));
-        for i in 0..n / 2 {
-            let mut u = [zero; R];
-            let mut dx = [_mm512_setzero_ps(); R];
-            for r in 0..R {
-                let (x0, x1) = (&xs[r][2 * i], &xs[r][2 * i + 1]);
-                u[r] = _mm512_xor_si512(join_256(load_i8_32(&x0.qs), load_i8_32(&x1.qs)), bias);
-                dx[r] = scales_2x8(fp16_to_f32(x0.d), fp16_to_f32(x1.d));
-            }
-            for t in 0..nt {
-                let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
-                let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
-                let dy = scales_2x8(fp16_to_f32(y0.d), fp16_to_f32(y1.d));
-                let neg128y = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, qy));
-                for r in 0..R {
-                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg128y, u[r], qy));
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), q, acc[r][t]);
-                }
-            }
-        }
-        for (r, out) in outs.into_iter().enumerate() {
-            for t in 0..nt {
-                let mut s = _mm512_reduce_add_ps(acc[r][t]);
-                if n % 2 == 1 {
-                    s += unsafe { vec_dot_avx2(&xs[r][n - 1..n], &ys[t][n - 1..n]) };
-                }
-                out[t] = s;
-            }
-        }
+        // q + 128 as an unsigned byte: the sign bit flipped.
+        let unpack = |x0: &BlockQ8_0, x1: &BlockQ8_0| {
+            let q = _mm512_xor_si512(
+                join_256(load_i8_32(&x0.qs), load_i8_32(&x1.qs)),
+                _mm512_set1_epi8(i8::MIN),
+            );
+            (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
+        };
+        q8_multi_rows_avx512!(xs, ys, outs, i8::MIN, unpack, vec_dot_avx2)
     }
 }
 

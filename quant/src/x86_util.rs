@@ -133,3 +133,53 @@ pub fn load_i8_32(p: &[i8; 32]) -> __m256i {
 pub fn fp16_to_f32(h: half::f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
+
+/// The body of a four-row AVX-512 VNNI kernel of a 32-element weight format against Q8_0
+/// activations (Q5_0, Q8_0): for each pair of blocks, `$unpack(x0, x1)` gives the four rows'
+/// weights as 64 unsigned bytes `q + $bias` and their two scales; each pair of activation
+/// blocks is loaded once for all four rows; `vpdpbusd` starts from −bias·Σ q_y of the same four
+/// bytes, which leaves in every lane exactly the integer Σ q_x·q_y; one fused multiply-add of
+/// d_x·d_y (f32 products) per pair of blocks. An odd last block goes through `$tail` (the
+/// single-row AVX2 kernel). Used inside an `unsafe fn` with the AVX-512 + VNNI features, with
+/// `xs: [&[X]; MULTI_ROWS]`, `ys: &[&[BlockQ8_0]]` (at most four) and `outs`.
+macro_rules! q8_multi_rows_avx512 {
+    ($xs:ident, $ys:ident, $outs:ident, $bias:expr, $unpack:expr, $tail:path) => {{
+        const R: usize = crate::MULTI_ROWS;
+        let nt = $ys.len().min(4);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let bias = _mm512_set1_epi8($bias);
+        let zero = _mm512_setzero_si512();
+        let n_x = $xs.iter().fold(usize::MAX, |m, x| m.min(x.len()));
+        let n = $ys[..nt].iter().fold(n_x, |m, y| m.min(y.len()));
+        for i in 0..n / 2 {
+            let mut u = [zero; R];
+            let mut dx = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let (q, d0, d1) = $unpack(&$xs[r][2 * i], &$xs[r][2 * i + 1]);
+                u[r] = q;
+                // The products d_x·d_y lane by lane: the same f32 products as the scalar ones.
+                dx[r] = scales_2x8(d0, d1);
+            }
+            for t in 0..nt {
+                let (y0, y1) = (&$ys[t][2 * i], &$ys[t][2 * i + 1]);
+                let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
+                let dy = scales_2x8(fp16_to_f32(y0.d), fp16_to_f32(y1.d));
+                let neg = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, qy));
+                for r in 0..R {
+                    let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg, u[r], qy));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), q, acc[r][t]);
+                }
+            }
+        }
+        for (r, out) in $outs.into_iter().enumerate() {
+            for t in 0..nt {
+                let mut s = _mm512_reduce_add_ps(acc[r][t]);
+                if n % 2 == 1 {
+                    s += unsafe { $tail(&$xs[r][n - 1..n], &$ys[t][n - 1..n]) };
+                }
+                out[t] = s;
+            }
+        }
+    }};
+}
+pub(crate) use q8_multi_rows_avx512;

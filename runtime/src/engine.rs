@@ -40,6 +40,14 @@ pub enum Error {
     UnknownAdapter(String),
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// A model file that cannot be loaded, with the path (the source says what and where
+    /// inside it).
+    #[error("{}: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// How to load a model.
@@ -72,15 +80,26 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Memory-map the GGUF model at `path` and build its tokenizer.
     ///
-    /// Errors: [`Error::Gguf`] (missing or malformed file), [`Error::Model`] (unsupported
-    /// architecture, missing tensor or key), [`Error::Tokenizer`].
+    /// Errors: [`Error::Gguf`] (a file that cannot be read), [`Error::Load`] naming the file
+    /// around [`Error::Gguf`] (malformed), [`Error::Model`] (unsupported architecture, missing
+    /// tensor or key) or [`Error::Tokenizer`] (its tokenizer metadata); [`Error::Tokenizer`]
+    /// for a `tokenizer_json` that cannot be loaded.
     pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Arc<Engine>, Error> {
         let t0 = Instant::now();
-        let file = Arc::new(GgufFile::open(path)?);
-        let model = Model::from_file(file.clone())?;
+        let path = path.as_ref();
+        // Errors from inside the file name the file (an unreadable file already does).
+        let in_file = |e: Error| match e {
+            Error::Gguf(crate::gguf::GgufError::Io { .. }) => e,
+            e => Error::Load {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            },
+        };
+        let file = Arc::new(GgufFile::open(path).map_err(|e| in_file(e.into()))?);
+        let model = Model::from_file(file.clone()).map_err(|e| in_file(e.into()))?;
         let tokenizer = match &opts.tokenizer_json {
             Some(p) => Tokenizer::from_file(p)?,
-            None => Tokenizer::from_gguf(file.metadata())?,
+            None => Tokenizer::from_gguf(file.metadata()).map_err(|e| in_file(e.into()))?,
         };
         let base = Arc::new(model);
         Ok(Arc::new(Engine {

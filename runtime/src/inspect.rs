@@ -244,7 +244,8 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
         .map_err(|e| io(&weights, format!("not a valid safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&weights, e.to_string()))?;
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    names.sort();
+    // Layers in numeric order (…layers.2… before …layers.10…).
+    names.sort_by_key(|n| natural_key(n));
     let mut params = 0u64;
     let tensors: Vec<Value> = names
         .iter()
@@ -262,13 +263,60 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
         }
         None => Value::Null,
     };
+    // Modules, ranks and the PEFT scale the config gives (before any rank_pattern /
+    // alpha_pattern override).
+    let mut modules = std::collections::BTreeSet::new();
+    let mut ranks = std::collections::BTreeSet::new();
+    for n in &names {
+        if let Some((module, _)) = n.split_once(".lora_A") {
+            modules.insert(module.to_string());
+            if let Some(&r) = st.tensor(n).ok().and_then(|t| t.shape().first().copied()).as_ref() {
+                ranks.insert(r);
+            }
+        }
+    }
+    let cv = &config["values"];
+    let (alpha, r) = (cv["lora_alpha"].as_f64(), cv["r"].as_f64());
+    let rslora = cv["use_rslora"].as_bool().unwrap_or(false);
+    let scale = match (alpha, r) {
+        (Some(a), Some(r)) if r > 0.0 => Some(if rslora { a / r.sqrt() } else { a / r }),
+        _ => None,
+    };
+    let summary = json!({
+        "modules": modules.len(),
+        "ranks": ranks,
+        "scale": scale,
+        "use_rslora": rslora,
+        "use_dora": cv["use_dora"].as_bool().unwrap_or(false) || names.iter().any(|n| n.contains("lora_magnitude_vector")),
+    });
     Ok(json!({
         "path": path.display().to_string(),
         "format": "peft",
+        "summary": summary,
         "config": config,
         "metadata": meta.metadata(),
         "tensor_count": tensors.len(),
         "parameter_count": params,
         "tensors": tensors,
     }))
+}
+
+/// A sort key that orders the digit runs of a name by value (`layers.2` before `layers.10`).
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut digits = String::new();
+    for ch in name.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+        } else {
+            if !digits.is_empty() {
+                out.push((std::mem::take(&mut text), digits.parse().unwrap_or(u64::MAX)));
+                digits.clear();
+            }
+            text.push(ch);
+        }
+    }
+    out.push((text, digits.parse().unwrap_or(0)));
+    out
 }

@@ -21,7 +21,7 @@ pub struct PerplexityResult {
     pub text_tokens: usize,
     pub n_ctx: usize,
     /// Running estimate after each chunk (as llama.cpp prints `[1]15.2,[2]...`).
-    pub per_chunk: Vec<f64>,
+    pub running: Vec<f64>,
 }
 
 /// Rows of the output head computed at once (bounds memory: rows × n_vocab floats).
@@ -66,7 +66,7 @@ pub fn perplexity(
     let first = n_ctx / 2;
     let mut nll = 0f64;
     let mut count = 0usize;
-    let mut per_chunk = Vec::with_capacity(n_chunk);
+    let mut running = Vec::with_capacity(n_chunk);
     for i in 0..n_chunk {
         let start = i * n_ctx;
         let mut chunk = tokens[start..start + n_ctx].to_vec();
@@ -93,7 +93,7 @@ pub fn perplexity(
             }
         }
         let ppl = (nll / count as f64).exp();
-        per_chunk.push(ppl);
+        running.push(ppl);
         on_chunk(i, ppl);
     }
     Ok(PerplexityResult {
@@ -102,6 +102,6 @@ pub fn perplexity(
         chunks: n_chunk,
         text_tokens: tokens.len(),
         n_ctx,
-        per_chunk,
+        running,
     })
 }

@@ -470,6 +470,26 @@ fn alpha_pattern_and_rank_pattern_apply() {
         };
         assert_eq!(t.scale, expected, "{}", t.tensor);
     }
+    assert!(a.warnings.iter().all(|w| !w.contains("pattern")), "{:?}", a.warnings);
+}
+
+#[test]
+fn config_entries_that_name_nothing_are_reported() {
+    // PEFT accepts them (it errors only when nothing matches); they load, with a warning each.
+    let (_dir, path) = tiny_copy(
+        |_| {},
+        |c| {
+            c["target_modules"].as_array_mut().unwrap().push("foo_proj".into());
+            c["alpha_pattern"] = serde_json::json!({"zzz_proj": 4, "q_proj": 32});
+            c["rank_pattern"] = serde_json::json!({"yyy_proj": 4});
+        },
+    );
+    let a = load(&path, tinyllama());
+    let all = a.warnings.join("\n");
+    assert!(all.contains("target_modules entry `foo_proj` names no module"), "{all}");
+    assert!(all.contains("alpha_pattern key `zzz_proj` matches none"), "{all}");
+    assert!(all.contains("rank_pattern key `yyy_proj` matches none"), "{all}");
+    assert!(!all.contains("`q_proj`"), "{all}");
 }
 
 #[test]
@@ -751,6 +771,12 @@ fn bad_safetensors_bytes() {
         assert!(matches!(e, LoraError::Safetensors { .. }), "{what}: {e:?}");
         assert_names(&e.to_string(), &["adapter_model.safetensors"]);
     }
+    // A shape that disagrees with the data size: the error names the tensor and both sizes.
+    let h = br#"{"a.lora_A.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}"#;
+    let bytes = [(h.len() as u64).to_le_bytes().to_vec(), h.to_vec(), vec![0; 20]].concat();
+    std::fs::write(folder.join("adapter_model.safetensors"), &bytes).unwrap();
+    let e = load_err(&folder, tinyllama(), &AdapterOptions::default());
+    assert_names(&e.to_string(), &["a.lora_A.weight", "is 24 bytes", "[0, 20] hold 20"]);
     // An unreadable dtype.
     let (e, msg) = tiny_err(
         |t| {

@@ -17,13 +17,17 @@ fn stacking_and_negative_scales() {
     // is the f16 KV cache's rounding (about 0.03), far below the adapter's effect (> 1).
     let mut m = runtime::model::Model::load(lora_run_tests::model(GEMMA)).unwrap();
     m.float_reference = true;
-    let a = runtime::lora::load_adapter(
-        &fixtures_dir().join("adapters/gemma3-270m-jargon"),
-        &m,
-        &AdapterOptions::default(),
-    )
-    .unwrap();
-    let a = runtime::lora::AdapterHandle::new("stack".into(), 1, a);
+    let load = || {
+        runtime::lora::load_adapter(
+            &fixtures_dir().join("adapters/gemma3-270m-jargon"),
+            &m,
+            &AdapterOptions::default(),
+        )
+        .unwrap()
+    };
+    // Two loaded copies (one handle twice in a set is refused, see below).
+    let a = runtime::lora::AdapterHandle::new("stack".into(), 1, load());
+    let b = runtime::lora::AdapterHandle::new("stack#2".into(), 2, load());
     let ids = [2u32, 818, 4535, 2358, 5710];
     let run = |active: &[(runtime::lora::AdapterHandle, f32)]| {
         let plan = runtime::lora::LoraPlan::new(&m, active).unwrap();
@@ -32,9 +36,14 @@ fn stacking_and_negative_scales() {
             .unwrap()
     };
     let one = run(&[(a.clone(), 1.0)]);
-    let halves = run(&[(a.clone(), 0.5), (a.clone(), 0.5)]);
+    let halves = run(&[(a.clone(), 0.5), (b.clone(), 0.5)]);
     let base = run(&[]);
-    let cancel = run(&[(a.clone(), 1.0), (a.clone(), -1.0)]);
+    let cancel = run(&[(a.clone(), 1.0), (b.clone(), -1.0)]);
+    let twice = runtime::lora::LoraPlan::new(&m, &[(a.clone(), 0.5), (a.clone(), 0.5)]);
+    assert!(
+        twice.is_err_and(|e| e.to_string().contains("adapter stack is active twice")),
+        "the same handle twice"
+    );
     assert!(
         max_diff(&one, &halves) < 0.1,
         "0.5 + 0.5 vs 1: {}",

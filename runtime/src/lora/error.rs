@@ -46,7 +46,7 @@ pub enum LoraError {
     /// No `lora_alpha` in any config, metadata or option.
     #[error(
         "{path}: no lora_alpha: the adapter has no config (looked for {looked_for}) and its safetensors metadata \
-         has no `lora_alpha`; pass --lora-alpha (AdapterOptions::lora_alpha)"
+         has no `lora_alpha`; pass --lora-alpha (in the library: AdapterOptions's lora_alpha)"
     )]
     MissingAlpha { path: PathBuf, looked_for: String },
     /// A tensor whose name is not a LoRA tensor of any module of this architecture.

@@ -102,20 +102,19 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// Trainable parameters (elements of every A and B).
+    /// Trainable parameters: the elements of every A and B, and DoRA's magnitude vectors (as
+    /// PEFT counts them).
     pub fn n_params(&self) -> usize {
-        self.targets.iter().map(|t| t.a.len() + t.b.len()).sum::<usize>()
+        self.targets
+            .iter()
+            .map(|t| t.a.len() + t.b.len() + t.dora_magnitude.as_ref().map_or(0, |m| m.len()))
+            .sum::<usize>()
             + self.embedding.as_ref().map_or(0, |e| e.a.len() + e.b.len())
     }
 
     /// Bytes held in memory.
     pub fn n_bytes(&self) -> usize {
         4 * (self.n_params()
-            + self
-                .targets
-                .iter()
-                .map(|t| t.dora_magnitude.as_ref().map_or(0, |m| m.len()))
-                .sum::<usize>()
             + self.embedding_replacement.as_ref().map_or(0, |e| e.len())
             + self.head_replacement.as_ref().map_or(0, |e| e.len()))
     }

@@ -32,7 +32,7 @@ use fancy_regex::Regex;
 use safetensors::{Dtype, SafeTensors};
 
 use super::load::{Layout, PairShape, check_finite, check_shapes, folder_of, head_is_tied, io_error, sort_targets};
-use super::mapping::{ALL_LINEAR, ModuleTarget, map_module, peft_modules, permute_rows};
+use super::mapping::{ALL_LINEAR, BLOCK_PROJECTIONS, ModuleTarget, map_module, peft_modules, permute_rows};
 use super::{AdapterFormat, AdapterOptions, EmbeddingLora, LoraAdapter, LoraError, LoraTarget};
 use crate::model::Model;
 
@@ -606,8 +606,11 @@ impl PeftConfig {
                         };
                         if !ok {
                             return Ok(Some(format!(
-                                "layers_to_transform {:?} does not include its layer{}",
-                                indexes,
+                                "layers_to_transform {} does not include its layer{}",
+                                match indexes {
+                                    LayerIndexes::One(i) => i.to_string(),
+                                    LayerIndexes::List(l) => format!("{l:?}"),
+                                },
                                 index.map(|i| format!(" {i}")).unwrap_or_default()
                             )));
                         }
@@ -916,6 +919,49 @@ struct Group<'a> {
     slots: BTreeMap<Slot, (String, safetensors::tensor::TensorView<'a>)>,
 }
 
+/// For a safetensors header the `safetensors` crate rejects as `TensorInvalidInfo`: which
+/// tensor's data size disagrees with its dtype and shape, and how. `None` when the header
+/// cannot be read here or no tensor is found wrong.
+fn size_mismatch(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype = info.get("dtype")?.as_str()?;
+        let width: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => continue,
+        };
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        let offsets: Vec<u64> = info
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        let (&[start, end], Some(elements)) = (&offsets[..], shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)))
+        else {
+            continue;
+        };
+        let want = elements.checked_mul(width)?;
+        if end.checked_sub(start) != Some(want) {
+            return Some(format!(
+                "tensor `{name}`: {dtype} {shape:?} is {want} bytes, but its data_offsets [{start}, {end}] hold {}",
+                end.saturating_sub(start)
+            ));
+        }
+    }
+    None
+}
+
 /// Load PEFT tensors from the safetensors file `path`, configured by the JSON `config` if
 /// given (`looked_for` lists where a config was searched, for the missing-alpha message), and
 /// validate them against `model`.
@@ -941,7 +987,13 @@ pub fn load_safetensors(
     let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
     let st_err = |e: safetensors::SafeTensorError| LoraError::Safetensors {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: match &e {
+            safetensors::SafeTensorError::TensorInvalidInfo => size_mismatch(&bytes).unwrap_or_else(|| e.to_string()),
+            safetensors::SafeTensorError::InvalidOffset(_) => format!(
+                "{e} (its data does not start where the previous tensor's ends: that one's offsets may be the wrong ones)"
+            ),
+            _ => e.to_string(),
+        },
     };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(st_err)?;
     let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
@@ -1217,7 +1269,7 @@ pub fn load_safetensors(
             return Err(LoraError::Unpaired {
                 path: path.to_path_buf(),
                 tensor: a.0.clone(),
-                missing: format!("{module}.lora_magnitude_vector (use_dora)"),
+                missing: format!("{module}.lora_magnitude_vector"),
             });
         }
         let weight = match &target {
@@ -1394,6 +1446,45 @@ pub fn load_safetensors(
                 "{} module(s) the config targets have no tensors (first: `{first}`); they stay at their initialization (no effect)",
                 missing.len()
             ));
+        }
+    }
+
+    // Config entries that name nothing: PEFT lets them pass (it errors only when nothing at all
+    // matches); they are said here, as nothing the user gave is silently ignored.
+    if canonical_names {
+        let modules = peft_modules(model.config.n_layer);
+        if let Some(ModuleSet::Names(names)) = &cfg.target_modules {
+            for n in names {
+                if !modules.iter().any(|m| m == n || ends_with_dotted(m, n)) {
+                    warnings.push(format!(
+                        "target_modules entry `{n}` names no module of this model (it has embed_tokens, {}, lm_head)",
+                        BLOCK_PROJECTIONS
+                            .map(|(hf, _)| hf.rsplit('.').next().unwrap_or(hf))
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+        let adapter_modules: Vec<&String> = groups.keys().collect();
+        let mut unused =
+            |field: &str, key: &str, hit: &dyn Fn(&str) -> Result<bool, String>| -> Result<(), LoraError> {
+                for m in &adapter_modules {
+                    if hit(m).map_err(&cfg_err)? {
+                        return Ok(());
+                    }
+                }
+                warnings.push(format!("{field} key `{key}` matches none of the adapter's modules"));
+                Ok(())
+            };
+        for p in &cfg.rank_pattern {
+            unused("rank_pattern", &p.key, &|m| {
+                p.regex.is_match(m).map_err(|e| e.to_string())
+            })?;
+        }
+        for p in &cfg.alpha_pattern {
+            unused("alpha_pattern", &p.key, &|m| {
+                p.regex.is_match(m).map_err(|e| e.to_string())
+            })?;
         }
     }
 
