@@ -41,8 +41,8 @@ struct ModelArgs {
 /// The context size, for the commands that keep one.
 #[derive(Args, Debug, Clone)]
 struct CtxArgs {
-    /// Context size in tokens (at most the model's training context) [default: 4096; 512 for
-    /// perplexity, as llama.cpp's]
+    /// Context size in tokens (at most the model's training context; 0: that context)
+    /// [default: 4096; 512 for perplexity, as llama.cpp's]
     #[arg(short = 'c', long = "ctx")]
     ctx_arg: Option<usize>,
 }
@@ -98,15 +98,20 @@ struct GenerateArgs {
     /// The prompt.
     #[arg(short, long, allow_hyphen_values = true)]
     prompt: Option<String>,
-    /// Tokens to generate.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
-    n_predict: usize,
+    /// Tokens to generate (-1: until the context is full, as llama.cpp).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
     /// Temperature; 0 (or below) is greedy.
     #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
-    /// Top-k (0: off).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
+    /// Top-k (0 or below: off).
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
+    top_k: i64,
     /// Top-p (1: off).
     #[arg(long, default_value_t = 0.95)]
     top_p: f32,
@@ -116,21 +121,22 @@ struct GenerateArgs {
     /// Repetition penalty over the last 64 tokens (1: off).
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
-    /// RNG seed (default: random).
-    #[arg(long)]
-    seed: Option<u64>,
+    /// RNG seed (default, or -1: random).
+    #[arg(long, allow_negative_numbers = true)]
+    seed: Option<i64>,
     /// Stop when the text contains this (repeatable).
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     chat: bool,
-    /// Print one JSON object (prompt_tokens, tokens, text, timings) instead of streaming.
+    /// Print one JSON object (prompt, prompt_tokens, tokens, text, stop_reason, timings)
+    /// instead of streaming; with --prompts, one a line.
     #[arg(long)]
     json: bool,
-    /// Interactive: read prompts from stdin; `/adapters`, `/use NAME[:SCALE] ...`, `/none`,
-    /// `/bake`, `/unbake`, `/quit`.
-    #[arg(short = 'i', long, conflicts_with = "prompt")]
+    /// Interactive: read prompts from stdin; `/adapters`, `/use NAME|PATH[:SCALE] ...`,
+    /// `/none`, `/bake`, `/unbake`, `/quit` (`//text` sends `/text`).
+    #[arg(short = 'i', long, conflicts_with_all = ["prompt", "json"])]
     interactive: bool,
     /// Run many prompts on one loaded model, one JSON object a line: `prompt`, optional
     /// `adapters` ([{"path" or "name", "scale"}]) and `n`. Adapters switch between prompts
@@ -154,10 +160,11 @@ struct RunArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show what is inside a GGUF file (model or LoRA adapter): version, architecture,
-    /// hyperparameters, tokenizer, and every tensor with its type, shape, offset and size.
+    /// Show what is inside a GGUF file (model or LoRA adapter: version, architecture,
+    /// hyperparameters, tokenizer, and every tensor with its type, shape, offset and size) or a
+    /// PEFT adapter (folder or .safetensors: modules, ranks, scale, config, tensors).
     Inspect {
-        /// The GGUF file.
+        /// The GGUF file, PEFT folder or .safetensors.
         file: PathBuf,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -168,7 +175,7 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         /// The text.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         text: String,
         /// Print {"tokens": [...]}.
         #[arg(long)]
@@ -301,7 +308,11 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
 /// note when `--ctx` asked for more).
 fn context(engine: &Engine, c: &CtxArgs, default: usize) -> usize {
     let n_ctx_train = engine.model().config.n_ctx_train;
-    let want = c.ctx_arg.unwrap_or(default);
+    // 0 is the model's own (training) context, as in llama.cpp.
+    let want = match c.ctx_arg.unwrap_or(default) {
+        0 => n_ctx_train,
+        n => n,
+    };
     if c.ctx_arg.is_some_and(|n| n > n_ctx_train) {
         eprintln!("note: --ctx {want} is capped at the model's training context {n_ctx_train}");
     }
@@ -325,12 +336,19 @@ fn parse_adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
 /// underflows to zero).
 fn parse_scale(s: &str) -> std::result::Result<f32, String> {
     let wide: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    scale_of(wide, s)
+}
+
+/// [`parse_scale`] of a number already read (`shown` as the user wrote it).
+fn scale_of(wide: f64, shown: &str) -> std::result::Result<f32, String> {
     let v = wide as f32;
     if !v.is_finite() {
-        return Err(format!("`{s}` is not a finite number an f32 holds (|scale| < 3.4e38)"));
+        return Err(format!(
+            "`{shown}` is not a finite number an f32 holds (|scale| < 3.4e38)"
+        ));
     }
     if v == 0.0 && wide != 0.0 {
-        return Err(format!("`{s}` is too small for an f32 (it would be 0)"));
+        return Err(format!("`{shown}` is too small for an f32 (it would be 0)"));
     }
     Ok(v)
 }
@@ -352,8 +370,43 @@ fn print_loaded(h: &runtime::lora::AdapterHandle, note: &str) {
 enum AdapterUse {
     /// Applied (or baked) with their scales.
     Apply,
-    /// Only loaded and named (`--prompts`: each line picks its adapters).
+    /// Applied, and more may be loaded later (`-i`'s `/use PATH`, which `--lora-alpha` serves).
+    ApplyThenMore,
+    /// Only loaded and named (`--prompts`: each line picks its adapters and scales).
     LoadOnly,
+}
+
+/// Whether `h` was loaded from `path` (the same file, or the PEFT folder holding it).
+fn same_source(h: &runtime::lora::AdapterHandle, path: &std::path::Path) -> bool {
+    let (Ok(p), Ok(hp)) = (std::fs::canonicalize(path), std::fs::canonicalize(&h.adapter.path)) else {
+        return false;
+    };
+    p == hp || hp.parent() == Some(p.as_path())
+}
+
+/// The adapter at `path`: the one already loaded from that file or folder (however the path
+/// is spelled), else a new load under the path's default name (`NAME#2`, `NAME#3` ... when
+/// another adapter has the name). The second value says whether it was loaded now.
+fn find_or_load(
+    engine: &Engine,
+    path: &std::path::Path,
+    lora_alpha: Option<f32>,
+) -> Result<(runtime::lora::AdapterHandle, bool)> {
+    if let Some(h) = engine.adapters().into_iter().find(|h| same_source(h, path)) {
+        return Ok((h, false));
+    }
+    let stem = runtime::lora::default_adapter_name(path);
+    let mut name = stem.clone();
+    let mut k = 2;
+    while engine.adapter(&name).is_ok() {
+        name = format!("{stem}#{k}");
+        k += 1;
+    }
+    let opts = runtime::lora::AdapterOptions {
+        name: Some(name),
+        lora_alpha,
+    };
+    Ok((engine.load_adapter(path, &opts)?, true))
 }
 
 /// Adapters with their scales.
@@ -373,39 +426,35 @@ fn load_adapters_baked(
     usage: AdapterUse,
 ) -> Result<(AdapterSet, AdapterSet)> {
     let baking = bake.is_some_and(|b| b.bake);
-    if a.adapters.is_empty() && (baking || a.lora_alpha.is_some()) {
-        return Err(format!("{} needs an --adapter", if baking { "--bake" } else { "--lora-alpha" }).into());
+    if a.adapters.is_empty() && baking {
+        return Err("--bake needs an --adapter".into());
+    }
+    if a.adapters.is_empty() && a.lora_alpha.is_some() && usage == AdapterUse::Apply {
+        return Err("--lora-alpha needs an --adapter".into());
     }
     let mut out: AdapterSet = Vec::new();
     for spec in &a.adapters {
         let (path, scale) = parse_adapter_spec(spec)?;
-        let same_file = |h: &runtime::lora::AdapterHandle| {
-            h.adapter.path == path || std::fs::canonicalize(&h.adapter.path).ok() == std::fs::canonicalize(&path).ok()
-        };
-        if let Some((h, _)) = out.iter().find(|(h, _)| same_file(h)) {
-            eprintln!(
-                "warning: {} is given twice; both copies are loaded ({} and the next) and both apply",
+        // parse_adapter_spec leaves the text whole unless it split a scale off.
+        if usage == AdapterUse::LoadOnly && path.as_os_str() != spec.as_str() {
+            return Err(format!(
+                "--adapter {spec}: with --prompts, --adapter only loads adapters and the lines give the scales"
+            )
+            .into());
+        }
+        let t0 = std::time::Instant::now();
+        let (h, new) = find_or_load(engine, &path, a.lora_alpha)?;
+        if !new {
+            return Err(format!(
+                "--adapter {spec}: {} is given twice (as `{}`); give it once, with the sum of the scales",
                 path.display(),
                 h.name
-            );
+            )
+            .into());
         }
-        // Two adapters with the same name get distinct ones (`jargon`, `jargon#2`).
-        let stem = runtime::lora::default_adapter_name(&path);
-        let mut name = stem.clone();
-        let mut k = 2;
-        while engine.adapter(&name).is_ok() {
-            name = format!("{stem}#{k}");
-            k += 1;
-        }
-        let opts = runtime::lora::AdapterOptions {
-            name: Some(name),
-            lora_alpha: a.lora_alpha,
-        };
-        let t0 = std::time::Instant::now();
-        let h = engine.load_adapter(&path, &opts)?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let note = match usage {
-            AdapterUse::Apply => format!("loaded in {ms:.1} ms; applied at scale {scale}"),
+            AdapterUse::Apply | AdapterUse::ApplyThenMore => format!("loaded in {ms:.1} ms; applied at scale {scale}"),
             AdapterUse::LoadOnly => format!("loaded in {ms:.1} ms as `{}` for the prompts to name", h.name),
         };
         print_loaded(&h, &note);
@@ -496,14 +545,16 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
     use std::io::BufRead;
     let engine = load(&a.run.model)?;
     // `baked`: what is baked into the weights now (the active set again after /unbake).
-    let (mut active, mut baked) = load_adapters_baked(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::Apply)?;
+    let (mut active, mut baked) =
+        load_adapters_baked(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::ApplyThenMore)?;
     let n_ctx = context(&engine, &a.run.ctx, 4096);
     let mut session = engine.session(n_ctx);
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     eprintln!("lora-run interactive: type a prompt, or {INTERACTIVE_HELP}");
-    for line in stdin.lock().lines() {
-        let line = line?;
+    for line in stdin.lock().split(b'\n') {
+        // Bytes that are not UTF-8 become U+FFFD rather than ending the session.
+        let line = String::from_utf8_lossy(&line?).into_owned();
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -511,7 +562,12 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
         let mut words = line.split_whitespace();
         let cmd = words.next().unwrap_or_default();
         let args: Vec<&str> = words.collect();
-        if cmd.starts_with('/') && cmd != "/use" && !args.is_empty() {
+        const COMMANDS: [&str; 7] = ["/quit", "/exit", "/adapters", "/use", "/none", "/bake", "/unbake"];
+        if cmd.starts_with('/') && !cmd.starts_with("//") && !COMMANDS.contains(&cmd) {
+            eprintln!("error: unknown command {cmd} ({INTERACTIVE_HELP}; start a prompt with // to send a /)");
+            continue;
+        }
+        if cmd.starts_with('/') && !cmd.starts_with("//") && cmd != "/use" && !args.is_empty() {
             eprintln!("error: {cmd} takes no arguments (got `{}`)", args.join(" "));
             continue;
         }
@@ -543,18 +599,15 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                     .iter()
                     .map(|spec| {
                         let (name, scale) = parse_adapter_spec(spec)?;
-                        let name = name.to_string_lossy().to_string();
-                        let h = match engine.adapter(&name) {
+                        // A loaded adapter's name, else a path (found among the loaded ones
+                        // if it was loaded before).
+                        let h = match engine.adapter(&name.to_string_lossy()) {
                             Ok(h) => h,
                             Err(_) => {
-                                let h = engine.load_adapter(
-                                    &name,
-                                    &runtime::lora::AdapterOptions {
-                                        name: None,
-                                        lora_alpha: a.run.lora.lora_alpha,
-                                    },
-                                )?;
-                                print_loaded(&h, "");
+                                let (h, new) = find_or_load(&engine, &name, a.run.lora.lora_alpha)?;
+                                if new {
+                                    print_loaded(&h, "");
+                                }
                                 h
                             }
                         };
@@ -605,10 +658,11 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 active = std::mem::take(&mut baked);
                 println!("weights restored; active on the fly: {}", adapter_list(&active));
             }
-            _ if cmd.starts_with('/') => eprintln!("error: unknown command {cmd} ({INTERACTIVE_HELP})"),
             _ => {
+                // `//text` sends `/text`.
+                let line = line.strip_prefix('/').filter(|l| l.starts_with('/')).unwrap_or(line);
                 let prompt = user_prompt(&engine, a, line)?;
-                let opts = generate_options(a, a.n_predict, active.clone());
+                let opts = generate_options(a, n_predict(a.n_predict), active.clone());
                 let g = session.generate(&prompt, &opts, |ev| {
                     out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()).is_ok()
                 });
@@ -646,6 +700,11 @@ fn report_end(g: &runtime::Generation, load_ms: f64, n_ctx: usize) {
     eprintln!("{}", stats_line(load_ms, &g.timings));
 }
 
+/// Tokens to generate for `-n`: a negative count means until the context is full.
+fn n_predict(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 /// The text to generate from: `text` itself, or wrapped in the model's chat template (--chat).
 fn user_prompt(engine: &Engine, a: &GenerateArgs, text: &str) -> Result<String> {
     Ok(if a.chat {
@@ -671,7 +730,7 @@ fn generate_options(
 }
 
 fn sampling(a: &GenerateArgs) -> SamplingOptions {
-    let seed = a.seed.unwrap_or_else(|| {
+    let seed = a.seed.filter(|&s| s >= 0).map(|s| s as u64).unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -679,7 +738,7 @@ fn sampling(a: &GenerateArgs) -> SamplingOptions {
     });
     SamplingOptions {
         temperature: a.temperature,
-        top_k: a.top_k,
+        top_k: usize::try_from(a.top_k).unwrap_or(0),
         top_p: a.top_p,
         min_p: a.min_p,
         repeat_penalty: a.repeat_penalty,
@@ -734,16 +793,18 @@ struct PromptLine {
 struct AdapterRef {
     path: Option<PathBuf>,
     name: Option<String>,
+    /// As written (f64), checked like a command-line scale.
     #[serde(default = "one")]
-    scale: f32,
+    scale: f64,
 }
 
-fn one() -> f32 {
+fn one() -> f64 {
     1.0
 }
 
 fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     // Parse every line before running any.
     let mut lines = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -762,15 +823,14 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     for (where_, p) in lines {
         let mut active = Vec::new();
         for r in &p.adapters {
-            if !r.scale.is_finite() {
-                return Err(format!("{where_}: adapter scale {} is not a finite number", r.scale).into());
-            }
-            active.push((resolve_adapter(&engine, r, a.run.lora.lora_alpha, &where_)?, r.scale));
+            let scale =
+                scale_of(r.scale, &format!("{:e}", r.scale)).map_err(|e| format!("{where_}: adapter scale: {e}"))?;
+            active.push((resolve_adapter(&engine, r, a.run.lora.lora_alpha, &where_)?, scale));
         }
         runtime::lora::LoraPlan::new(&engine.model(), &active).map_err(|e| format!("{where_}: {e}"))?;
         let prompt = user_prompt(&engine, a, &p.prompt)?;
         let n_tok = engine.tokenize(&prompt)?.len();
-        if n_tok >= n_ctx {
+        if n_tok > n_ctx {
             return Err(format!(
                 "{where_}: the prompt is {n_tok} tokens, the context {n_ctx} (--ctx): it does not fit"
             )
@@ -781,15 +841,15 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     let mut session = engine.session(n_ctx);
     let mut out = std::io::stdout().lock();
     for (where_, p, prompt, active) in jobs {
-        let opts = generate_options(a, p.n.unwrap_or(a.n_predict), active.clone());
+        let opts = generate_options(a, p.n.unwrap_or(n_predict(a.n_predict)), active.clone());
         let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
         if !a.json {
-            writeln!(
-                out,
-                "--- [{}] {}",
-                adapter_list(&active).replace("none", "base"),
-                p.prompt
-            )?;
+            let label = if active.is_empty() {
+                "base".into()
+            } else {
+                adapter_list(&active)
+            };
+            writeln!(out, "--- [{label}] {}", p.prompt)?;
         }
         let json = a.json;
         let g = session
@@ -810,7 +870,7 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
 }
 
 /// The adapter a `--prompts` line refers to: by name among the loaded ones, or by path (each
-/// file loaded once, registered under its path). Errors name the file and line.
+/// file or folder loaded once, see [`find_or_load`]). Errors name the file and line.
 fn resolve_adapter(
     engine: &Engine,
     r: &AdapterRef,
@@ -819,23 +879,11 @@ fn resolve_adapter(
 ) -> Result<runtime::lora::AdapterHandle> {
     match (&r.path, &r.name) {
         (Some(path), None) => {
-            let name = path.to_string_lossy().to_string();
-            match engine.adapter(&name) {
-                Ok(h) => Ok(h),
-                Err(_) => {
-                    let h = engine
-                        .load_adapter(
-                            path,
-                            &runtime::lora::AdapterOptions {
-                                name: Some(name),
-                                lora_alpha,
-                            },
-                        )
-                        .map_err(|e| format!("{where_}: {e}"))?;
-                    print_loaded(&h, "");
-                    Ok(h)
-                }
+            let (h, new) = find_or_load(engine, path, lora_alpha).map_err(|e| format!("{where_}: {e}"))?;
+            if new {
+                print_loaded(&h, "");
             }
+            Ok(h)
         }
         (None, Some(name)) => Ok(engine.adapter(name).map_err(|e| format!("{where_}: {e}"))?),
         _ => Err(format!("{where_}: each adapter needs exactly one of \"path\" or \"name\"").into()),
@@ -856,7 +904,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let engine = load(&a.run.model)?;
     let active = load_adapters(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::Apply)?;
     let text = user_prompt(&engine, a, prompt)?;
-    let opts = generate_options(a, a.n_predict, active);
+    let opts = generate_options(a, n_predict(a.n_predict), active);
     let n_ctx = context(&engine, &a.run.ctx, 4096);
     let mut session = engine.session(n_ctx);
     let mut out = std::io::stdout().lock();
@@ -948,10 +996,17 @@ fn bench(
     json: bool,
 ) -> Result<()> {
     check_bake_type(bake, false)?;
-    if reps == 0 || n_prompt + n_gen == 0 {
+    if reps == 0 || n_prompt.checked_add(n_gen).is_none_or(|n| n == 0) {
         return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
     }
     let engine = load(m)?;
+    let n_ctx_train = engine.model().config.n_ctx_train;
+    if n_prompt + n_gen > n_ctx_train {
+        return Err(format!(
+            "-p {n_prompt} + -n {n_gen} tokens do not fit the model's context of {n_ctx_train} tokens"
+        )
+        .into());
+    }
     let active = load_adapters(&engine, lora, Some(bake), AdapterUse::Apply)?;
     let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1), &active)?;
     let threads = rayon::current_num_threads();
@@ -986,7 +1041,16 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
         };
         return write_stdout(&text);
     }
-    let ins = Inspection::of_path(file)?;
+    let ins = Inspection::of_path(file).map_err(|e| {
+        // An unreadable file's error names it already; errors inside the file get its name.
+        let msg = e.to_string();
+        let shown = file.display().to_string();
+        if msg.contains(&shown) {
+            msg
+        } else {
+            format!("{shown}: {msg}")
+        }
+    })?;
     let text = if json {
         serde_json::to_string_pretty(&ins)? + "\n"
     } else {

@@ -116,8 +116,12 @@ fn interactive_bake_and_unbake_keep_track_of_the_adapters() {
     assert!(err.contains("kept 100.0%") && !err.contains("warning"), "{err}");
     let (out, err) = with_stdin(
         &["-m", m, "-i", "-a", "models/jargon-bf16", "-n", "4", "--temp", "0"],
-        "/bake\n/use jargon-bf16:1\n/use jargon-bf16\n/none\n/unbake\n/unbake\n/adapters x\n/use jargon-bf16 jargon-bf16:0.5\n/quit\n",
+        "/bake\n/use jargon-bf16:1\n/use models/jargon-bf16\n/use ./models/jargon-bf16/\n/none\n/unbake\n/unbake\n/adapters x\n/usee x\n/use jargon-bf16 jargon-bf16:0.5\n/adapters\n/quit\n",
     );
+    // By path too, however spelled: the adapter already loaded is found, not loaded again.
+    assert_eq!(err.matches("is baked into the weights already").count(), 3, "{err}");
+    assert!(!out.contains("jargon-bf16#2"), "{out}");
+    assert!(err.contains("unknown command /usee"), "{err}");
     // A baked adapter cannot be switched on again on top of itself.
     assert!(err.contains("jargon-bf16 is baked into the weights already"), "{err}");
     assert!(
@@ -147,6 +151,7 @@ fn options_a_command_does_not_use_are_refused() {
         "-m {m} --prompts models/demo.jsonl -i",
         "-m {m} --prompts models/demo.jsonl -a models/jargon-bf16 --bake",
         "-m {m} -p Hi -i",
+        "-m {m} -i --json",
     ] {
         let args: Vec<&str> = args.split(' ').map(|w| if w == "{m}" { m } else { w }).collect();
         let args = &args[..];
@@ -158,8 +163,10 @@ fn options_a_command_does_not_use_are_refused() {
         );
     }
     // Text that starts with '-' is a prompt, and a negative temperature is greedy.
-    let (_, err) = ok(&["-m", m, "-p", "-- a list:", "-n", "2", "--temp", "-1"]);
-    assert!(err.contains("decode 2 tokens"), "{err}");
+    let (out, _) = ok(&["-m", m, "-p", "-- a list:", "-n", "2", "--temp", "-1", "--json"]);
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["tokens"].as_array().unwrap().len(), 2, "{j}");
+    assert_eq!(j["prompt"], "-- a list:");
 }
 
 #[test]
@@ -206,6 +213,75 @@ fn prompts_file_is_checked_before_anything_runs() {
         !out.status.success() && err.contains("p.jsonl:1") && err.contains("active twice"),
         "{err}"
     );
+    // One adapter by path and by name on one line.
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"Hi\", \"adapters\": [{\"path\": \"models/jargon-bf16\"}, {\"name\": \"jargon-bf16\"}]}\n",
+    )
+    .unwrap();
+    let out = lora_run(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--prompts",
+        file.to_str().unwrap(),
+        "-a",
+        "models/jargon-bf16",
+        "-n",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("p.jsonl:1") && err.contains("active twice"),
+        "{err}"
+    );
+    // A scale an f32 cannot hold; a scale on --adapter, which --prompts only loads; a byte-order
+    // mark is fine.
+    std::fs::write(
+        &file,
+        "\u{feff}{\"prompt\": \"Hi\", \"adapters\": [{\"name\": \"jargon-bf16\", \"scale\": 1e-50}]}\n",
+    )
+    .unwrap();
+    let out = lora_run(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--prompts",
+        file.to_str().unwrap(),
+        "-a",
+        "models/jargon-bf16",
+        "-n",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("p.jsonl:1: adapter scale: `") && err.contains("is too small for an f32"),
+        "{err}"
+    );
+    let out = lora_run(&[
+        "-m",
+        m.to_str().unwrap(),
+        "--prompts",
+        file.to_str().unwrap(),
+        "-a",
+        "models/jargon-bf16:0.5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the lines give the scales"),
+        "{err}"
+    );
+    // The same adapter twice on the command line.
+    let out = lora_run(&[
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "Hi",
+        "-a",
+        "models/jargon-bf16",
+        "-a",
+        "models/jargon-bf16/",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is given twice"), "{err}");
     // A generation the context cuts short says so.
     let (_, err) = ok(&[
         "-m",

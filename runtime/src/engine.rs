@@ -270,7 +270,10 @@ pub enum StopReason {
 pub struct Timings {
     pub prompt_tokens: usize,
     pub prompt_ms: f64,
+    /// Tokens evaluated one at a time after the prompt (llama.cpp's "eval" runs: a
+    /// generation of n tokens evaluates n − 1, the last one is only sampled).
     pub decode_tokens: usize,
+    /// Time spent generating: the evaluations and the sampling of every token.
     pub decode_ms: f64,
 }
 
@@ -584,9 +587,9 @@ impl TokenStream<'_> {
                 self.stop = Some(StopReason::Context);
             } else {
                 self.logits = self.session.eval_next(id, &self.plan)?;
+                self.timings.decode_tokens += 1;
             }
         }
-        self.timings.decode_tokens += 1;
         self.timings.decode_ms += t0.elapsed().as_secs_f64() * 1e3;
         Ok(Some(TokenEvent { id: Some(id), text }))
     }

@@ -240,8 +240,16 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
         )
     };
     let bytes = std::fs::read(&weights).map_err(|e| io(&weights, e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| io(&weights, format!("not a valid safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        let why = match e {
+            safetensors::SafeTensorError::TensorInvalidInfo => crate::lora::peft::size_mismatch(&bytes),
+            _ => None,
+        };
+        io(
+            &weights,
+            format!("not a valid safetensors file: {}", why.unwrap_or_else(|| e.to_string())),
+        )
+    })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&weights, e.to_string()))?;
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     // Layers in numeric order (…layers.2… before …layers.10…).
@@ -268,7 +276,7 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
     let mut modules = std::collections::BTreeSet::new();
     let mut ranks = std::collections::BTreeSet::new();
     for n in &names {
-        if let Some((module, _)) = n.split_once(".lora_A") {
+        if let Some((module, _)) = n.split_once(".lora_A").or_else(|| n.split_once(".lora_embedding_A")) {
             modules.insert(module.to_string());
             if let Some(&r) = st.tensor(n).ok().and_then(|t| t.shape().first().copied()).as_ref() {
                 ranks.insert(r);
@@ -276,7 +284,9 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
         }
     }
     let cv = &config["values"];
-    let (alpha, r) = (cv["lora_alpha"].as_f64(), cv["r"].as_f64());
+    // A config without lora_alpha gets PEFT's default (LoraConfig.lora_alpha = 8).
+    let alpha = cv["lora_alpha"].as_f64().or(cv.is_object().then_some(8.0));
+    let r = cv["r"].as_f64();
     let rslora = cv["use_rslora"].as_bool().unwrap_or(false);
     let scale = match (alpha, r) {
         (Some(a), Some(r)) if r > 0.0 => Some(if rslora { a / r.sqrt() } else { a / r }),

@@ -922,7 +922,7 @@ struct Group<'a> {
 /// For a safetensors header the `safetensors` crate rejects as `TensorInvalidInfo`: which
 /// tensor's data size disagrees with its dtype and shape, and how. `None` when the header
 /// cannot be read here or no tensor is found wrong.
-fn size_mismatch(bytes: &[u8]) -> Option<String> {
+pub(crate) fn size_mismatch(bytes: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
