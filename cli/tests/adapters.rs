@@ -169,110 +169,83 @@ fn options_a_command_does_not_use_are_refused() {
     assert_eq!(j["prompt"], "-- a list:");
 }
 
+/// `lora-run -m GEMMA --prompts FILE ARGS` with `lines` written to FILE first: (success, stdout,
+/// stderr).
+fn run_prompts_file(file: &std::path::Path, lines: &str, args: &str) -> (bool, String, String) {
+    std::fs::write(file, lines).unwrap();
+    let m = model(GEMMA);
+    let mut all = vec!["-m", m.to_str().unwrap(), "--prompts", file.to_str().unwrap()];
+    all.extend(args.split_whitespace());
+    let out = lora_run(&all);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn prompts_file_is_checked_before_anything_runs() {
-    let m = model(GEMMA);
     let dir = std::env::temp_dir().join(format!("lora-run-prompts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("p.jsonl");
+    // A prompt on line 2 longer than the context: refused before line 1 runs.
     let long = "word ".repeat(200);
-    std::fs::write(&file, format!("{{\"prompt\": \"Hi\"}}\n{{\"prompt\": \"{long}\"}}\n")).unwrap();
-    let out = lora_run(&[
-        "-m",
-        m.to_str().unwrap(),
-        "--prompts",
-        file.to_str().unwrap(),
-        "--ctx",
-        "64",
-        "-n",
-        "2",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("p.jsonl:2: the prompt is") && err.contains("does not fit"),
-        "{err}"
-    );
-    assert!(out.stdout.is_empty(), "line 1 ran before the check");
-    // The same adapter twice on one line.
-    std::fs::write(
+    let (ok_, out, err) = run_prompts_file(
         &file,
-        "{\"prompt\": \"Hi\", \"adapters\": [{\"path\": \"models/jargon-bf16\"}, {\"path\": \"models/jargon-bf16\"}]}\n",
-    )
-    .unwrap();
-    let out = lora_run(&[
-        "-m",
-        m.to_str().unwrap(),
-        "--prompts",
-        file.to_str().unwrap(),
-        "-n",
-        "2",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+        &format!("{{\"prompt\": \"Hi\"}}\n{{\"prompt\": \"{long}\"}}\n"),
+        "--ctx 64 -n 2",
+    );
     assert!(
-        !out.status.success() && err.contains("p.jsonl:1") && err.contains("active twice"),
+        !ok_ && err.contains("p.jsonl:2: the prompt is") && err.contains("does not fit"),
         "{err}"
     );
-    // One adapter by path and by name on one line.
-    std::fs::write(
-        &file,
-        "{\"prompt\": \"Hi\", \"adapters\": [{\"path\": \"models/jargon-bf16\"}, {\"name\": \"jargon-bf16\"}]}\n",
-    )
-    .unwrap();
-    let out = lora_run(&[
-        "-m",
-        m.to_str().unwrap(),
-        "--prompts",
-        file.to_str().unwrap(),
-        "-a",
-        "models/jargon-bf16",
-        "-n",
-        "2",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("p.jsonl:1") && err.contains("active twice"),
-        "{err}"
-    );
-    // A scale an f32 cannot hold; a scale on --adapter, which --prompts only loads; a byte-order
-    // mark is fine.
-    std::fs::write(
-        &file,
-        "\u{feff}{\"prompt\": \"Hi\", \"adapters\": [{\"name\": \"jargon-bf16\", \"scale\": 1e-50}]}\n",
-    )
-    .unwrap();
-    let out = lora_run(&[
-        "-m",
-        m.to_str().unwrap(),
-        "--prompts",
-        file.to_str().unwrap(),
-        "-a",
-        "models/jargon-bf16",
-        "-n",
-        "2",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("p.jsonl:1: adapter scale: `") && err.contains("is too small for an f32"),
-        "{err}"
-    );
-    let out = lora_run(&[
-        "-m",
-        m.to_str().unwrap(),
-        "--prompts",
-        file.to_str().unwrap(),
-        "-a",
-        "models/jargon-bf16:0.5",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("the lines give the scales"),
-        "{err}"
-    );
+    assert!(out.is_empty(), "line 1 ran before the check");
+    let jargon = |how: &str| {
+        format!(
+            "{{\"{how}\": \"{}\"}}",
+            if how == "path" {
+                "models/jargon-bf16"
+            } else {
+                "jargon-bf16"
+            }
+        )
+    };
+    for (line, args, want) in [
+        // The same adapter twice on one line: by path twice, by path and by name.
+        (
+            format!("[{}, {}]", jargon("path"), jargon("path")),
+            "-n 2",
+            "active twice",
+        ),
+        (
+            format!("[{}, {}]", jargon("path"), jargon("name")),
+            "-a models/jargon-bf16 -n 2",
+            "active twice",
+        ),
+        // A scale an f32 cannot hold (after a byte-order mark, which is fine).
+        (
+            "[{\"name\": \"jargon-bf16\", \"scale\": 1e-50}]".to_string(),
+            "-a models/jargon-bf16 -n 2",
+            "is too small for an f32",
+        ),
+    ] {
+        let (ok_, _, err) = run_prompts_file(
+            &file,
+            &format!("\u{feff}{{\"prompt\": \"Hi\", \"adapters\": {line}}}\n"),
+            args,
+        );
+        assert!(!ok_ && err.contains("p.jsonl:1") && err.contains(want), "{line}: {err}");
+    }
+    // A scale on --adapter, which --prompts only loads.
+    let (ok_, _, err) = run_prompts_file(&file, "{\"prompt\": \"Hi\"}\n", "-a models/jargon-bf16:0.5");
+    assert!(!ok_ && err.contains("the lines give the scales"), "{err}");
     // The same adapter twice on the command line.
+    let m = model(GEMMA);
+    let m = m.to_str().unwrap();
     let out = lora_run(&[
         "-m",
-        m.to_str().unwrap(),
+        m,
         "-p",
         "Hi",
         "-a",
@@ -283,18 +256,7 @@ fn prompts_file_is_checked_before_anything_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is given twice"), "{err}");
     // A generation the context cuts short says so.
-    let (_, err) = ok(&[
-        "-m",
-        m.to_str().unwrap(),
-        "-p",
-        "Hi",
-        "--ctx",
-        "16",
-        "-n",
-        "100",
-        "--temp",
-        "0",
-    ]);
+    let (_, err) = ok(&["-m", m, "-p", "Hi", "--ctx", "16", "-n", "100", "--temp", "0"]);
     assert!(
         err.contains("note: stopped at the end of the context (16 tokens)"),
         "{err}"

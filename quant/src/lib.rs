@@ -124,6 +124,29 @@ pub(crate) fn multi_avx512_or_each<B: VecDot>(
     }
 }
 
+/// The [`VecDot::vec_dot_multi_rows`] of formats with an AVX-512 four-row kernel: `kernel`
+/// where `level` is AVX-512 on this CPU and `ys` fits it, else one
+/// [`VecDot::vec_dot_multi`] per row.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::type_complexity)]
+pub(crate) fn multi_rows_avx512_or_each<B: VecDot>(
+    level: SimdLevel,
+    xs: [&[B]; MULTI_ROWS],
+    ys: &[&[B::Act]],
+    outs: [&mut [f32]; MULTI_ROWS],
+    kernel: unsafe fn([&[B]; MULTI_ROWS], &[&[B::Act]], [&mut [f32]; MULTI_ROWS]),
+) {
+    if level == SimdLevel::Avx512 && level.is_available() && ys.len() <= MULTI_TOKENS {
+        // SAFETY: the kernels passed here need AVX-512 (F/BW/VL/DQ + VNNI, which `Avx512`
+        // stands for), checked just above, and take up to MULTI_TOKENS rows.
+        unsafe { kernel(xs, ys, outs) };
+        return;
+    }
+    for (x, out) in xs.into_iter().zip(outs) {
+        B::vec_dot_multi(level, x, ys, out);
+    }
+}
+
 /// Weight rows one [`VecDot::vec_dot_multi_rows`] call takes.
 pub const MULTI_ROWS: usize = 4;
 

@@ -106,23 +106,14 @@ impl VecDot for BlockQ5_0 {
         crate::multi_avx512_or_each(level, x, ys, out, x86::vec_dot_multi_avx512)
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi_rows(
         level: SimdLevel,
         xs: [&[Self]; crate::MULTI_ROWS],
         ys: &[&[Self::Act]],
         outs: [&mut [f32]; crate::MULTI_ROWS],
     ) {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 if level.is_available() && ys.len() <= crate::MULTI_TOKENS => unsafe {
-                x86::vec_dot_multi_rows_avx512(xs, ys, outs)
-            },
-            _ => {
-                for (x, out) in xs.into_iter().zip(outs) {
-                    Self::vec_dot_multi(level, x, ys, out);
-                }
-            }
-        }
+        crate::multi_rows_avx512_or_each(level, xs, ys, outs, x86::vec_dot_multi_rows_avx512)
     }
 }
 
