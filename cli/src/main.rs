@@ -277,6 +277,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): a quiet end, as for the streamed tokens.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -458,6 +465,22 @@ fn load_adapters_baked(
             AdapterUse::LoadOnly => format!("loaded in {ms:.1} ms as `{}` for the prompts to name", h.name),
         };
         print_loaded(&h, &note);
+        // A file `lora-run merge` wrote records its adapters in general.name.
+        let merged_name = engine
+            .base_model()
+            .file()
+            .metadata()
+            .get_str("general.name")
+            .ok()
+            .map(str::to_string);
+        if let Some(n) =
+            merged_name.filter(|n| n.contains(&format!("LoRA {}:", h.name)) || n.contains(&format!(" + {}:", h.name)))
+        {
+            eprintln!(
+                "warning: the model is a merge that already contains an adapter named {} (general.name `{n}`); it now applies on top",
+                h.name
+            );
+        }
         out.push((h, scale));
     }
     if baking && !out.is_empty() {
@@ -526,7 +549,12 @@ fn kept_note_for(r: &runtime::lora::bake::BakeReport, advice: &str) -> String {
     if let Some(w) = r.warning() {
         eprintln!("warning: {w} ({advice})");
     }
-    format!("kept {:.1}% of the adapters' change", 100.0 * r.kept)
+    // Adapters that cancel out leave almost no change to keep: the ratio says nothing then.
+    if (0.0..=1.5).contains(&r.kept) {
+        format!("kept {:.1}% of the adapters' change", 100.0 * r.kept)
+    } else {
+        "the adapters' net change is about zero".into()
+    }
 }
 
 /// `name:scale + name:scale`, or `none`.
@@ -576,7 +604,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             "/adapters" => {
                 let all = engine.adapters();
                 if all.is_empty() {
-                    println!("no adapters loaded (/use PATH[:SCALE] loads one)");
+                    writeln!(out, "no adapters loaded (/use PATH[:SCALE] loads one)")?;
                 }
                 for h in all {
                     let on = active
@@ -590,7 +618,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                                 .map(|(_, s)| format!(" [baked in, scale {s}]"))
                         })
                         .unwrap_or_default();
-                    println!("{}{on}", h.adapter.summary());
+                    writeln!(out, "{}{on}", h.adapter.summary())?;
                 }
             }
             "/use" => {
@@ -629,25 +657,26 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 match next {
                     Ok(next) => {
                         active = next;
-                        println!("active: {}{}", adapter_list(&active), baked_note(&baked));
+                        writeln!(out, "active: {}{}", adapter_list(&active), baked_note(&baked))?;
                     }
                     Err(e) => eprintln!("error: {e} (active adapters unchanged)"),
                 }
             }
             "/none" => {
                 active.clear();
-                println!("active: none{}", baked_note(&baked));
+                writeln!(out, "active: none{}", baked_note(&baked))?;
             }
             "/bake" if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
             "/bake" if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
             "/bake" => match engine.bake(&active, a.run.bake.bake_type()) {
                 Ok(r) => {
-                    println!(
+                    writeln!(
+                        out,
                         "baked {} tensors ({}); {} now live in the weights (/unbake restores the base and makes them active again)",
                         r.tensors.len(),
                         kept_note(&r),
                         adapter_list(&active)
-                    );
+                    )?;
                     baked = std::mem::take(&mut active);
                 }
                 Err(e) => eprintln!("error: {e}"),
@@ -656,7 +685,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             "/unbake" => {
                 engine.unbake();
                 active = std::mem::take(&mut baked);
-                println!("weights restored; active on the fly: {}", adapter_list(&active));
+                writeln!(out, "weights restored; active on the fly: {}", adapter_list(&active))?;
             }
             _ => {
                 // `//text` sends `/text`.
@@ -668,7 +697,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                 });
                 match g {
                     Ok(g) => {
-                        println!();
+                        writeln!(out)?;
                         report_end(&g, engine.load_ms, n_ctx);
                     }
                     Err(e) => eprintln!("error: {e}"),

@@ -368,9 +368,45 @@ fn merge_writes_a_loadable_gguf() {
         "0",
         "--json",
     ]);
-    std::fs::remove_file(&out).ok();
     let g: Value = serde_json::from_str(&g).unwrap();
     assert_eq!(ids(&g)[..8], ref_ids("gemma3-270m__jargon__1.0.json", 1)[..8]);
+    // The same adapter again on the merged model: said, as it now applies twice.
+    let (_, err) = ok(&[
+        "-m",
+        out.to_str().unwrap(),
+        "-a",
+        a.to_str().unwrap(),
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    std::fs::remove_file(&out).ok();
+    assert!(
+        err.contains("warning: the model is a merge that already contains an adapter named gemma3-270m-jargon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn interactive_output_closed_early_is_a_quiet_end() {
+    use std::io::{Read, Write};
+    let m = model(GEMMA);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lora-run"))
+        .args(["-m", m.to_str().unwrap(), "-i", "-n", "30", "--temp", "0"])
+        .current_dir(workspace_root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\nhi\n").unwrap();
+    // Read a few bytes, then close the pipe (as `| head -c 5`).
+    let mut first = [0u8; 5];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
 }
 
 #[test]
