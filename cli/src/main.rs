@@ -383,12 +383,13 @@ enum AdapterUse {
     LoadOnly,
 }
 
-/// Whether `h` was loaded from `path` (the same file, or the PEFT folder holding it).
+/// Whether `h` was loaded from `path`: the same file, or the PEFT folder whose
+/// `adapter_model.safetensors` it is.
 fn same_source(h: &runtime::lora::AdapterHandle, path: &std::path::Path) -> bool {
     let (Ok(p), Ok(hp)) = (std::fs::canonicalize(path), std::fs::canonicalize(&h.adapter.path)) else {
         return false;
     };
-    p == hp || hp.parent() == Some(p.as_path())
+    p == hp || (p.is_dir() && p.join("adapter_model.safetensors") == hp)
 }
 
 /// The adapter at `path`: the one already loaded from that file or folder (however the path
