@@ -216,10 +216,9 @@ pub fn attention(
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim]
-            .iter()
-            .map(|&v| round_f16(v))
-            .collect();
+        // q rounded to f16 (× 1 is exact: this is the rounding alone, vectorized).
+        let mut q16 = q[(t * n_head + h) * head_dim..][..head_dim].to_vec();
+        scale_round_f16(&mut q16, 1.0);
         let mut kf = vec![0f32; head_dim];
         let mut vf = vec![0f32; head_dim_v];
         // Running max, sum of weights, and the f16 accumulator of weighted values (kept as f32
