@@ -417,6 +417,20 @@ fn find_or_load(
     Ok((engine.load_adapter(path, &opts)?, true))
 }
 
+/// [`find_or_load`] for a path a user names after start-up (`/use`, a `--prompts` line): a new
+/// load prints its summary line.
+fn adapter_at(
+    engine: &Engine,
+    path: &std::path::Path,
+    lora_alpha: Option<f32>,
+) -> Result<runtime::lora::AdapterHandle> {
+    let (h, new) = find_or_load(engine, path, lora_alpha)?;
+    if new {
+        print_loaded(&h, "");
+    }
+    Ok(h)
+}
+
 /// Adapters with their scales.
 type AdapterSet = Vec<(runtime::lora::AdapterHandle, f32)>;
 
@@ -440,6 +454,8 @@ fn load_adapters_baked(
     if a.adapters.is_empty() && a.lora_alpha.is_some() && usage == AdapterUse::Apply {
         return Err("--lora-alpha needs an --adapter".into());
     }
+    // A file `lora-run merge` wrote records its adapters in general.name.
+    let merged_name = engine.base_model().file().metadata().get_str("general.name").ok();
     let mut out: AdapterSet = Vec::new();
     for spec in &a.adapters {
         let (path, scale) = parse_adapter_spec(spec)?;
@@ -466,14 +482,6 @@ fn load_adapters_baked(
             AdapterUse::LoadOnly => format!("loaded in {ms:.1} ms as `{}` for the prompts to name", h.name),
         };
         print_loaded(&h, &note);
-        // A file `lora-run merge` wrote records its adapters in general.name.
-        let merged_name = engine
-            .base_model()
-            .file()
-            .metadata()
-            .get_str("general.name")
-            .ok()
-            .map(str::to_string);
         if let Some(n) =
             merged_name.filter(|n| n.contains(&format!("LoRA {}:", h.name)) || n.contains(&format!(" + {}:", h.name)))
         {
@@ -632,13 +640,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
                         // if it was loaded before).
                         let h = match engine.adapter(&name.to_string_lossy()) {
                             Ok(h) => h,
-                            Err(_) => {
-                                let (h, new) = find_or_load(&engine, &name, a.run.lora.lora_alpha)?;
-                                if new {
-                                    print_loaded(&h, "");
-                                }
-                                h
-                            }
+                            Err(_) => adapter_at(&engine, &name, a.run.lora.lora_alpha)?,
                         };
                         if baked.iter().any(|(b, _)| b.version == h.version) {
                             return Err(format!(
@@ -908,13 +910,7 @@ fn resolve_adapter(
     where_: &str,
 ) -> Result<runtime::lora::AdapterHandle> {
     match (&r.path, &r.name) {
-        (Some(path), None) => {
-            let (h, new) = find_or_load(engine, path, lora_alpha).map_err(|e| format!("{where_}: {e}"))?;
-            if new {
-                print_loaded(&h, "");
-            }
-            Ok(h)
-        }
+        (Some(path), None) => Ok(adapter_at(engine, path, lora_alpha).map_err(|e| format!("{where_}: {e}"))?),
         (None, Some(name)) => Ok(engine.adapter(name).map_err(|e| format!("{where_}: {e}"))?),
         _ => Err(format!("{where_}: each adapter needs exactly one of \"path\" or \"name\"").into()),
     }

@@ -241,19 +241,7 @@ fn matmul_typed<B: VecDot>(
                 }
             }
         });
-    // Transpose to [n_tok, n_out], eight token rows per task: each output row's eight values
-    // are adjacent in `tmp`, so it is read a cache line at a time.
-    const TB: usize = 8;
-    y.par_chunks_mut(n_out * TB).enumerate().for_each(|(b, rows)| {
-        let t0 = b * TB;
-        let nt = rows.len() / n_out;
-        for o in 0..n_out {
-            let src = &tmp[o * n_tok + t0..][..nt];
-            for (j, &v) in src.iter().enumerate() {
-                rows[j * n_out + o] = v;
-            }
-        }
-    });
+    transpose_to_tokens(&tmp, n_out, n_tok, y);
     if let Some(f) = epilogue {
         y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
             f.begin_task();
@@ -293,12 +281,24 @@ pub fn matmul_dequantized(
             Ok(())
         },
     )?;
-    for o in 0..n_out {
-        for t in 0..n_tok {
-            y[t * n_out + o] = tmp[o * n_tok + t];
-        }
-    }
+    transpose_to_tokens(&tmp, n_out, n_tok, y);
     Ok(())
+}
+
+/// `tmp` (`[n_out, n_tok]`, each output row's values for every token) into `y`
+/// (`[n_tok, n_out]`), eight token rows per task: each output row's eight values are adjacent
+/// in `tmp`, so it is read a cache line at a time.
+fn transpose_to_tokens(tmp: &[f32], n_out: usize, n_tok: usize, y: &mut [f32]) {
+    const TB: usize = 8;
+    y.par_chunks_mut(n_out * TB).enumerate().for_each(|(b, rows)| {
+        let t0 = b * TB;
+        let nt = rows.len() / n_out;
+        for o in 0..n_out {
+            for (j, &v) in tmp[o * n_tok + t0..][..nt].iter().enumerate() {
+                rows[j * n_out + o] = v;
+            }
+        }
+    });
 }
 
 /// Σ a·b in f64, in eight interleaved partial sums (so that it vectorizes) added at the end.

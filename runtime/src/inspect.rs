@@ -284,12 +284,13 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
         }
     }
     let cv = &config["values"];
-    // A config without lora_alpha gets PEFT's default (LoraConfig.lora_alpha = 8).
-    let alpha = cv["lora_alpha"].as_f64().or(cv.is_object().then_some(8.0));
+    // A config without lora_alpha gets PEFT's default.
+    let default_alpha = crate::lora::peft::PEFT_DEFAULT_LORA_ALPHA as f64;
+    let alpha = cv["lora_alpha"].as_f64().or(cv.is_object().then_some(default_alpha));
     let r = cv["r"].as_f64();
     let rslora = cv["use_rslora"].as_bool().unwrap_or(false);
     let scale = match (alpha, r) {
-        (Some(a), Some(r)) if r > 0.0 => Some(if rslora { a / r.sqrt() } else { a / r }),
+        (Some(a), Some(r)) if r > 0.0 => Some(crate::lora::peft::peft_scale(a, r, rslora)),
         _ => None,
     };
     let summary = json!({

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lora_run_tests::{GEMMA, QWEN, fixtures_dir, llamacpp_reference, model};
+use lora_run_tests::{GEMMA, QWEN, fixtures_dir, llamacpp_reference, max_diff, model};
 use runtime::lora::bake::{BakeType, KEPT_WARN, bake};
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
@@ -20,10 +20,6 @@ fn logits(m: &Model, plan: &LoraPlan, ids: &[u32]) -> Vec<f32> {
 
 fn max_abs(a: &[f32]) -> f32 {
     a.iter().map(|v| v.abs()).fold(0f32, f32::max)
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
 fn l2(a: &[f32], b: &[f32]) -> f32 {
@@ -341,16 +337,11 @@ fn kl_divergence(p: &[f32], q: &[f32], n_vocab: usize) -> (f64, f64) {
         let log_sum = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
         x.iter().map(|&v| v as f64 - log_sum).collect()
     }
-    fn argmax(x: &[f32]) -> usize {
-        x.iter()
-            .enumerate()
-            .fold(0, |best, (i, &v)| if v > x[best] { i } else { best })
-    }
     let (mut kl, mut flips, mut n) = (0f64, 0usize, 0usize);
     for (a, b) in p.chunks_exact(n_vocab).zip(q.chunks_exact(n_vocab)) {
         let (la, lb) = (log_softmax(a), log_softmax(b));
         kl += la.iter().zip(&lb).map(|(x, y)| x.exp() * (x - y)).sum::<f64>();
-        flips += usize::from(argmax(a) != argmax(b));
+        flips += usize::from(runtime::sampler::argmax(a) != runtime::sampler::argmax(b));
         n += 1;
     }
     (kl / n as f64, flips as f64 / n as f64)

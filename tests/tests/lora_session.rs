@@ -1,12 +1,8 @@
 //! One loaded base serving many adapters: stacking with scales, swapping between prompts
 //! without reloading, and KV caches keyed by the active adapters, their scales and versions.
 
-use lora_run_tests::{GEMMA, engine, fixtures_dir};
+use lora_run_tests::{GEMMA, engine, fixtures_dir, max_diff};
 use runtime::lora::AdapterOptions;
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
-}
 
 const P: &str = "The engine room reported";
 

@@ -850,7 +850,7 @@ fn parse_key(key: &str) -> Result<Key, KeyError> {
 }
 
 /// `LoraConfig.lora_alpha`'s default in PEFT (peft/tuners/lora/config.py).
-const PEFT_DEFAULT_LORA_ALPHA: f32 = 8.0;
+pub(crate) const PEFT_DEFAULT_LORA_ALPHA: f32 = 8.0;
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -917,6 +917,33 @@ fn read_config(path: &Path) -> Result<PeftConfig, LoraError> {
 #[derive(Default)]
 struct Group<'a> {
     slots: BTreeMap<Slot, (String, safetensors::tensor::TensorView<'a>)>,
+}
+
+/// A warning for each key of `patterns` (the config's `field`) that matches none of `modules`.
+fn unmatched_keys<T>(
+    field: &str,
+    patterns: &[Pattern<T>],
+    modules: &[&String],
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    for p in patterns {
+        let mut hit = false;
+        for m in modules {
+            if first_pattern(std::slice::from_ref(p), m)?.is_some() {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            warnings.push(format!("{field} key `{}` matches none of the adapter's modules", p.key));
+        }
+    }
+    Ok(())
+}
+
+/// PEFT's scale of a module: `alpha / r`, or `alpha / √r` with rsLoRA (`LoraLayer.update_layer`).
+pub(crate) fn peft_scale(alpha: f64, r: f64, use_rslora: bool) -> f64 {
+    if use_rslora { alpha / r.sqrt() } else { alpha / r }
 }
 
 /// For a safetensors header the `safetensors` crate rejects as `TensorInvalidInfo`: which
@@ -1351,12 +1378,7 @@ pub fn load_safetensors(
         let n_in = s.a[1];
         let n_out = s.b[0];
         let module_alpha = cfg.alpha_for(module, alpha).map_err(&cfg_err)?;
-        // scale = alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT LoraLayer.update_layer).
-        let scale = if cfg.use_rslora {
-            module_alpha as f64 / (r as f64).sqrt()
-        } else {
-            module_alpha as f64 / r as f64
-        } as f32;
+        let scale = peft_scale(module_alpha as f64, r as f64, cfg.use_rslora) as f32;
         match target {
             ModuleTarget::Embedding => {
                 embedding = Some(EmbeddingLora {
@@ -1466,26 +1488,8 @@ pub fn load_safetensors(
             }
         }
         let adapter_modules: Vec<&String> = groups.keys().collect();
-        let mut unused =
-            |field: &str, key: &str, hit: &dyn Fn(&str) -> Result<bool, String>| -> Result<(), LoraError> {
-                for m in &adapter_modules {
-                    if hit(m).map_err(&cfg_err)? {
-                        return Ok(());
-                    }
-                }
-                warnings.push(format!("{field} key `{key}` matches none of the adapter's modules"));
-                Ok(())
-            };
-        for p in &cfg.rank_pattern {
-            unused("rank_pattern", &p.key, &|m| {
-                p.regex.is_match(m).map_err(|e| e.to_string())
-            })?;
-        }
-        for p in &cfg.alpha_pattern {
-            unused("alpha_pattern", &p.key, &|m| {
-                p.regex.is_match(m).map_err(|e| e.to_string())
-            })?;
-        }
+        unmatched_keys("rank_pattern", &cfg.rank_pattern, &adapter_modules, &mut warnings).map_err(&cfg_err)?;
+        unmatched_keys("alpha_pattern", &cfg.alpha_pattern, &adapter_modules, &mut warnings).map_err(&cfg_err)?;
     }
 
     sort_targets(model, &mut targets);

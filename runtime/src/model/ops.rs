@@ -90,11 +90,8 @@ pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
         let t = gelu_table();
-        for_chunks(y, CHUNK, |i, ys| {
-            let o = (i * CHUNK).min(g.len().min(u.len()));
-            // SAFETY: AVX2, FMA and F16C were detected.
-            unsafe { x86::geglu(&g[o..], &u[o..], ys, t) };
-        });
+        // SAFETY: AVX2, FMA and F16C were detected.
+        gated_chunks(g, u, y, |g, u, ys| unsafe { x86::geglu(g, u, ys, t) });
         return;
     }
     gated(g, u, y, geglu_one);
@@ -118,11 +115,18 @@ pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
 
 /// `y = act(g) * u` element-wise, in parallel chunks for a prompt batch.
 fn gated(g: &[f32], u: &[f32], y: &mut [f32], act: impl Fn(f32) -> f32 + Sync + Send) {
-    for_chunks(y, CHUNK, |i, ys| {
-        let o = (i * CHUNK).min(g.len().min(u.len()));
-        for ((y, &x), &u) in ys.iter_mut().zip(&g[o..]).zip(&u[o..]) {
+    gated_chunks(g, u, y, |g, u, ys| {
+        for ((y, &x), &u) in ys.iter_mut().zip(g).zip(u) {
             *y = act(x) * u;
         }
+    });
+}
+
+/// `kernel(g, u, y)` on matching chunks of the three, in parallel chunks for a prompt batch.
+fn gated_chunks(g: &[f32], u: &[f32], y: &mut [f32], kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync + Send) {
+    for_chunks(y, CHUNK, |i, ys| {
+        let o = (i * CHUNK).min(g.len().min(u.len()));
+        kernel(&g[o..], &u[o..], ys);
     });
 }
 
