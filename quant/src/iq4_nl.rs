@@ -56,6 +56,9 @@ impl VecDot for BlockIQ4_NL {
             _ => vec_dot_scalar(x, y),
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
 }
 
 /// Scalar reference of `ggml_vec_dot_iq4_nl_q8_0_generic` (ggml-cpu/quants.c): per block an
@@ -139,6 +142,18 @@ pub(crate) mod x86 {
         }
         sum
     }
+
+    /// Two blocks as [`crate::packed`]'s kernel takes them: their table values as signed bytes.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn pack_pair_avx512(x0: &BlockIQ4_NL, x1: &BlockIQ4_NL, out: &mut crate::packed::WeightPair) {
+        // SAFETY: the table is 16 readable bytes.
+        let values = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i) });
+        let idx = join_256(bytes_from_nibbles_32(&x0.qs), bytes_from_nibbles_32(&x1.qs));
+        out.set(_mm512_shuffle_epi8(values, idx), fp16_to_f32(x0.d), fp16_to_f32(x1.d));
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -195,6 +210,18 @@ mod tests {
     }
 
     proptest! {
+        /// The packed prompt kernel against the per-pair one, for every row and token (an
+        /// odd block count included).
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn packed_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 5), nt in 1usize..=6) {
+            let n = x.len();
+            let xs: [&[BlockIQ4_NL]; 4] = [&x, &more[0][..n], &more[1][..n], &more[2][..n]];
+            let mut ys: Vec<&[BlockQ8_0]> = vec![&y];
+            ys.extend(extra.iter().map(|r| &r[..n]));
+            prop_assert_eq!(crate::packed::check_four_rows(xs, &ys[..nt]), Ok(()));
+        }
+
         #[test]
         fn simd_levels_match_scalar((x, y) in rows()) {
             let want = vec_dot_scalar(&x, &y);

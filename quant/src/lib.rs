@@ -17,6 +17,8 @@ pub mod k_quants;
 pub mod matmul;
 #[cfg(target_arch = "aarch64")]
 mod neon_util;
+#[cfg(target_arch = "x86_64")]
+pub mod packed;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
@@ -88,19 +90,13 @@ pub trait VecDot: Block {
         }
     }
 
-    /// [`VecDot::vec_dot_multi`] for [`MULTI_ROWS`] weight rows `xs[r]` at once (`outs[r][t]`),
-    /// each value bit-identical to [`VecDot::vec_dot`] of its pair. Formats whose kernel shares
-    /// the activation loads between the rows override it; the default makes one call per row.
-    fn vec_dot_multi_rows(
-        level: SimdLevel,
-        xs: [&[Self]; MULTI_ROWS],
-        ys: &[&[Self::Act]],
-        outs: [&mut [f32]; MULTI_ROWS],
-    ) {
-        for (x, out) in xs.into_iter().zip(outs) {
-            Self::vec_dot_multi(level, x, ys, out);
-        }
-    }
+    /// How two blocks pack for [`packed`]'s AVX-512 prompt kernel, for formats whose
+    /// activations are Q8_0 and whose weights are one scale times signed bytes (Q4_0, Q5_0,
+    /// Q8_0, IQ4_NL); `None` for the others. The packed kernel is bit-identical to
+    /// [`VecDot::vec_dot`] at [`SimdLevel::Avx512`], so a format sets this only where that
+    /// kernel is the pairwise one `packed` mirrors.
+    #[cfg(target_arch = "x86_64")]
+    const PACK_I8_PAIR: Option<packed::PackPair<Self>> = None;
 }
 
 /// The [`VecDot::vec_dot_multi`] of formats with an AVX-512 multi-token kernel: `kernel` where
@@ -123,32 +119,6 @@ pub(crate) fn multi_avx512_or_each<B: VecDot>(
         }
     }
 }
-
-/// The [`VecDot::vec_dot_multi_rows`] of formats with an AVX-512 four-row kernel: `kernel`
-/// where `level` is AVX-512 on this CPU and `ys` fits it, else one
-/// [`VecDot::vec_dot_multi`] per row.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::type_complexity)]
-pub(crate) fn multi_rows_avx512_or_each<B: VecDot>(
-    level: SimdLevel,
-    xs: [&[B]; MULTI_ROWS],
-    ys: &[&[B::Act]],
-    outs: [&mut [f32]; MULTI_ROWS],
-    kernel: unsafe fn([&[B]; MULTI_ROWS], &[&[B::Act]], [&mut [f32]; MULTI_ROWS]),
-) {
-    if level == SimdLevel::Avx512 && level.is_available() && ys.len() <= MULTI_TOKENS {
-        // SAFETY: the kernels passed here need AVX-512 (F/BW/VL/DQ + VNNI, which `Avx512`
-        // stands for), checked just above, and take up to MULTI_TOKENS rows.
-        unsafe { kernel(xs, ys, outs) };
-        return;
-    }
-    for (x, out) in xs.into_iter().zip(outs) {
-        B::vec_dot_multi(level, x, ys, out);
-    }
-}
-
-/// Weight rows one [`VecDot::vec_dot_multi_rows`] call takes.
-pub const MULTI_ROWS: usize = 4;
 
 /// Most activation rows one [`VecDot::vec_dot_multi`] call takes.
 pub const MULTI_TOKENS: usize = 4;

@@ -198,46 +198,36 @@ fn matmul_typed<B: VecDot>(
     // is read once and dotted with every token while it is in cache.
     let mut tmp = vec![0f32; n_out * n_tok];
     let act_row = |t: usize| &act[t * a_per_row..][..a_per_row];
+    let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
+    // Formats with a packed AVX-512 kernel take weight rows in fours against all tokens;
+    // every other row goes one at a time, against tokens in groups (formats with multi-token
+    // kernels unpack each weight block once per group).
+    #[cfg(target_arch = "x86_64")]
+    let packed = crate::packed::pack_activations::<B>(level, &act, a_per_row).zip(B::PACK_I8_PAIR);
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
-            let group = |g: usize| -> [&[B::Act]; crate::MULTI_TOKENS] {
-                std::array::from_fn(|j| act_row((g * crate::MULTI_TOKENS + j).min(n_tok - 1)))
-            };
-            // Weight rows in fours and tokens in groups: formats with multi-row kernels unpack
-            // each weight block once per token group and load each activation block once per
-            // four rows. Rows left over go one at a time.
-            const R: usize = crate::MULTI_ROWS;
-            let full = chunk.len() / (R * n_tok) * (R * n_tok);
-            let (quads, rest) = chunk.split_at_mut(full);
-            for (i, rows) in quads.chunks_mut(R * n_tok).enumerate() {
-                let o = c * ROWS_PER_TASK + R * i;
-                let mut it = rows.chunks_mut(n_tok);
-                let mut outs: [&mut [f32]; R] = std::array::from_fn(|_| it.next().unwrap_or_default());
-                for g in 0..n_tok.div_ceil(crate::MULTI_TOKENS) {
-                    let ys = group(g);
-                    let s0 = g * crate::MULTI_TOKENS;
-                    let len = (n_tok - s0).min(crate::MULTI_TOKENS);
-                    let [a, b, cc, d] = &mut outs;
-                    B::vec_dot_multi_rows(
-                        level,
-                        std::array::from_fn(|r| w_row(o + r)),
-                        &ys[..len],
-                        [
-                            &mut a[s0..s0 + len],
-                            &mut b[s0..s0 + len],
-                            &mut cc[s0..s0 + len],
-                            &mut d[s0..s0 + len],
-                        ],
-                    );
+            #[allow(unused_mut)]
+            let mut rest = chunk;
+            #[allow(unused_mut)]
+            let mut o = c * ROWS_PER_TASK;
+            #[cfg(target_arch = "x86_64")]
+            if let Some((packed, pack)) = &packed {
+                let full = rest.len() / (4 * n_tok) * (4 * n_tok);
+                let (quads, others) = rest.split_at_mut(full);
+                for rows in quads.chunks_mut(4 * n_tok) {
+                    let mut it = rows.chunks_mut(n_tok);
+                    let outs = std::array::from_fn(|_| it.next().unwrap_or_default());
+                    crate::packed::four_rows(*pack, std::array::from_fn(|r| w_row(o + r)), &act, packed, outs);
+                    o += 4;
                 }
+                rest = others;
             }
             for (i, vals_row) in rest.chunks_mut(n_tok).enumerate() {
-                let o = c * ROWS_PER_TASK + full / n_tok + i;
                 for (g, vals) in vals_row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
-                    let ys = group(g);
-                    B::vec_dot_multi(level, w_row(o), &ys[..vals.len()], vals);
+                    let ys: [&[B::Act]; crate::MULTI_TOKENS] =
+                        std::array::from_fn(|j| act_row((g * crate::MULTI_TOKENS + j).min(n_tok - 1)));
+                    B::vec_dot_multi(level, w_row(o + i), &ys[..vals.len()], vals);
                 }
             }
         });
@@ -323,8 +313,9 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
 mod tests {
     use super::*;
 
-    /// Prompt batches (rows in pairs, tokens in groups, an odd last row) give bit for bit what
-    /// one token at a time gives, for a format with multi-row kernels and one without.
+    /// Prompt batches (rows in fours, tokens in groups, leftover rows) give bit for bit what one
+    /// token at a time gives: for the formats with the packed kernel, with multi-token kernels,
+    /// and without either.
     #[test]
     fn batched_equals_token_by_token() {
         let mut st = 0x1234_5678_9ABC_DEF1u64;
@@ -334,12 +325,14 @@ mod tests {
             st ^= st << 17;
             (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        // 512 inputs are an even number of 32-element blocks, 544 an odd one.
+        // 512 inputs are an even number of 32-element blocks, 544 an odd one, 32 a single one.
         let shapes = [
             (GgmlType::Q5_0, 512),
             (GgmlType::Q5_0, 544),
+            (GgmlType::Q5_0, 32),
             (GgmlType::Q8_0, 512),
             (GgmlType::Q8_0, 544),
+            (GgmlType::Q4_0, 544),
             (GgmlType::Q4_K, 512),
             (GgmlType::Q6_K, 512),
         ];

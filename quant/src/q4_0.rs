@@ -89,6 +89,9 @@ impl VecDot for BlockQ4_0 {
             _ => vec_dot_scalar(x, y),
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
 }
 
 /// Scalar reference of `ggml_vec_dot_q4_0_q8_0_generic` (ggml-cpu/quants.c): per block an
@@ -168,6 +171,19 @@ pub(crate) mod x86 {
         }
         sum
     }
+
+    /// Two blocks as [`crate::packed`]'s kernel takes them: q − 8 as signed bytes.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn pack_pair_avx512(x0: &BlockQ4_0, x1: &BlockQ4_0, out: &mut crate::packed::WeightPair) {
+        let q = _mm512_sub_epi8(
+            join_256(bytes_from_nibbles_32(&x0.qs), bytes_from_nibbles_32(&x1.qs)),
+            _mm512_set1_epi8(8),
+        );
+        out.set(q, fp16_to_f32(x0.d), fp16_to_f32(x1.d));
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -224,6 +240,18 @@ mod tests {
     }
 
     proptest! {
+        /// The packed prompt kernel against the per-pair one, for every row and token (an
+        /// odd block count included).
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn packed_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 5), nt in 1usize..=6) {
+            let n = x.len();
+            let xs: [&[BlockQ4_0]; 4] = [&x, &more[0][..n], &more[1][..n], &more[2][..n]];
+            let mut ys: Vec<&[BlockQ8_0]> = vec![&y];
+            ys.extend(extra.iter().map(|r| &r[..n]));
+            prop_assert_eq!(crate::packed::check_four_rows(xs, &ys[..nt]), Ok(()));
+        }
+
         #[test]
         fn simd_levels_match_scalar((x, y) in rows()) {
             let want = vec_dot_scalar(&x, &y);

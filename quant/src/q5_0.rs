@@ -107,14 +107,7 @@ impl VecDot for BlockQ5_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn vec_dot_multi_rows(
-        level: SimdLevel,
-        xs: [&[Self]; crate::MULTI_ROWS],
-        ys: &[&[Self::Act]],
-        outs: [&mut [f32]; crate::MULTI_ROWS],
-    ) {
-        crate::multi_rows_avx512_or_each(level, xs, ys, outs, x86::vec_dot_multi_rows_avx512)
-    }
+    const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
 }
 
 /// Scalar reference of `ggml_vec_dot_q5_0_q8_0_generic` (ggml-cpu/quants.c): per block an
@@ -244,34 +237,14 @@ pub(crate) mod x86 {
         (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
     }
 
-    /// [`vec_dot_multi_avx512`] for four weight rows: each pair of activation blocks is loaded
-    /// and its scales converted once for all four. The weights enter `vpdpbusd` as unsigned
-    /// q = (q − 16) + 16 ∈ 0..=31 with the accumulator started at −16·Σ q_y (once per token
-    /// for all rows), which leaves in every lane exactly the integer Σ (q − 16)·q_y of
-    /// [`vec_dot_avx512`]; the float steps are the same too (d_x·d_y as f32 products, one fused
-    /// multiply-add per pair of blocks), so the results are bit-identical.
+    /// Two blocks as [`crate::packed`]'s kernel takes them: q − 16 as signed bytes.
     ///
     /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, every `outs[r]` at least
-    /// `ys.len()` long.
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn vec_dot_multi_rows_avx512(
-        xs: [&[BlockQ5_0]; crate::MULTI_ROWS],
-        ys: &[&[BlockQ8_0]],
-        outs: [&mut [f32]; crate::MULTI_ROWS],
-    ) {
-        q8_multi_rows_avx512!(xs, ys, outs, 16, unpack_pair_unsigned, vec_dot_avx2)
-    }
-
-    /// Two Q5_0 blocks as 64 unsigned bytes q ∈ 0..=31 (the nibble, plus 16 where the fifth
-    /// bit is set) and their scales.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    fn unpack_pair_unsigned(x0: &BlockQ5_0, x1: &BlockQ5_0) -> (__m512i, f32, f32) {
-        let nib = join_256(bytes_from_nibbles_32(&x0.qs), bytes_from_nibbles_32(&x1.qs));
-        let k = u32::from_le_bytes(x0.qh) as u64 | ((u32::from_le_bytes(x1.qh) as u64) << 32);
-        let q = _mm512_mask_blend_epi8(k, nib, _mm512_or_si512(nib, _mm512_set1_epi8(16)));
-        (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
+    pub unsafe fn pack_pair_avx512(x0: &BlockQ5_0, x1: &BlockQ5_0, out: &mut crate::packed::WeightPair) {
+        let (q, d0, d1) = unpack_pair(x0, x1, _mm512_set1_epi8(0xF0u8 as i8));
+        out.set(q, d0, d1);
     }
 }
 
@@ -353,24 +326,15 @@ mod tests {
             }
         }
 
-        /// The four-row kernel too, for every row.
+        /// The packed prompt kernel too, for every row and token (an odd block count included).
+        #[cfg(target_arch = "x86_64")]
         #[test]
-        fn multi_rows_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 3), nt in 1usize..=4) {
+        fn packed_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 5), nt in 1usize..=6) {
             let n = x.len();
             let xs: [&[BlockQ5_0]; 4] = [&x, &more[0][..n], &more[1][..n], &more[2][..n]];
-            let mut rows: Vec<Vec<BlockQ8_0>> = vec![y.clone()];
-            rows.extend(extra.into_iter().map(|mut r| { r.truncate(n); r }));
-            let ys: Vec<&[BlockQ8_0]> = rows.iter().take(nt).map(|r| r.as_slice()).collect();
-            for level in SimdLevel::available() {
-                let mut out = [[0f32; 4]; 4];
-                let [o0, o1, o2, o3] = &mut out;
-                BlockQ5_0::vec_dot_multi_rows(level, xs, &ys, [&mut o0[..nt], &mut o1[..nt], &mut o2[..nt], &mut o3[..nt]]);
-                for r in 0..4 {
-                    for t in 0..nt {
-                        prop_assert_eq!(out[r][t].to_bits(), BlockQ5_0::vec_dot(level, xs[r], ys[t]).to_bits(), "{:?} row {} token {}", level, r, t);
-                    }
-                }
-            }
+            let mut ys: Vec<&[BlockQ8_0]> = vec![&y];
+            ys.extend(extra.iter().map(|r| &r[..n]));
+            prop_assert_eq!(crate::packed::check_four_rows(xs, &ys[..nt]), Ok(()));
         }
 
         #[test]

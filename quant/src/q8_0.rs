@@ -106,14 +106,7 @@ impl VecDot for BlockQ8_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn vec_dot_multi_rows(
-        level: SimdLevel,
-        xs: [&[Self]; crate::MULTI_ROWS],
-        ys: &[&[Self::Act]],
-        outs: [&mut [f32]; crate::MULTI_ROWS],
-    ) {
-        crate::multi_rows_avx512_or_each(level, xs, ys, outs, x86::vec_dot_multi_rows_avx512)
-    }
+    const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
 }
 
 /// Scalar reference of `ggml_vec_dot_q8_0_q8_0` (ggml-cpu/quants.c): per block an exact
@@ -189,32 +182,17 @@ pub(crate) mod x86 {
         sum
     }
 
-    /// [`vec_dot_avx512`] for four weight rows against up to four activation rows: each pair
-    /// of activation blocks is loaded and its scales converted once for all four rows. The
-    /// weights enter `vpdpbusd` as unsigned q + 128 (the sign bit flipped) with the
-    /// accumulator started at −128·Σ q_y of the same four bytes, which leaves in every lane
-    /// exactly the integer Σ q_x·q_y of [`vec_dot_avx512`]; the float steps are the same too
-    /// (d_x·d_y as f32 products, one fused multiply-add per pair of blocks), so the results
-    /// are bit-identical.
+    /// Two blocks as [`crate::packed`]'s kernel takes them: the quants as they are.
     ///
     /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, every `outs[r]` at least
-    /// `ys.len()` long.
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn vec_dot_multi_rows_avx512(
-        xs: [&[BlockQ8_0]; crate::MULTI_ROWS],
-        ys: &[&[BlockQ8_0]],
-        outs: [&mut [f32]; crate::MULTI_ROWS],
-    ) {
-        // q + 128 as an unsigned byte: the sign bit flipped.
-        let unpack = |x0: &BlockQ8_0, x1: &BlockQ8_0| {
-            let q = _mm512_xor_si512(
-                join_256(load_i8_32(&x0.qs), load_i8_32(&x1.qs)),
-                _mm512_set1_epi8(i8::MIN),
-            );
-            (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
-        };
-        q8_multi_rows_avx512!(xs, ys, outs, i8::MIN, unpack, vec_dot_avx2)
+    pub unsafe fn pack_pair_avx512(x0: &BlockQ8_0, x1: &BlockQ8_0, out: &mut crate::packed::WeightPair) {
+        out.set(
+            join_256(load_i8_32(&x0.qs), load_i8_32(&x1.qs)),
+            fp16_to_f32(x0.d),
+            fp16_to_f32(x1.d),
+        );
     }
 }
 
@@ -271,6 +249,32 @@ mod tests {
             // SAFETY: AVX2 was detected just above.
             unsafe { x86::quantize_row_act_avx2(&x, &mut b) };
             assert_eq!(a, b);
+        }
+    }
+
+    fn block() -> impl proptest::strategy::Strategy<Value = BlockQ8_0> {
+        use proptest::prelude::*;
+        (
+            (-1f32..1.0).prop_map(f16::from_f32),
+            prop::array::uniform32(-127i8..=127),
+        )
+            .prop_map(|(d, qs)| BlockQ8_0 { d, qs })
+    }
+
+    proptest::proptest! {
+        /// The packed prompt kernel against the per-pair one, for every row and token, an odd
+        /// block count included. Quants in −127..=127, as ggml's quantizers make them: with a
+        /// −128 the per-pair kernel's sign trick (ggml's `mul_sum_i8_pairs_float`) wraps, the
+        /// packed kernel does not.
+        #[test]
+        fn packed_is_bit_identical(
+            n in 1usize..=9,
+            w in proptest::collection::vec(proptest::collection::vec(block(), 9), 4),
+            a in proptest::collection::vec(proptest::collection::vec(block(), 9), 1..=6),
+        ) {
+            let xs: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| &w[r][..n]);
+            let ys: Vec<&[BlockQ8_0]> = a.iter().map(|y| &y[..n]).collect();
+            proptest::prop_assert_eq!(crate::packed::check_four_rows(xs, &ys), Ok(()));
         }
     }
 }
