@@ -97,6 +97,13 @@ pub trait VecDot: Block {
     /// kernel is the pairwise one `packed` mirrors.
     #[cfg(target_arch = "x86_64")]
     const PACK_I8_PAIR: Option<packed::PackPair<Self>> = None;
+
+    /// How one block packs for [`packed`]'s AVX2 prompt kernel, and its bias: for formats
+    /// whose activations are Q8_0 and whose weights are one scale times integers within
+    /// −16..=15 (Q4_0, Q5_0), bit-identical to [`VecDot::vec_dot`] at [`SimdLevel::Avx2`];
+    /// `None` for the others.
+    #[cfg(target_arch = "x86_64")]
+    const PACK_U8_BLOCK: Option<packed::PackBlock<Self>> = None;
 }
 
 /// The [`VecDot::vec_dot_multi`] of formats with an AVX-512 multi-token kernel: `kernel` where

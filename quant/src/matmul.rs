@@ -203,7 +203,7 @@ fn matmul_typed<B: VecDot>(
     // every other row goes one at a time, against tokens in groups (formats with multi-token
     // kernels unpack each weight block once per group).
     #[cfg(target_arch = "x86_64")]
-    let packed = crate::packed::pack_activations::<B>(level, &act, a_per_row).zip(B::PACK_I8_PAIR);
+    let packed = crate::packed::pack_activations::<B>(level, &act, a_per_row);
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
         .for_each(|(c, chunk)| {
@@ -212,13 +212,13 @@ fn matmul_typed<B: VecDot>(
             #[allow(unused_mut)]
             let mut o = c * ROWS_PER_TASK;
             #[cfg(target_arch = "x86_64")]
-            if let Some((packed, pack)) = &packed {
+            if let Some(packed) = &packed {
                 let full = rest.len() / (4 * n_tok) * (4 * n_tok);
                 let (quads, others) = rest.split_at_mut(full);
                 for rows in quads.chunks_mut(4 * n_tok) {
                     let mut it = rows.chunks_mut(n_tok);
                     let outs = std::array::from_fn(|_| it.next().unwrap_or_default());
-                    crate::packed::four_rows(*pack, std::array::from_fn(|r| w_row(o + r)), &act, packed, outs);
+                    crate::packed::four_rows(std::array::from_fn(|r| w_row(o + r)), &act, packed, outs);
                     o += 4;
                 }
                 rest = others;

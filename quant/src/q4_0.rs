@@ -92,6 +92,9 @@ impl VecDot for BlockQ4_0 {
 
     #[cfg(target_arch = "x86_64")]
     const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
+
+    #[cfg(target_arch = "x86_64")]
+    const PACK_U8_BLOCK: Option<crate::packed::PackBlock<Self>> = Some((x86::pack_block_avx2, 8));
 }
 
 /// Scalar reference of `ggml_vec_dot_q4_0_q8_0_generic` (ggml-cpu/quants.c): per block an
@@ -170,6 +173,15 @@ pub(crate) mod x86 {
             sum += unsafe { vec_dot_avx2(&x[n - 1..n], &y[n - 1..n]) };
         }
         sum
+    }
+
+    /// One block as [`crate::packed`]'s AVX2 kernel takes it: the nibbles q as they are (bias 8).
+    ///
+    /// # Safety
+    /// Requires AVX2 + FMA + F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn pack_block_avx2(x: &BlockQ4_0, out: &mut crate::packed::WeightBlock) {
+        out.set(bytes_from_nibbles_32(&x.qs), fp16_to_f32(x.d));
     }
 
     /// Two blocks as [`crate::packed`]'s kernel takes them: q − 8 as signed bytes.

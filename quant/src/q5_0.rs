@@ -108,6 +108,9 @@ impl VecDot for BlockQ5_0 {
 
     #[cfg(target_arch = "x86_64")]
     const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
+
+    #[cfg(target_arch = "x86_64")]
+    const PACK_U8_BLOCK: Option<crate::packed::PackBlock<Self>> = Some((x86::pack_block_avx2, 16));
 }
 
 /// Scalar reference of `ggml_vec_dot_q5_0_q8_0_generic` (ggml-cpu/quants.c): per block an
@@ -235,6 +238,16 @@ pub(crate) mod x86 {
         let k = u32::from_le_bytes(x0.qh) as u64 | ((u32::from_le_bytes(x1.qh) as u64) << 32);
         let q = _mm512_mask_blend_epi8(k, _mm512_or_si512(nib, hi), nib);
         (q, fp16_to_f32(x0.d), fp16_to_f32(x1.d))
+    }
+
+    /// One block as [`crate::packed`]'s AVX2 kernel takes it: q ∈ 0..=31 as it is stored (bias 16).
+    ///
+    /// # Safety
+    /// Requires AVX2 + FMA + F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn pack_block_avx2(x: &BlockQ5_0, out: &mut crate::packed::WeightBlock) {
+        let fifth = _mm256_and_si256(bytes_from_bits_32(u32::from_le_bytes(x.qh)), _mm256_set1_epi8(16));
+        out.set(_mm256_or_si256(bytes_from_nibbles_32(&x.qs), fifth), fp16_to_f32(x.d));
     }
 
     /// Two blocks as [`crate::packed`]'s kernel takes them: q − 16 as signed bytes.
