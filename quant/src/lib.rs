@@ -106,23 +106,35 @@ pub trait VecDot: Block {
     const PACK_U8_BLOCK: Option<packed::PackBlock<Self>> = None;
 }
 
-/// The [`VecDot::vec_dot_multi`] of formats with an AVX-512 multi-token kernel: `kernel` where
-/// `level` is AVX-512 on this CPU and `ys` fits it, else one [`VecDot::vec_dot`] per row.
+/// A multi-token kernel ([`VecDot::vec_dot_multi`]'s shape) for one SIMD level.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn multi_avx512_or_each<B: VecDot>(
+pub(crate) type MultiKernel<B> = unsafe fn(&[B], &[&[<B as VecDot>::Act]], &mut [f32]);
+
+/// The [`VecDot::vec_dot_multi`] of formats with multi-token kernels for AVX-512 and AVX2:
+/// the kernel of `level` where `level` is available on this CPU and `ys` fits it, else one
+/// [`VecDot::vec_dot`] per row.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn multi_simd_or_each<B: VecDot>(
     level: SimdLevel,
     x: &[B],
     ys: &[&[B::Act]],
     out: &mut [f32],
-    kernel: unsafe fn(&[B], &[&[B::Act]], &mut [f32]),
+    avx512: MultiKernel<B>,
+    avx2: MultiKernel<B>,
 ) {
-    if level == SimdLevel::Avx512 && level.is_available() && ys.len() <= MULTI_TOKENS {
-        // SAFETY: the kernels passed here need AVX-512 (F/BW/VL/DQ + VNNI, which `Avx512`
-        // stands for), checked just above, and take up to MULTI_TOKENS rows.
-        unsafe { kernel(x, ys, out) }
-    } else {
-        for (o, y) in out.iter_mut().zip(ys) {
-            *o = B::vec_dot(level, x, y);
+    let kernel = match level {
+        SimdLevel::Avx512 => Some(avx512),
+        SimdLevel::Avx2 => Some(avx2),
+        _ => None,
+    };
+    match kernel {
+        // SAFETY: each kernel needs its level's features (AVX-512 stands for F/BW/VL/DQ +
+        // VNNI), checked here, and takes up to MULTI_TOKENS rows.
+        Some(k) if level.is_available() && ys.len() <= MULTI_TOKENS => unsafe { k(x, ys, out) },
+        _ => {
+            for (o, y) in out.iter_mut().zip(ys) {
+                *o = B::vec_dot(level, x, y);
+            }
         }
     }
 }

@@ -102,11 +102,6 @@ impl VecDot for BlockQ5_0 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[Self::Act]], out: &mut [f32]) {
-        crate::multi_avx512_or_each(level, x, ys, out, x86::vec_dot_multi_avx512)
-    }
-
-    #[cfg(target_arch = "x86_64")]
     const PACK_I8_PAIR: Option<crate::packed::PackPair<Self>> = Some(x86::pack_pair_avx512);
 
     #[cfg(target_arch = "x86_64")]
@@ -196,38 +191,6 @@ pub(crate) mod x86 {
             sum += unsafe { vec_dot_avx2(&x[n - 1..n], &y[n - 1..n]) };
         }
         sum
-    }
-
-    /// [`vec_dot_avx512`] of one weight row against up to 4 activation rows, unpacking each
-    /// pair of weight blocks once; per row the arithmetic is the single-row kernel's, so the
-    /// results are bit-identical to it.
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, `out.len() >= ys.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn vec_dot_multi_avx512(x: &[BlockQ5_0], ys: &[&[BlockQ8_0]], out: &mut [f32]) {
-        let nt = ys.len().min(4);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let hi = _mm512_set1_epi8(0xF0u8 as i8);
-        let n = ys[..nt].iter().fold(x.len(), |m, y| m.min(y.len()));
-        let pairs = n / 2;
-        for i in 0..pairs {
-            let (qx, dx0, dx1) = unpack_pair(&x[2 * i], &x[2 * i + 1], hi);
-            for t in 0..nt {
-                let (y0, y1) = (&ys[t][2 * i], &ys[t][2 * i + 1]);
-                let qy = join_256(load_i8_32(&y0.qs), load_i8_32(&y1.qs));
-                let q = mul_sum_i8_pairs_float_512(qy, qx);
-                let d = scales_2x8(dx0 * fp16_to_f32(y0.d), dx1 * fp16_to_f32(y1.d));
-                acc[t] = _mm512_fmadd_ps(d, q, acc[t]);
-            }
-        }
-        for t in 0..nt {
-            let mut sum = _mm512_reduce_add_ps(acc[t]);
-            if n % 2 == 1 {
-                sum += unsafe { vec_dot_avx2(&x[n - 1..n], &ys[t][n - 1..n]) };
-            }
-            out[t] = sum;
-        }
     }
 
     /// Two Q5_0 blocks as 64 signed bytes (q − 16, as in [`vec_dot_avx512`]) and their scales.
@@ -323,23 +286,6 @@ mod tests {
     }
 
     proptest! {
-        /// The multi-row kernel gives exactly what the single-row kernel gives, row by row.
-        #[test]
-        fn multi_row_is_bit_identical((x, y) in rows(), extra in prop::collection::vec(prop::collection::vec(act(), 9), 3), nt in 1usize..=4) {
-            let n = x.len();
-            let mut rows: Vec<Vec<BlockQ8_0>> = vec![y.clone()];
-            rows.extend(extra.into_iter().map(|mut r| { r.truncate(n); r }));
-            let ys: Vec<&[BlockQ8_0]> = rows.iter().take(nt).map(|r| r.as_slice()).collect();
-            for level in SimdLevel::available() {
-                let mut out = [0f32; 4];
-                BlockQ5_0::vec_dot_multi(level, &x, &ys, &mut out[..nt]);
-                for t in 0..nt {
-                    prop_assert_eq!(out[t].to_bits(), BlockQ5_0::vec_dot(level, &x, ys[t]).to_bits(), "{:?} row {}", level, t);
-                }
-            }
-        }
-
-        /// The packed prompt kernel too, for every row and token (an odd block count included).
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn packed_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 5), nt in 1usize..=6) {

@@ -89,7 +89,7 @@ impl VecDot for BlockQ4_K {
 
     #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        crate::multi_avx512_or_each(level, x, ys, out, x86::vec_dot_multi_avx512)
+        crate::multi_simd_or_each(level, x, ys, out, x86::vec_dot_multi_avx512, x86::vec_dot_multi_avx2)
     }
 }
 
@@ -235,6 +235,60 @@ pub(crate) mod x86 {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum_float_8(acc) + hsum_float_4(acc_m)
+    }
+
+    /// [`vec_dot_avx2`] of one weight row against up to four activation rows (prompt
+    /// processing): each super-block's scales, mins and nibbles are unpacked once for all of
+    /// them, and every token's value goes through the same operations in the same order as in
+    /// [`vec_dot_avx2`], so the results are bit-identical.
+    ///
+    /// # Safety
+    /// Requires AVX2, FMA and F16C; `ys.len() <= 4`, `out.len() >= ys.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_multi_avx2(x: &[BlockQ4_K], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
+        let nt = ys.len().min(4);
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_m = [_mm_setzero_ps(); 4];
+        let n = ys[..nt].iter().fold(x.len(), |m, y| m.min(y.len()));
+        for (i, bx) in x[..n].iter().enumerate() {
+            let (xd, xdmin) = (bx.d.to_f32(), bx.dmin.to_f32());
+            let ms = mins_and_scales(bx);
+            let scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(ms));
+            let q4 = bx.qs.as_ptr();
+            // Sub-block k: its nibbles and its i16 scale in every word.
+            let mut q = [_mm256_setzero_si256(); 8];
+            let mut sc = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                let q4bits = unsafe { _mm256_loadu_si256(q4.add(32 * j) as *const __m256i) };
+                q[2 * j] = _mm256_and_si256(q4bits, m4);
+                q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+                for k in [2 * j, 2 * j + 1] {
+                    let k = k as i16;
+                    sc[k as usize] = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(((2 * k + 1) << 8) | (2 * k)));
+                }
+            }
+            for t in 0..nt {
+                let by = &ys[t][i];
+                let d = by.d * xd;
+                let dmin = -by.d * xdmin;
+                let prod = mins_dot_bsums(ms, by);
+                acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[t]);
+                let q8 = by.qs.as_ptr();
+                let mut sumi = _mm256_setzero_si256();
+                for j in 0..4 {
+                    let q8l = unsafe { _mm256_loadu_si256(q8.add(64 * j) as *const __m256i) };
+                    let p16l = _mm256_madd_epi16(sc[2 * j], _mm256_maddubs_epi16(q[2 * j], q8l));
+                    let q8h = unsafe { _mm256_loadu_si256(q8.add(64 * j + 32) as *const __m256i) };
+                    let p16h = _mm256_madd_epi16(sc[2 * j + 1], _mm256_maddubs_epi16(q[2 * j + 1], q8h));
+                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+                }
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+            }
+        }
+        for t in 0..nt {
+            out[t] = hsum_float_8(acc[t]) + hsum_float_4(acc_m[t]);
+        }
     }
 
     /// Byte shuffle (within each 128-bit lane of a broadcast 8 × i16 scale vector) that puts

@@ -160,7 +160,7 @@ impl VecDot for BlockQ6_K {
 
     #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        crate::multi_avx512_or_each(level, x, ys, out, x86::vec_dot_multi_avx512)
+        crate::multi_simd_or_each(level, x, ys, out, x86::vec_dot_multi_avx512, x86::vec_dot_multi_avx2)
     }
 }
 
@@ -284,6 +284,68 @@ pub(crate) mod x86 {
             sumf += d * hsum_i32_8(sumi) as f32;
         }
         sumf
+    }
+
+    /// [`vec_dot_avx2`] of one weight row against up to four activation rows (prompt
+    /// processing): each super-block's scales and 6-bit quants are unpacked once for all of
+    /// them, and every token's value goes through the same operations in the same order as in
+    /// [`vec_dot_avx2`], so the results are bit-identical.
+    ///
+    /// # Safety
+    /// Requires AVX2, FMA and F16C; `ys.len() <= 4`, `out.len() >= ys.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn vec_dot_multi_avx2(x: &[BlockQ6_K], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
+        let nt = ys.len().min(4);
+        let m4 = _mm256_set1_epi8(0xF);
+        let m3 = _mm256_set1_epi8(3);
+        let mut sumf = [0f32; 4];
+        let n = ys[..nt].iter().fold(x.len(), |m, y| m.min(y.len()));
+        for (i, bx) in x[..n].iter().enumerate() {
+            let xd = bx.d.to_f32();
+            let scales = unsafe { _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i) };
+            let sc16 = _mm256_cvtepi8_epi16(scales);
+            let ql = bx.ql.as_ptr();
+            let qh = bx.qh.as_ptr();
+            // Per 128 elements (n), four 32-element vectors of quants and their scales.
+            let mut q = [_mm256_setzero_si256(); 8];
+            let mut sc = [_mm256_setzero_si256(); 8];
+            for n in 0..2 {
+                for k in 0..4 {
+                    let shuffle = get_scale_shuffle(4 * n as i8 + k as i8);
+                    sc[4 * n + k] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuffle));
+                }
+                let q4bits1 = unsafe { _mm256_loadu_si256(ql.add(64 * n) as *const __m256i) };
+                let q4bits2 = unsafe { _mm256_loadu_si256(ql.add(64 * n + 32) as *const __m256i) };
+                let q4bits_h = unsafe { _mm256_loadu_si256(qh.add(32 * n) as *const __m256i) };
+                let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m3), 4);
+                let q4h_1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 2), m3), 4);
+                let q4h_2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 4), m3), 4);
+                let q4h_3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 6), m3), 4);
+                q[4 * n] = _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0);
+                q[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1);
+                q[4 * n + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2);
+                q[4 * n + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3);
+            }
+            for t in 0..nt {
+                let by = &ys[t][i];
+                let d = by.d * xd;
+                let q8 = by.qs.as_ptr();
+                let mut sumi0 = _mm256_setzero_si256();
+                let mut sumi1 = _mm256_setzero_si256();
+                for n in 0..2 {
+                    let p16: [__m256i; 4] = std::array::from_fn(|k| {
+                        let q8k = unsafe { _mm256_loadu_si256(q8.add(128 * n + 32 * k) as *const __m256i) };
+                        _mm256_madd_epi16(sc[4 * n + k], _mm256_maddubs_epi16(q[4 * n + k], q8k))
+                    });
+                    sumi0 = _mm256_add_epi32(sumi0, _mm256_add_epi32(p16[0], p16[1]));
+                    sumi1 = _mm256_add_epi32(sumi1, _mm256_add_epi32(p16[2], p16[3]));
+                }
+                let offset = _mm256_slli_epi32(offset_term(sc16, by), 5);
+                let sumi = _mm256_sub_epi32(_mm256_add_epi32(sumi0, sumi1), offset);
+                sumf[t] += d * hsum_i32_8(sumi) as f32;
+            }
+        }
+        out[..nt].copy_from_slice(&sumf[..nt]);
     }
 
     /// AVX-512 + VNNI: 64 elements per `maddubs`. A 64-byte load of `ql` holds elements
