@@ -94,7 +94,9 @@ pub trait VecDot: Block {
     /// activations are Q8_0 and whose weights are one scale times signed bytes (Q4_0, Q5_0,
     /// Q8_0, IQ4_NL); `None` for the others. The packed kernel is bit-identical to
     /// [`VecDot::vec_dot`] at [`SimdLevel::Avx512`], so a format sets this only where that
-    /// kernel is the pairwise one `packed` mirrors.
+    /// kernel is the pairwise one `packed` mirrors: two blocks per step into one 16-lane
+    /// accumulator, `_mm512_reduce_add_ps`, then an odd last block added through the format's
+    /// `vec_dot` at [`SimdLevel::Avx2`].
     #[cfg(target_arch = "x86_64")]
     const PACK_I8_PAIR: Option<packed::PackPair<Self>> = None;
 

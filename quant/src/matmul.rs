@@ -199,11 +199,13 @@ fn matmul_typed<B: VecDot>(
     let mut tmp = vec![0f32; n_out * n_tok];
     let act_row = |t: usize| &act[t * a_per_row..][..a_per_row];
     let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
-    // Formats with a packed AVX-512 kernel take weight rows in fours against all tokens;
+    // Formats with a packed kernel at this level take weight rows in fours against all tokens;
     // every other row goes one at a time, against tokens in groups (formats with multi-token
     // kernels unpack each weight block once per group).
     #[cfg(target_arch = "x86_64")]
-    let packed = crate::packed::pack_activations::<B>(level, &act, a_per_row);
+    let packed = (n_out >= 4)
+        .then(|| crate::packed::pack_activations::<B>(level, &act, a_per_row))
+        .flatten();
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
         .for_each(|(c, chunk)| {
@@ -332,7 +334,9 @@ mod tests {
             (GgmlType::Q5_0, 32),
             (GgmlType::Q8_0, 512),
             (GgmlType::Q8_0, 544),
+            (GgmlType::Q4_0, 512),
             (GgmlType::Q4_0, 544),
+            (GgmlType::IQ4_NL, 544),
             (GgmlType::Q4_K, 512),
             (GgmlType::Q6_K, 512),
         ];
@@ -341,6 +345,19 @@ mod tests {
                 let rb = ty.row_bytes(n_in).unwrap();
                 let mut data = vec![0u8; rb * n_out];
                 for row in data.chunks_mut(rb) {
+                    if ty == GgmlType::IQ4_NL {
+                        // No quantizer here: random nibbles, each block's f16 scale 1/64.
+                        for (i, b) in row.iter_mut().enumerate() {
+                            *b = if i % 18 == 0 {
+                                0x00
+                            } else if i % 18 == 1 {
+                                0x24
+                            } else {
+                                ((rnd() + 0.5) * 256.0) as u8
+                            };
+                        }
+                        continue;
+                    }
                     let w: Vec<f32> = (0..n_in).map(|_| rnd()).collect();
                     crate::quantize_row(ty, &w, row).unwrap();
                 }

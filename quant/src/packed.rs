@@ -93,7 +93,8 @@ impl WeightPair {
 /// The function needs AVX-512 F/BW/VL/DQ + VNNI.
 pub type PackPair<B> = unsafe fn(&B, &B, &mut WeightPair);
 
-/// Activation rows packed for one of the kernels.
+/// Activation rows packed for one of the kernels. Only [`pack_activations`] makes one: where
+/// its level is available on this CPU and the weight format has a packing for it.
 pub(crate) enum PackedActs {
     /// Per token, `per_row / 2` pairs.
     Avx512(Vec<ActPair>),
@@ -105,12 +106,18 @@ pub(crate) enum PackedActs {
 /// is available on this CPU) and a row is long enough for it; `act` is `[n_tok, per_row]`
 /// Q8_0 blocks as [`crate::matmul::quantize_activations`] makes them.
 pub(crate) fn pack_activations<B: VecDot>(level: SimdLevel, act: &[B::Act], per_row: usize) -> Option<PackedActs> {
-    if !level.is_available() || <B::Act as Block>::TYPE != GgmlType::Q8_0 || per_row == 0 {
+    // A weight block spans one activation block, so `per_row` counts both.
+    if !level.is_available()
+        || <B::Act as Block>::TYPE != GgmlType::Q8_0
+        || B::QK != <B::Act as Block>::QK
+        || per_row == 0
+    {
         return None;
     }
     let act: &[BlockQ8_0] = bytemuck::try_cast_slice(act).ok()?;
     match level {
-        SimdLevel::Avx512 if B::PACK_I8_PAIR.is_some() && per_row >= 2 => {
+        SimdLevel::Avx512 if per_row >= 2 => {
+            B::PACK_I8_PAIR?;
             let pairs = per_row / 2;
             let zero = ActPair {
                 q: [0; 64],
@@ -120,7 +127,7 @@ pub(crate) fn pack_activations<B: VecDot>(level: SimdLevel, act: &[B::Act], per_
             out.par_chunks_mut(pairs)
                 .zip(act.par_chunks_exact(per_row))
                 // SAFETY: AVX-512 + VNNI checked above.
-                .for_each(|(o, a)| unsafe { pack_activation_row(a, o) });
+                .for_each(|(o, a)| unsafe { pack_activation_row_avx512(a, o) });
             Some(PackedActs::Avx512(out))
         }
         SimdLevel::Avx2 => {
@@ -142,7 +149,7 @@ pub(crate) fn pack_activations<B: VecDot>(level: SimdLevel, act: &[B::Act], per_
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn pack_activation_row(a: &[BlockQ8_0], out: &mut [ActPair]) {
+fn pack_activation_row_avx512(a: &[BlockQ8_0], out: &mut [ActPair]) {
     for (o, y) in out.iter_mut().zip(a.chunks_exact(2)) {
         let q = _mm512_xor_si512(
             join_256(load_i8_32(&y[0].qs), load_i8_32(&y[1].qs)),
@@ -166,9 +173,11 @@ thread_local! {
 /// [`pack_activations`] of `act` (`[n_tok, per_row]`), each `outs[r]` `n_tok` long.
 pub(crate) fn four_rows<B: VecDot>(xs: [&[B]; 4], act: &[B::Act], packed: &PackedActs, outs: [&mut [f32]; 4]) {
     match packed {
-        // SAFETY: `pack_activations` only makes each variant where its level is available.
-        PackedActs::Avx512(p) => unsafe { four_rows_avx512(xs, act, p, outs) },
-        PackedActs::Avx2(p) => unsafe { four_rows_avx2(xs, p, outs) },
+        // SAFETY: AVX-512 + VNNI checked (as `pack_activations` did).
+        PackedActs::Avx512(p) if SimdLevel::Avx512.is_available() => unsafe { four_rows_avx512(xs, act, p, outs) },
+        // SAFETY: AVX2 checked.
+        PackedActs::Avx2(p) if SimdLevel::Avx2.is_available() => unsafe { four_rows_avx2(xs, p, outs) },
+        _ => unreachable!("packed activations exist only where their level is available"),
     }
 }
 
@@ -196,7 +205,8 @@ fn four_rows_avx512<B: VecDot>(xs: [&[B]; 4], act: &[B::Act], packed: &[ActPair]
 /// Four weight rows into `w` (pair i of row r at 4·i + r).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 fn pack_rows<B: VecDot>(xs: &[&[B]; 4], w: &mut [WeightPair]) {
-    let Some(pack) = B::PACK_I8_PAIR else { return };
+    // The constant, not a pointer carried along: the compiler inlines the format's packing.
+    let pack = B::PACK_I8_PAIR.expect("AVX-512 packed activations only for formats with a packing");
     for (i, quad) in w.chunks_exact_mut(4).enumerate() {
         for (x, p) in xs.iter().zip(quad) {
             // SAFETY: AVX-512 + VNNI, as this function.
@@ -217,7 +227,7 @@ fn group<B: VecDot, const NT: usize>(
 ) -> usize {
     let per_row = xs[0].len();
     let pairs = per_row / 2;
-    let sums = tile::<NT>(w, std::array::from_fn(|j| &packed[(t0 + j) * pairs..][..pairs]));
+    let sums = tile_avx512::<NT>(w, std::array::from_fn(|j| &packed[(t0 + j) * pairs..][..pairs]));
     for (r, (out, s)) in outs.iter_mut().zip(sums).enumerate() {
         for (j, v) in s.into_iter().enumerate() {
             let t = t0 + j;
@@ -236,12 +246,12 @@ fn group<B: VecDot, const NT: usize>(
 /// The sums over all pairs of four packed weight rows (`w`: pair i of row r at 4·i + r) with
 /// `NT` packed activation rows, each reduced with `_mm512_reduce_add_ps`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-fn tile<const NT: usize>(w: &[WeightPair], acts: [&[ActPair]; NT]) -> [[f32; NT]; 4] {
+fn tile_avx512<const NT: usize>(w: &[WeightPair], acts: [&[ActPair]; NT]) -> [[f32; NT]; 4] {
     let mut acc = [[_mm512_setzero_ps(); NT]; 4];
-    let load_i = |p: &[i8; 64]| unsafe { _mm512_load_si512(p.as_ptr() as *const __m512i) };
     for (i, wp) in w.chunks_exact(4).enumerate() {
         // SAFETY (all loads): 64-byte fields, 64-byte aligned by the reprs.
-        let qw: [__m512i; 4] = std::array::from_fn(|r| load_i(&wp[r].q));
+        let qw: [__m512i; 4] =
+            std::array::from_fn(|r| unsafe { _mm512_load_si512(wp[r].q.as_ptr() as *const __m512i) });
         let dw: [__m512; 4] = std::array::from_fn(|r| unsafe { _mm512_load_ps(wp[r].d.as_ptr()) });
         for t in 0..NT {
             let a = &acts[t][i];
@@ -327,7 +337,7 @@ thread_local! {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn four_rows_avx2<B: VecDot>(xs: [&[B]; 4], packed: &[ActBlock], outs: [&mut [f32]; 4]) {
-    let Some((pack, _)) = B::PACK_U8_BLOCK else { return };
+    let (pack, _) = B::PACK_U8_BLOCK.expect("AVX2 packed activations only for formats with a packing");
     let per_row = xs[0].len();
     let n_tok = packed.len() / per_row;
     BLOCKS.with_borrow_mut(|w| {
@@ -384,14 +394,22 @@ fn tile_avx2(w: [&[WeightBlock]; 2], acts: [&[ActBlock]; 4]) -> [[f32; 4]; 2] {
 }
 
 /// For the formats' property tests: [`four_rows`] against `vec_dot` at each level with a
-/// packed kernel for `B` (and available on this CPU), for four weight rows and the activation
-/// rows `ys` (all as long as the rows), bit for bit; `Err` names the first difference.
+/// packed kernel for `B`, for four weight rows and the activation rows `ys` (all as long as
+/// the rows), bit for bit; `Err` names the first difference, or a level available on this CPU
+/// whose kernel did not take the rows.
 #[cfg(test)]
 pub(crate) fn check_four_rows<B: VecDot>(xs: [&[B]; 4], ys: &[&[B::Act]]) -> Result<(), String> {
     let per_row = xs[0].len();
     let act: Vec<B::Act> = ys.iter().flat_map(|y| y.iter().copied()).collect();
-    for level in [SimdLevel::Avx512, SimdLevel::Avx2] {
+    let levels = [
+        (SimdLevel::Avx512, B::PACK_I8_PAIR.is_some() && per_row >= 2),
+        (SimdLevel::Avx2, B::PACK_U8_BLOCK.is_some()),
+    ];
+    for (level, has_kernel) in levels {
         let Some(packed) = pack_activations::<B>(level, &act, per_row) else {
+            if has_kernel && level.is_available() {
+                return Err(format!("{level:?}: activations not packed"));
+            }
             continue;
         };
         let mut out = vec![vec![0f32; ys.len()]; 4];
