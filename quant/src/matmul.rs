@@ -285,9 +285,18 @@ fn transpose_to_tokens(tmp: &[f32], n_out: usize, n_tok: usize, y: &mut [f32]) {
     y.par_chunks_mut(n_out * TB).enumerate().for_each(|(b, rows)| {
         let t0 = b * TB;
         let nt = rows.len() / n_out;
-        for o in 0..n_out {
-            for (j, &v) in tmp[o * n_tok + t0..][..nt].iter().enumerate() {
-                rows[j * n_out + o] = v;
+        // Eight output rows at a time through a small block, so that the writes are runs of
+        // eight adjacent values rather than single values a row apart.
+        let mut blk = [[0f32; TB]; TB];
+        for o0 in (0..n_out).step_by(TB) {
+            let w = (n_out - o0).min(TB);
+            for (k, b) in blk[..w].iter_mut().enumerate() {
+                b[..nt].copy_from_slice(&tmp[(o0 + k) * n_tok + t0..][..nt]);
+            }
+            for (j, row) in rows.chunks_exact_mut(n_out).enumerate() {
+                for (k, v) in row[o0..o0 + w].iter_mut().enumerate() {
+                    *v = blk[k][j];
+                }
             }
         }
     });

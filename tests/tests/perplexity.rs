@@ -1,9 +1,10 @@
 //! Perplexity by llama.cpp's method on /usr/share/common-licenses/GPL-3 (ctx 512, 8 chunks),
-//! within 1% of llama.cpp's own figure on both real models.
+//! against llama.cpp's own figure on both real models: within 1% for gemma (measured 0.40%),
+//! within 0.25% for qwen (measured 0.05%; 0.60% before its SwiGLU took ggml's vectorized expf).
 
 use lora_run_tests::{GEMMA, QWEN, engine, llamacpp_reference};
 
-fn check(key: &str, name: &str) {
+fn check(key: &str, name: &str, tolerance: f64) {
     let r = llamacpp_reference();
     let want = &r[key]["perplexity"];
     let file = want["file"].as_str().unwrap();
@@ -15,15 +16,15 @@ fn check(key: &str, name: &str) {
     eprintln!("{key}: ppl {:.4} vs llama.cpp {want:.4} ({:.2}%)", got.ppl, rel * 100.0);
     assert_eq!(got.chunks, 8);
     assert_eq!(got.tokens, 8 * 255);
-    assert!(rel < 0.01, "{key}: ppl {} vs llama.cpp {want}", got.ppl);
+    assert!(rel < tolerance, "{key}: ppl {} vs llama.cpp {want}", got.ppl);
 }
 
 #[test]
 fn gemma_perplexity_matches_llamacpp() {
-    check("gemma", GEMMA);
+    check("gemma", GEMMA, 0.01);
 }
 
 #[test]
 fn qwen_perplexity_matches_llamacpp() {
-    check("qwen", QWEN);
+    check("qwen", QWEN, 0.0025);
 }

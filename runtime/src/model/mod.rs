@@ -677,14 +677,14 @@ impl Model {
         il: usize,
         xn: &[f32],
         n_tok: usize,
-        act: fn(&[f32], &[f32], &mut [f32]),
+        act: fn(&[f32], &[f32], &mut [f32], usize),
         plan: &LoraPlan,
     ) -> Result<Vec<f32>, ModelError> {
         let layer = &self.layers[il];
         let g = self.linear(&layer.ffn_gate, xn, n_tok, plan)?; // [n_tok, n_ff]
         let u = self.linear(&layer.ffn_up, xn, n_tok, plan)?; // [n_tok, n_ff]
         let mut h = vec![0f32; g.len()];
-        act(&g, &u, &mut h);
+        act(&g, &u, &mut h, layer.ffn_up.w.n_out);
         self.linear(&layer.ffn_down, &h, n_tok, plan) // [n_tok, n_embd]
     }
 }

@@ -86,7 +86,7 @@ fn gelu_table() -> &'static [f16] {
 
 /// `y = gelu(g) * u` element-wise, as ggml's `ggml_vec_geglu_f32` (GELU through the f16 table;
 /// x ≤ -10 gives 0, x ≥ 10 gives x).
-pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32]) {
+pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32], _n: usize) {
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
         let t = gelu_table();
@@ -108,9 +108,109 @@ fn geglu_one(x: f32) -> f32 {
     }
 }
 
-/// `y = silu(g) * u` element-wise (`ggml_vec_swiglu_f32`): silu(x) = x / (1 + e^-x).
-pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32]) {
-    gated(g, u, y, |x| x / (1.0 + (-x).exp()));
+/// `y = silu(g) * u` element-wise over rows of `n` (`ggml_vec_swiglu_f32`, ggml-cpu/vec.cpp):
+/// silu(x) = x / (1 + e^-x). As ggml-cpu built for this CPU's [`quant::SimdLevel`]: with
+/// AVX-512 each row's groups of 16, with AVX2 its groups of 8, take e^-x from ggml's vectorized
+/// `ggml_v_expf` (vec.h; Arm's optimized-routines polynomial, within 1.5 ulp, in its AVX-512
+/// and AVX2 forms: [`expf_ggml_avx512`], [`expf_ggml_avx2`]), the rest of the row from libm's
+/// `expf`; other CPUs use `expf` throughout.
+pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use quant::SimdLevel;
+        let level = SimdLevel::detect();
+        if level == SimdLevel::Avx512 && level.is_available() {
+            // SAFETY: AVX-512 (F and DQ among what the level stands for) was detected.
+            return rows(g, u, y, n, |g, u, y| unsafe { x86::swiglu_avx512(g, u, y) });
+        }
+        if level == SimdLevel::Avx2 && level.is_available() {
+            // SAFETY: AVX2 and FMA were detected.
+            return rows(g, u, y, n, |g, u, y| unsafe { x86::swiglu_avx2(g, u, y) });
+        }
+    }
+    gated(g, u, y, silu_libm);
+}
+
+/// silu(x) with libm's `expf` (`ggml_silu_f32`).
+fn silu_libm(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `kernel(g, u, y)` on each `n`-element row of the three, rows in parallel chunks for a
+/// prompt batch.
+fn rows(g: &[f32], u: &[f32], y: &mut [f32], n: usize, kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync + Send) {
+    let n = n.max(1);
+    let per = (CHUNK / n).max(1) * n;
+    for_chunks(y, per, |i, ys| {
+        let o = i * per;
+        for (r, yr) in ys.chunks_mut(n).enumerate() {
+            let a = (o + r * n).min(g.len().min(u.len()));
+            kernel(&g[a..], &u[a..], yr);
+        }
+    });
+}
+
+/// The three constants of ggml's vectorized expf: 1.5·2²³ (rounds to an integer), log2(e),
+/// and ln 2 in two parts.
+const EXPF_SHIFT: f32 = 12582912.0; // 0x1.8p23
+const EXPF_LOG2E: f32 = f32::from_bits(0x3fb8_aa3b); // 0x1.715476p+0
+const EXPF_LN2_HI: f32 = f32::from_bits(0x3f31_7200); // 0x1.62e4p-1
+const EXPF_LN2_LO: f32 = f32::from_bits(0x35bf_be8e); // 0x1.7f7d1cp-20
+/// The polynomial's coefficients, highest first.
+const EXPF_C: [f32; 5] = [
+    f32::from_bits(0x3c07_2010), // 0x1.0e4020p-7
+    f32::from_bits(0x3d2b_9f17), // 0x1.573e2ep-5
+    f32::from_bits(0x3e2a_af33), // 0x1.555e66p-3
+    f32::from_bits(0x3eff_fedb), // 0x1.fffdb6p-2
+    f32::from_bits(0x3f7f_fff6), // 0x1.ffffecp-1
+];
+
+/// The reduction shared by both forms: n = round(x·log2 e), b = x − n·ln 2 (two fused steps),
+/// and the polynomial's p = (c0·b + c1)·u + (c2·b + c3) with u = b².
+fn expf_ggml_reduce(x: f32) -> (f32, f32, f32, f32, f32) {
+    let z = x.mul_add(EXPF_LOG2E, EXPF_SHIFT);
+    let n = z - EXPF_SHIFT;
+    let b = (-n).mul_add(EXPF_LN2_LO, (-n).mul_add(EXPF_LN2_HI, x));
+    let u = b * b;
+    let p = EXPF_C[0]
+        .mul_add(b, EXPF_C[1])
+        .mul_add(u, EXPF_C[2].mul_add(b, EXPF_C[3]));
+    (z, n, b, u, p)
+}
+
+/// `ggml_v_expf` in its AVX-512 form, one lane (the scalar reference of
+/// [`x86::swiglu_avx512`]): 2ⁿ·(1 + c4·b + p·u) through `vscalefps`; |n| > 192 gives +∞ or 0.
+pub fn expf_ggml_avx512(x: f32) -> f32 {
+    let (_, n, b, u, p) = expf_ggml_reduce(x);
+    let j = p.mul_add(u, EXPF_C[4].mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // vscalefps: j·2ⁿ rounded once (exact in f64, then one rounding to f32).
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// `ggml_v_expf` in its AVX2 form, one lane (the scalar reference of [`x86::swiglu_avx2`]):
+/// k = 2ⁿ built in the exponent bits, k + k·j with j = p·u + c4·b; for |n| > 126 the scale is
+/// split in two factors, and |n| > 192 gives s1² (+∞ or 0).
+pub fn expf_ggml_avx2(x: f32) -> f32 {
+    let (z, n, b, u, p) = expf_ggml_reduce(x);
+    let e = z.to_bits().wrapping_shl(23);
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let j = p.mul_add(u, EXPF_C[4] * b);
+    // As the vector compares: a NaN n is not "big".
+    let big = n.abs() > 126.0;
+    if !big {
+        return k.mul_add(j, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
 }
 
 /// `y = act(g) * u` element-wise, in parallel chunks for a prompt batch.
@@ -323,6 +423,145 @@ fn f16c_available() -> bool {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// [`super::swiglu`] over one row with `ggml_v_silu` in its AVX-512 form, sixteen at a
+    /// time; the rest of the row with libm. Bit-identical to [`super::expf_ggml_avx512`] per
+    /// lane.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F and DQ.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn swiglu_avx512(g: &[f32], u: &[f32], y: &mut [f32]) {
+        let n = y.len().min(g.len()).min(u.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, the length of all three slices at least.
+            unsafe {
+                let x = _mm512_loadu_ps(g.as_ptr().add(i));
+                let silu = _mm512_div_ps(
+                    x,
+                    _mm512_add_ps(_mm512_set1_ps(1.0), expf_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))),
+                );
+                _mm512_storeu_ps(
+                    y.as_mut_ptr().add(i),
+                    _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr().add(i))),
+                );
+            }
+            i += 16;
+        }
+        for ((y, &x), &u) in y[i..n].iter_mut().zip(&g[i..n]).zip(&u[i..n]) {
+            *y = super::silu_libm(x) * u;
+        }
+    }
+
+    /// `ggml_v_expf`, AVX-512 form (ggml-cpu/vec.h).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn expf_avx512(x: __m512) -> __m512 {
+        use super::{EXPF_C, EXPF_LN2_HI, EXPF_LN2_LO, EXPF_LOG2E, EXPF_SHIFT};
+        let r = _mm512_set1_ps(EXPF_SHIFT);
+        let z = _mm512_fmadd_ps(x, _mm512_set1_ps(EXPF_LOG2E), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(
+            n,
+            _mm512_set1_ps(EXPF_LN2_LO),
+            _mm512_fnmadd_ps(n, _mm512_set1_ps(EXPF_LN2_HI), x),
+        );
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let c = EXPF_C.map(|c| _mm512_set1_ps(c));
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(_mm512_fmadd_ps(c[0], b, c[1]), u, _mm512_fmadd_ps(c[2], b, c[3])),
+            u,
+            _mm512_fmadd_ps(c[4], b, _mm512_set1_ps(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        if d == 0 {
+            return res;
+        }
+        let zero = _mm512_setzero_ps();
+        let alt = _mm512_mask_blend_ps(
+            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero),
+            _mm512_set1_ps(f32::INFINITY),
+            zero,
+        );
+        _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    /// [`super::swiglu`] over one row with `ggml_v_silu` in its AVX2 form, eight at a time;
+    /// the rest of the row with libm. Bit-identical to [`super::expf_ggml_avx2`] per lane.
+    ///
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn swiglu_avx2(g: &[f32], u: &[f32], y: &mut [f32]) {
+        let n = y.len().min(g.len()).min(u.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n, the length of all three slices at least.
+            unsafe {
+                let x = _mm256_loadu_ps(g.as_ptr().add(i));
+                let silu = _mm256_div_ps(
+                    x,
+                    _mm256_add_ps(_mm256_set1_ps(1.0), expf_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))),
+                );
+                _mm256_storeu_ps(
+                    y.as_mut_ptr().add(i),
+                    _mm256_mul_ps(silu, _mm256_loadu_ps(u.as_ptr().add(i))),
+                );
+            }
+            i += 8;
+        }
+        for ((y, &x), &u) in y[i..n].iter_mut().zip(&g[i..n]).zip(&u[i..n]) {
+            *y = super::silu_libm(x) * u;
+        }
+    }
+
+    /// `ggml_v_expf`, AVX2 form (ggml-cpu/vec.h).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn expf_avx2(x: __m256) -> __m256 {
+        use super::{EXPF_C, EXPF_LN2_HI, EXPF_LN2_LO, EXPF_LOG2E, EXPF_SHIFT};
+        let r = _mm256_set1_ps(EXPF_SHIFT);
+        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXPF_LOG2E), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(
+            n,
+            _mm256_set1_ps(EXPF_LN2_LO),
+            _mm256_fnmadd_ps(n, _mm256_set1_ps(EXPF_LN2_HI), x),
+        );
+        let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let c = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0)));
+        let u = _mm256_mul_ps(b, b);
+        let cf = EXPF_C.map(|c| _mm256_set1_ps(c));
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(cf[0], b, cf[1]), u, _mm256_fmadd_ps(cf[2], b, cf[3])),
+            u,
+            _mm256_mul_ps(cf[4], b),
+        );
+        if _mm256_movemask_ps(_mm256_castsi256_ps(c)) == 0 {
+            return _mm256_fmadd_ps(j, k, k);
+        }
+        let g = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+            _mm256_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let d = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0)));
+        _mm256_or_ps(
+            _mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
+            _mm256_andnot_ps(
+                _mm256_castsi256_ps(d),
+                _mm256_or_ps(
+                    _mm256_and_ps(_mm256_castsi256_ps(c), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                    _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)),
+                ),
+            ),
+        )
+    }
+
     /// [`super::geglu`] eight at a time: the f16 conversions with F16C (round to nearest even,
     /// as `half` does), the table read per element; bit-identical to the scalar form.
     ///
@@ -465,6 +704,102 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+
+    /// Inputs for the expf / SiLU checks: a sweep over −120..120, the thresholds of both forms
+    /// (|n| = 126, 192; the ends of f32's exponent), zeros, tiny values, infinities and NaN.
+    fn expf_inputs() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..24_000).map(|i| -120.0 + i as f32 * 0.01).collect();
+        for e in [
+            87.3,
+            88.37,
+            88.38,
+            88.73,
+            89.0,
+            103.9,
+            103.97,
+            104.0,
+            126.0 * std::f32::consts::LN_2,
+        ] {
+            for d in [-0.01f32, -1e-4, 0.0, 1e-4, 0.01] {
+                v.extend([e + d, -(e + d)]);
+            }
+        }
+        v.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            1e-8,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        v.extend([f32::MAX, f32::MIN, 3.0e5, -3.0e5]);
+        v
+    }
+
+    /// The two scalar forms of ggml's vectorized expf are within 2 ulp of the exact e^x over
+    /// f32's normal range (ggml quotes 1.45 + 0.5 ulp), and flush as it says beyond it.
+    #[test]
+    fn expf_ggml_forms_are_expf() {
+        for x in expf_inputs() {
+            let want = (x as f64).exp();
+            for (form, got) in [("avx512", expf_ggml_avx512(x)), ("avx2", expf_ggml_avx2(x))] {
+                if x.is_nan() {
+                    assert!(got.is_nan(), "{form} e^NaN = {got}");
+                } else if (-87.0..=88.0).contains(&x) {
+                    let ulp = (want as f32).to_bits().abs_diff(got.to_bits());
+                    assert!(ulp <= 2, "{form} e^{x}: {got} vs {want} ({ulp} ulp)");
+                } else if x > 89.0 {
+                    assert_eq!(got, f32::INFINITY, "{form} e^{x}");
+                } else if x < -104.0 {
+                    assert_eq!(got, 0.0, "{form} e^{x}");
+                }
+            }
+        }
+    }
+
+    /// `swiglu` with each vector form gives, bit for bit, its scalar reference on every lane
+    /// and libm's on the row's tail (a row of 4099: 16 / 8 do not divide it).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn swiglu_simd_matches_scalar_bit_for_bit() {
+        let g = expf_inputs();
+        let u: Vec<f32> = (0..g.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let n = 4099;
+        type Kernel = unsafe fn(&[f32], &[f32], &mut [f32]);
+        let forms: [(quant::SimdLevel, Kernel, fn(f32) -> f32, usize); 2] = [
+            (quant::SimdLevel::Avx512, x86::swiglu_avx512, expf_ggml_avx512, 16),
+            (quant::SimdLevel::Avx2, x86::swiglu_avx2, expf_ggml_avx2, 8),
+        ];
+        let mut checked = 0;
+        for (level, kernel, expf, lanes) in forms {
+            if !level.is_available() {
+                continue;
+            }
+            for (gr, ur) in g.chunks(n).zip(u.chunks(n)) {
+                let mut y = vec![0f32; gr.len()];
+                // SAFETY: the level's features were detected just above.
+                unsafe { kernel(gr, ur, &mut y) };
+                let vec_end = gr.len() / lanes * lanes;
+                for (i, ((&x, &uu), &got)) in gr.iter().zip(ur).zip(&y).enumerate() {
+                    let silu = if i < vec_end {
+                        x / (1.0 + expf(0.0 - x))
+                    } else {
+                        silu_libm(x)
+                    };
+                    let want = silu * uu;
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "{level:?} silu({x}) * {uu}: {got} vs {want}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked > 0 || !quant::SimdLevel::Avx2.is_available());
+    }
 
     #[test]
     fn geglu_f16c_matches_scalar_bit_for_bit() {
