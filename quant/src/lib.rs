@@ -90,6 +90,14 @@ pub trait VecDot: Block {
         }
     }
 
+    /// Four weight rows `xs[r]` against every activation row `ys[t]` into `outs[r][t]` (each
+    /// at least `ys.len()` long), each value bit-identical to [`VecDot::vec_dot`] of its pair
+    /// (prompt processing). Formats with a kernel that unpacks each weight row once for all
+    /// tokens override it; the default is [`four_rows_each`].
+    fn vec_dot_four_rows(level: SimdLevel, xs: [&[Self]; 4], ys: &[&[Self::Act]], outs: [&mut [f32]; 4]) {
+        four_rows_each(level, xs, ys, outs)
+    }
+
     /// How two blocks pack for [`packed`]'s AVX-512 prompt kernel, for formats whose
     /// activations are Q8_0 and whose weights are one scale times signed bytes (Q4_0, Q5_0,
     /// Q8_0, IQ4_NL); `None` for the others. The packed kernel is bit-identical to
@@ -106,6 +114,16 @@ pub trait VecDot: Block {
     /// `None` for the others.
     #[cfg(target_arch = "x86_64")]
     const PACK_U8_BLOCK: Option<packed::PackBlock<Self>> = None;
+}
+
+/// [`VecDot::vec_dot_four_rows`] one row at a time, tokens in groups of [`MULTI_TOKENS`]
+/// through [`VecDot::vec_dot_multi`].
+pub fn four_rows_each<B: VecDot>(level: SimdLevel, xs: [&[B]; 4], ys: &[&[B::Act]], outs: [&mut [f32]; 4]) {
+    for (x, out) in xs.into_iter().zip(outs) {
+        for (y, vals) in ys.chunks(MULTI_TOKENS).zip(out.chunks_mut(MULTI_TOKENS)) {
+            B::vec_dot_multi(level, x, y, &mut vals[..y.len()]);
+        }
+    }
 }
 
 /// A multi-token kernel ([`VecDot::vec_dot_multi`]'s shape) for one SIMD level.

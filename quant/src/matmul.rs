@@ -197,11 +197,11 @@ fn matmul_typed<B: VecDot>(
     // tmp: [n_out, n_tok], so each task owns a contiguous run of output rows; each weight row
     // is read once and dotted with every token while it is in cache.
     let mut tmp = vec![0f32; n_out * n_tok];
-    let act_row = |t: usize| &act[t * a_per_row..][..a_per_row];
+    let all_rows: Vec<&[B::Act]> = (0..n_tok).map(|t| &act[t * a_per_row..][..a_per_row]).collect();
     let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
-    // Formats with a packed kernel at this level take weight rows in fours against all tokens;
-    // every other row goes one at a time, against tokens in groups (formats with multi-token
-    // kernels unpack each weight block once per group).
+    // Weight rows in fours against all tokens: through the packed kernel where the format has
+    // one at this level (activations packed once here), else the format's four-row kernel.
+    // Rows left over go one at a time, tokens in groups.
     #[cfg(target_arch = "x86_64")]
     let packed = (n_out >= 4)
         .then(|| crate::packed::pack_activations::<B>(level, &act, a_per_row))
@@ -209,27 +209,27 @@ fn matmul_typed<B: VecDot>(
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
         .for_each(|(c, chunk)| {
-            #[allow(unused_mut)]
-            let mut rest = chunk;
-            #[allow(unused_mut)]
-            let mut o = c * ROWS_PER_TASK;
-            #[cfg(target_arch = "x86_64")]
-            if let Some(packed) = &packed {
-                let full = rest.len() / (4 * n_tok) * (4 * n_tok);
-                let (quads, others) = rest.split_at_mut(full);
-                for rows in quads.chunks_mut(4 * n_tok) {
-                    let mut it = rows.chunks_mut(n_tok);
-                    let outs = std::array::from_fn(|_| it.next().unwrap_or_default());
-                    crate::packed::four_rows(std::array::from_fn(|r| w_row(o + r)), &act, packed, outs);
-                    o += 4;
+            let o0 = c * ROWS_PER_TASK;
+            let full = chunk.len() / (4 * n_tok) * (4 * n_tok);
+            let (quads, rest) = chunk.split_at_mut(full);
+            for (i, rows) in quads.chunks_mut(4 * n_tok).enumerate() {
+                let mut it = rows.chunks_mut(n_tok);
+                let outs = std::array::from_fn(|_| it.next().unwrap_or_default());
+                let xs = std::array::from_fn(|r| w_row(o0 + 4 * i + r));
+                #[cfg(target_arch = "x86_64")]
+                if let Some(packed) = &packed {
+                    crate::packed::four_rows(xs, &act, packed, outs);
+                    continue;
                 }
-                rest = others;
+                B::vec_dot_four_rows(level, xs, &all_rows, outs);
             }
             for (i, vals_row) in rest.chunks_mut(n_tok).enumerate() {
-                for (g, vals) in vals_row.chunks_mut(crate::MULTI_TOKENS).enumerate() {
-                    let ys: [&[B::Act]; crate::MULTI_TOKENS] =
-                        std::array::from_fn(|j| act_row((g * crate::MULTI_TOKENS + j).min(n_tok - 1)));
-                    B::vec_dot_multi(level, w_row(o + i), &ys[..vals.len()], vals);
+                let x = w_row(o0 + full / n_tok + i);
+                for (ys, vals) in all_rows
+                    .chunks(crate::MULTI_TOKENS)
+                    .zip(vals_row.chunks_mut(crate::MULTI_TOKENS))
+                {
+                    B::vec_dot_multi(level, x, ys, vals);
                 }
             }
         });

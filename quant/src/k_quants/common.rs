@@ -936,6 +936,45 @@ pub(crate) mod testutil {
         Ok(())
     }
 
+    /// [`VecDot::vec_dot_four_rows`] equals [`VecDot::vec_dot`] bit for bit at every level,
+    /// for four weight rows (`x` and three rotations of its blocks) and `nt` activation rows
+    /// derived from `y` as in [`check_multi_tokens`].
+    pub fn check_four_rows<B: VecDot<Act = BlockQ8_K>>(
+        x: &[B],
+        y: &[BlockQ8_K],
+        nt: usize,
+    ) -> Result<(), TestCaseError> {
+        let rows: Vec<Vec<B>> = (0..4)
+            .map(|r| (0..x.len()).map(|i| x[(i + r) % x.len()]).collect())
+            .collect();
+        let acts: Vec<Vec<BlockQ8_K>> = (0..nt)
+            .map(|t| {
+                let q: Vec<i8> = y.iter().flat_map(|b| b.qs).collect();
+                let q: Vec<i8> = (0..q.len()).map(|i| q[(i + 37 * t) % q.len()]).collect();
+                let d: Vec<f32> = y.iter().map(|b| b.d * (1.0 + t as f32 * 0.5)).collect();
+                act_blocks(&q, &d)
+            })
+            .collect();
+        let ys: Vec<&[BlockQ8_K]> = acts.iter().map(|r| r.as_slice()).collect();
+        for level in SimdLevel::available() {
+            let mut out = vec![vec![0f32; nt]; 4];
+            let [o0, o1, o2, o3] = &mut out[..] else { unreachable!() };
+            B::vec_dot_four_rows(
+                level,
+                std::array::from_fn(|r| rows[r].as_slice()),
+                &ys,
+                [o0, o1, o2, o3],
+            );
+            for (r, row) in rows.iter().enumerate() {
+                for t in 0..nt {
+                    let want = B::vec_dot(level, row, ys[t]);
+                    prop_assert_eq!(out[r][t].to_bits(), want.to_bits(), "{:?} row {} token {}", level, r, t);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Q8_K activations for `n` elements, quantized from a fixed pattern in -1..1.
     pub fn act_for(n: usize) -> Vec<BlockQ8_K> {
         use crate::QuantizeRef;

@@ -91,6 +91,16 @@ impl VecDot for BlockQ4_K {
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
         crate::multi_simd_or_each(level, x, ys, out, x86::vec_dot_multi_avx512, x86::vec_dot_multi_avx2)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    fn vec_dot_four_rows(level: SimdLevel, xs: [&[Self]; 4], ys: &[&[BlockQ8_K]], outs: [&mut [f32]; 4]) {
+        if level == SimdLevel::Avx512 && level.is_available() {
+            // SAFETY: AVX-512 + VNNI detected.
+            unsafe { x86::four_rows_avx512(xs, ys, outs) }
+        } else {
+            crate::four_rows_each(level, xs, ys, outs)
+        }
+    }
 }
 
 /// Scalar reference of `ggml_vec_dot_q4_K_q8_K_generic` (ggml-cpu/quants.c): per super-block
@@ -289,6 +299,147 @@ pub(crate) mod x86 {
         for t in 0..nt {
             out[t] = hsum_float_8(acc[t]) + hsum_float_4(acc_m[t]);
         }
+    }
+
+    /// One super-block of a weight row unpacked for [`four_rows_avx512`]: per 64 elements
+    /// (k) the nibbles as [`vec_dot_avx512`] has them (the low nibbles of 32 bytes, then their
+    /// high nibbles) and the matching i16 scales, the eight mins, d and dmin.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    pub struct Unpacked {
+        q: [[u8; 64]; 4],
+        sc: [[i16; 32]; 4],
+        mins: [i16; 8],
+        d: f32,
+        dmin: f32,
+    }
+
+    const UNPACKED_ZERO: Unpacked = Unpacked {
+        q: [[0; 64]; 4],
+        sc: [[0; 32]; 4],
+        mins: [0; 8],
+        d: 0.0,
+        dmin: 0.0,
+    };
+
+    thread_local! {
+        /// Four unpacked weight rows, reused across the products a worker runs.
+        static ROWS: std::cell::RefCell<Vec<Unpacked>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// [`vec_dot_avx512`] of four weight rows against all of `ys` (prompt processing): each
+    /// super-block is unpacked once for all tokens, then two rows meet four tokens at a time,
+    /// each value through the same operations in the same order as [`vec_dot_avx512`] (the
+    /// integer sums of both its accumulators in one, which is exact), so the results are
+    /// bit-identical. The min terms run in a second pass with their own accumulators.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI; every `outs[r]` at least `ys.len()` long.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn four_rows_avx512(xs: [&[BlockQ4_K]; 4], ys: &[&[BlockQ8_K]], outs: [&mut [f32]; 4]) {
+        let n = ys
+            .iter()
+            .fold(xs.iter().fold(usize::MAX, |m, x| m.min(x.len())), |m, y| m.min(y.len()));
+        let m4 = _mm512_set1_epi8(0xF);
+        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
+        let shuffles = [
+            scale_pair_shuffle(0),
+            scale_pair_shuffle(1),
+            scale_pair_shuffle(2),
+            scale_pair_shuffle(3),
+        ];
+        ROWS.with_borrow_mut(|w| {
+            w.resize(4 * n, UNPACKED_ZERO);
+            for (x, rw) in xs.iter().zip(w.chunks_exact_mut(n.max(1))) {
+                for (bx, u) in x[..n].iter().zip(rw.iter_mut()) {
+                    let ms = mins_and_scales(bx);
+                    let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
+                    for k in 0..4 {
+                        // SAFETY: 32 bytes of `qs` from 32·k; 64-byte stores into 64-byte
+                        // aligned fields.
+                        unsafe {
+                            let bits = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                bx.qs.as_ptr().add(32 * k) as *const __m256i
+                            ));
+                            let q = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
+                            _mm512_store_si512(u.q[k].as_mut_ptr() as *mut __m512i, q);
+                            _mm512_store_si512(
+                                u.sc[k].as_mut_ptr() as *mut __m512i,
+                                _mm512_shuffle_epi8(scales, shuffles[k]),
+                            );
+                        }
+                    }
+                    // SAFETY: 16 bytes into the 16-byte `mins`.
+                    unsafe { _mm_storeu_si128(u.mins.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256(ms, 1)) };
+                    (u.d, u.dmin) = (bx.d.to_f32(), bx.dmin.to_f32());
+                }
+            }
+            let n_tok = ys.len();
+            let [o0, o1, o2, o3] = outs;
+            for (pair, [a, b]) in [[o0, o1], [o2, o3]].into_iter().enumerate() {
+                let rows = [&w[2 * pair * n..][..n], &w[(2 * pair + 1) * n..][..n]];
+                let mut outs = [a, b];
+                for t0 in (0..n_tok).step_by(4) {
+                    let tok: [&[BlockQ8_K]; 4] = std::array::from_fn(|j| ys[(t0 + j).min(n_tok - 1)]);
+                    let sums = tile_2x4(rows, tok, n);
+                    for (out, s) in outs.iter_mut().zip(sums) {
+                        let nt = (n_tok - t0).min(4);
+                        out[t0..t0 + nt].copy_from_slice(&s[..nt]);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Two unpacked rows against four activation rows over `n` super-blocks: the values of
+    /// [`vec_dot_avx512`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn tile_2x4(w: [&[Unpacked]; 2], ys: [&[BlockQ8_K]; 4], n: usize) -> [[f32; 4]; 2] {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+        for i in 0..n {
+            let mut sumi = [[_mm512_setzero_si512(); 4]; 2];
+            for k in 0..4 {
+                // SAFETY: 64 bytes of each token's 256 quants from 64·k.
+                let a: [__m512i; 4] = std::array::from_fn(|t| unsafe {
+                    _mm512_loadu_si512(ys[t][i].qs.as_ptr().add(64 * k) as *const _)
+                });
+                for r in 0..2 {
+                    // SAFETY: 64-byte fields, 64-byte aligned by the repr.
+                    let (q, sc) = unsafe {
+                        (
+                            _mm512_load_si512(w[r][i].q[k].as_ptr() as *const __m512i),
+                            _mm512_load_si512(w[r][i].sc[k].as_ptr() as *const __m512i),
+                        )
+                    };
+                    for t in 0..4 {
+                        sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
+                    }
+                }
+            }
+            for r in 0..2 {
+                for t in 0..4 {
+                    let d = ys[t][i].d * w[r][i].d;
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi[r][t]), acc[r][t]);
+                }
+            }
+        }
+        let mut acc_m = [[_mm_setzero_ps(); 4]; 2];
+        for i in 0..n {
+            for r in 0..2 {
+                // SAFETY: the 16 bytes of `mins`.
+                let mins = unsafe { _mm_loadu_si128(w[r][i].mins.as_ptr() as *const __m128i) };
+                for t in 0..4 {
+                    let by = &ys[t][i];
+                    let dmin = -by.d * w[r][i].dmin;
+                    // SAFETY: the 32 bytes of `bsums`.
+                    let q8sums = unsafe { _mm256_loadu_si256(by.bsums.as_ptr() as *const __m256i) };
+                    let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+                    let prod = _mm_madd_epi16(mins, q8s);
+                    acc_m[r][t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r][t]);
+                }
+            }
+        }
+        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t]) + hsum_float_4(acc_m[r][t])))
     }
 
     /// Byte shuffle (within each 128-bit lane of a broadcast 8 × i16 scale vector) that puts
@@ -520,6 +671,13 @@ mod tests {
         #[test]
         fn multi_token_is_bit_identical((x, y) in blocks_and_act::<BlockQ4_K>(fix), nt in 1usize..=4) {
             check_multi_tokens(&x, &y, nt)?;
+        }
+
+        /// The four-row kernel gives exactly what the one-token kernel gives, row by row and
+        /// token by token (a short last group of tokens included).
+        #[test]
+        fn four_rows_is_bit_identical((x, y) in blocks_and_act::<BlockQ4_K>(fix), nt in 1usize..=9) {
+            check_four_rows(&x, &y, nt)?;
         }
 
         /// Real-looking rows (quantized from smooth data, most quants near the middle) are

@@ -162,6 +162,16 @@ impl VecDot for BlockQ6_K {
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
         crate::multi_simd_or_each(level, x, ys, out, x86::vec_dot_multi_avx512, x86::vec_dot_multi_avx2)
     }
+
+    #[cfg(target_arch = "x86_64")]
+    fn vec_dot_four_rows(level: SimdLevel, xs: [&[Self]; 4], ys: &[&[BlockQ8_K]], outs: [&mut [f32]; 4]) {
+        if level == SimdLevel::Avx512 && level.is_available() {
+            // SAFETY: AVX-512 + VNNI detected.
+            unsafe { x86::four_rows_avx512(xs, ys, outs) }
+        } else {
+            crate::four_rows_each(level, xs, ys, outs)
+        }
+    }
 }
 
 /// Scalar reference of `ggml_vec_dot_q6_K_q8_K_generic` (ggml-cpu/quants.c): per super-block
@@ -468,6 +478,140 @@ pub(crate) mod x86 {
         out[..nt].copy_from_slice(&sumf[..nt]);
     }
 
+    /// One super-block of a weight row unpacked for [`four_rows_avx512`]: the four 64-byte
+    /// vectors of 6-bit quants and their i16 scales as [`vec_dot_multi_avx512`] has them, the
+    /// sixteen scales widened (for the offset term), and d.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    pub struct Unpacked {
+        q: [[u8; 64]; 4],
+        sc: [[i16; 32]; 4],
+        sc16: [i16; 16],
+        d: f32,
+    }
+
+    const UNPACKED_ZERO: Unpacked = Unpacked {
+        q: [[0; 64]; 4],
+        sc: [[0; 32]; 4],
+        sc16: [0; 16],
+        d: 0.0,
+    };
+
+    thread_local! {
+        /// Four unpacked weight rows, reused across the products a worker runs.
+        static ROWS: std::cell::RefCell<Vec<Unpacked>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// [`vec_dot_avx512`] of four weight rows against all of `ys` (prompt processing): each
+    /// super-block is unpacked once for all tokens, then two rows meet four tokens at a time,
+    /// each value through the operations of [`vec_dot_multi_avx512`] in its order (the integer
+    /// sums of its two accumulators in one, which is exact), so the results are bit-identical.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI; every `outs[r]` at least `ys.len()` long.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn four_rows_avx512(xs: [&[BlockQ6_K]; 4], ys: &[&[BlockQ8_K]], outs: [&mut [f32]; 4]) {
+        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
+        let n = ys
+            .iter()
+            .fold(xs.iter().fold(usize::MAX, |m, x| m.min(x.len())), |m, y| m.min(y.len()));
+        let m4 = _mm512_set1_epi8(0xF);
+        let m30 = _mm512_set1_epi8(0x30);
+        let idx = [
+            scale_lane_index(0),
+            scale_lane_index(1),
+            scale_lane_index(2),
+            scale_lane_index(3),
+        ];
+        ROWS.with_borrow_mut(|w| {
+            w.resize(4 * n, UNPACKED_ZERO);
+            for (x, rw) in xs.iter().zip(w.chunks_exact_mut(n.max(1))) {
+                for (bx, u) in x[..n].iter().zip(rw.iter_mut()) {
+                    // SAFETY (loads and stores): within the block's arrays; 64-byte stores into
+                    // 64-byte aligned fields.
+                    unsafe {
+                        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bx.scales.as_ptr() as *const __m128i));
+                        _mm256_storeu_si256(u.sc16.as_mut_ptr() as *mut __m256i, sc16);
+                        let sc512 = _mm512_castsi256_si512(sc16);
+                        for n in 0..2 {
+                            let qlv = _mm512_loadu_si512(bx.ql.as_ptr().add(64 * n) as *const _);
+                            let qhb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                bx.qh.as_ptr().add(32 * n) as *const __m256i
+                            ));
+                            let qhs = _mm512_mask_srli_epi16(qhb, UPPER_WORDS, qhb, 2);
+                            let ha = _mm512_and_si512(_mm512_slli_epi16(qhs, 4), m30);
+                            let hb = _mm512_and_si512(qhs, m30);
+                            let qa = _mm512_or_si512(_mm512_and_si512(qlv, m4), ha);
+                            let qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qlv, 4), m4), hb);
+                            _mm512_store_si512(u.q[2 * n].as_mut_ptr() as *mut __m512i, qa);
+                            _mm512_store_si512(u.q[2 * n + 1].as_mut_ptr() as *mut __m512i, qb);
+                            let sa = _mm512_permutexvar_epi16(idx[2 * n], sc512);
+                            let sb = _mm512_permutexvar_epi16(idx[2 * n + 1], sc512);
+                            _mm512_store_si512(u.sc[2 * n].as_mut_ptr() as *mut __m512i, sa);
+                            _mm512_store_si512(u.sc[2 * n + 1].as_mut_ptr() as *mut __m512i, sb);
+                        }
+                    }
+                    u.d = bx.d.to_f32();
+                }
+            }
+            let n_tok = ys.len();
+            let [o0, o1, o2, o3] = outs;
+            for (pair, [a, b]) in [[o0, o1], [o2, o3]].into_iter().enumerate() {
+                let rows = [&w[2 * pair * n..][..n], &w[(2 * pair + 1) * n..][..n]];
+                let mut outs = [a, b];
+                for t0 in (0..n_tok).step_by(4) {
+                    let tok: [&[BlockQ8_K]; 4] = std::array::from_fn(|j| ys[(t0 + j).min(n_tok - 1)]);
+                    let sums = tile_2x4(rows, tok, n);
+                    for (out, s) in outs.iter_mut().zip(sums) {
+                        let nt = (n_tok - t0).min(4);
+                        out[t0..t0 + nt].copy_from_slice(&s[..nt]);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Two unpacked rows against four activation rows over `n` super-blocks: the values of
+    /// [`vec_dot_multi_avx512`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn tile_2x4(w: [&[Unpacked]; 2], ys: [&[BlockQ8_K]; 4], n: usize) -> [[f32; 4]; 2] {
+        let mut sumf = [[0f32; 4]; 2];
+        for i in 0..n {
+            let mut sumi = [[_mm512_setzero_si512(); 4]; 2];
+            for k in 0..4 {
+                // SAFETY: 64 bytes of each token's 256 quants from 64·k.
+                let a: [__m512i; 4] = std::array::from_fn(|t| unsafe {
+                    _mm512_loadu_si512(ys[t][i].qs.as_ptr().add(64 * k) as *const _)
+                });
+                for r in 0..2 {
+                    // SAFETY: 64-byte fields, 64-byte aligned by the repr.
+                    let (q, sc) = unsafe {
+                        (
+                            _mm512_load_si512(w[r][i].q[k].as_ptr() as *const __m512i),
+                            _mm512_load_si512(w[r][i].sc[k].as_ptr() as *const __m512i),
+                        )
+                    };
+                    for t in 0..4 {
+                        sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
+                    }
+                }
+            }
+            for r in 0..2 {
+                // SAFETY: the 32 bytes of `sc16`.
+                let sc16 = unsafe { _mm256_loadu_si256(w[r][i].sc16.as_ptr() as *const __m256i) };
+                for t in 0..4 {
+                    let by = &ys[t][i];
+                    let d = by.d * w[r][i].d;
+                    let s = sumi[r][t];
+                    let s = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+                    let offset = _mm256_slli_epi32(offset_term(sc16, by), 5);
+                    sumf[r][t] += d * hsum_i32_8(_mm256_sub_epi32(s, offset)) as f32;
+                }
+            }
+        }
+        sumf
+    }
+
     /// `vpermw` indices: word `4t + k` (scale of sub-block 4t + k) in every word of lane k.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
@@ -592,6 +736,13 @@ mod tests {
         #[test]
         fn multi_token_is_bit_identical((x, y) in blocks_and_act::<BlockQ6_K>(fix), nt in 1usize..=4) {
             check_multi_tokens(&x, &y, nt)?;
+        }
+
+        /// The four-row kernel gives exactly what the one-token kernel gives, row by row and
+        /// token by token (a short last group of tokens included).
+        #[test]
+        fn four_rows_is_bit_identical((x, y) in blocks_and_act::<BlockQ6_K>(fix), nt in 1usize..=9) {
+            check_four_rows(&x, &y, nt)?;
         }
 
         /// Real-looking rows (quantized from smooth data, most quants near the middle) are
