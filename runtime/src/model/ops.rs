@@ -391,8 +391,10 @@ fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
     }
 }
 
-/// f16·f16 dot product (inputs already f16-valued) as `ggml_vec_dot_f16` sums it: four
-/// accumulators of 8 lanes with fused multiply-adds, reduced pairwise.
+/// f16·f16 dot product (inputs already f16-valued) as `ggml_vec_dot_f16` sums it (vec.cpp):
+/// four accumulators of 8 lanes with fused multiply-adds, reduced pairwise (scalar reference
+/// [`dot_f16_ref`]). This is the form whose tokens match the llama.cpp fixtures on this
+/// AVX-512 machine; its 16-lane AVX-512 form diverges from them within 16 greedy tokens.
 fn dot_f16_like(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
@@ -684,6 +686,37 @@ pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
     src.convert_to_f32_slice(dst);
 }
 
+/// The scalar reference of [`dot_f16_like`]'s x86 form, `ggml_vec_dot_f16`'s order with 8
+/// lanes: four accumulators of 8 fused multiply-adds over each step of 32 elements, x0 + x2
+/// and x1 + x3, their sum, its halves added, then `GGML_F32x8_REDUCE`'s two `hadd`s,
+/// (l0 + l1) + (l2 + l3); the leftovers added in f64.
+#[cfg(test)]
+fn dot_f16_ref(a: &[f32], b: &[f32]) -> f32 {
+    let lanes = 8;
+    let step = 4 * lanes;
+    let n = a.len() / step * step;
+    let mut acc = vec![vec![0f32; lanes]; 4];
+    for i in (0..n).step_by(step) {
+        for (j, s) in acc.iter_mut().enumerate() {
+            for (l, v) in s.iter_mut().enumerate() {
+                *v = a[i + lanes * j + l].mul_add(b[i + lanes * j + l], *v);
+            }
+        }
+    }
+    let mut v: Vec<f32> = (0..lanes)
+        .map(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]))
+        .collect();
+    while v.len() > 4 {
+        let h = v.len() / 2;
+        v = (0..h).map(|l| v[l + h] + v[l]).collect();
+    }
+    let mut sum = ((v[0] + v[1]) + (v[2] + v[3])) as f64;
+    for i in n..a.len() {
+        sum += (a[i] * b[i]) as f64;
+    }
+    sum as f32
+}
+
 /// f32 dot product (4 accumulators so the compiler vectorizes it).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -704,6 +737,28 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
+
+    /// The attention's f16 dot product against its scalar reference bit for bit, for lengths
+    /// that are and are not whole steps.
+    #[test]
+    fn dot_f16_forms_match_reference() {
+        let mut st = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            round_f16(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0)
+        };
+        for n in [64, 128, 256, 100, 31, 0] {
+            let a: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
+            if f16c_available() {
+                // SAFETY: AVX2, FMA and F16C detected.
+                let got = unsafe { x86::dot(&a, &b) };
+                assert_eq!(got.to_bits(), dot_f16_ref(&a, &b).to_bits(), "n {n}");
+            }
+        }
+    }
 
     /// Inputs for the expf / SiLU checks: a sweep over −120..120, the thresholds of both forms
     /// (|n| = 126, 192; the ends of f32's exponent), zeros, tiny values, infinities and NaN.
