@@ -235,11 +235,11 @@ fn matmul_typed<B: VecDot>(
         });
     transpose_to_tokens(&tmp, n_out, n_tok, y);
     if let Some(f) = epilogue {
+        // A whole token row per call: the epilogue's per-call work (e.g. fetching a LoRA's
+        // A·x) is paid once per token.
         y.par_chunks_mut(n_out).enumerate().for_each(|(t, row)| {
             f.begin_task();
-            for (c, ys) in row.chunks_mut(ROWS_PER_TASK).enumerate() {
-                f.apply(t, c * ROWS_PER_TASK, ys);
-            }
+            f.apply(t, 0, row);
         });
     }
 }
