@@ -81,9 +81,10 @@ pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: 
 /// Work fused into a matmul's parallel pass: lets callers add a cheap per-row term (a LoRA
 /// delta) without a second pass over the output.
 pub trait RowEpilogue: Sync {
-    /// Called at the start of every parallel task, before its dot products: a place to do a
-    /// share of work that [`RowEpilogue::apply`] needs (e.g. one row of a LoRA `A·x`), so it
-    /// overlaps the other tasks' dot products instead of running before them.
+    /// Called at the start of every parallel task that will call [`RowEpilogue::apply`]: a
+    /// place to do a share of the work `apply` needs (e.g. one row of a LoRA `A·x`). In a
+    /// single-token product the tasks are those of the dot products, so this overlaps the
+    /// other tasks' dot products; in a batch it runs per token row, after them.
     fn begin_task(&self) {}
     /// Modify in place `vals`, the values `W·x` of output rows `first..first + vals.len()` for
     /// token `tok`.
@@ -258,6 +259,9 @@ pub fn matmul_dequantized(
 ) -> Result<(), QuantError> {
     let rb = check_matmul_shapes(w, x, n_tok, y)?;
     let (n_in, n_out) = (w.n_in, w.n_out);
+    if n_out == 0 || n_tok == 0 {
+        return Ok(());
+    }
     let mut tmp = vec![0f32; n_out * n_tok];
     tmp.par_chunks_mut(n_tok.max(1)).enumerate().try_for_each_init(
         || vec![0f32; n_in],

@@ -585,6 +585,46 @@ pub(crate) fn unpack_scales_mins_k4(scales: &[u8; 12]) -> [u8; 16] {
     out
 }
 
+/// The driver of the K-quant four-row kernels (x86): the super-blocks all rows and tokens
+/// have, each row unpacked once into `U`s (`unpack` per block, into a per-thread buffer), then
+/// rows in pairs against tokens in fours (a short last group repeats its last token) through
+/// `tile`, whose values go to `outs[r][t]`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn four_rows_by_pairs<B, U: Copy + 'static>(
+    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<U>>>,
+    zero: U,
+    xs: [&[B]; 4],
+    ys: &[&[crate::k_quants::q8_k::BlockQ8_K]],
+    outs: [&mut [f32]; 4],
+    mut unpack: impl FnMut(&B, &mut U),
+    tile: impl Fn([&[U]; 2], [&[crate::k_quants::q8_k::BlockQ8_K]; 4], usize) -> [[f32; 4]; 2],
+) {
+    let n = ys
+        .iter()
+        .fold(xs.iter().fold(usize::MAX, |m, x| m.min(x.len())), |m, y| m.min(y.len()));
+    let n_tok = ys.len();
+    buf.with_borrow_mut(|w| {
+        w.resize(4 * n, zero);
+        for (x, rw) in xs.iter().zip(w.chunks_exact_mut(n.max(1))) {
+            for (bx, u) in x[..n].iter().zip(rw.iter_mut()) {
+                unpack(bx, u);
+            }
+        }
+        let [o0, o1, o2, o3] = outs;
+        for (pair, mut outs) in [[o0, o1], [o2, o3]].into_iter().enumerate() {
+            let rows = [&w[2 * pair * n..][..n], &w[(2 * pair + 1) * n..][..n]];
+            for t0 in (0..n_tok).step_by(4) {
+                let tok: [&[crate::k_quants::q8_k::BlockQ8_K]; 4] =
+                    std::array::from_fn(|j| ys[(t0 + j).min(n_tok - 1)]);
+                let nt = (n_tok - t0).min(4);
+                for (out, s) in outs.iter_mut().zip(tile(rows, tok, n)) {
+                    out[t0..t0 + nt].copy_from_slice(&s[..nt]);
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -909,6 +949,19 @@ pub(crate) mod testutil {
         Ok(())
     }
 
+    /// `nt` activation rows derived from `y`: its quants rotated by 37·t, its scales times
+    /// 1 + t/2.
+    fn derived_acts(y: &[BlockQ8_K], nt: usize) -> Vec<Vec<BlockQ8_K>> {
+        let q: Vec<i8> = y.iter().flat_map(|b| b.qs).collect();
+        (0..nt)
+            .map(|t| {
+                let q: Vec<i8> = (0..q.len()).map(|i| q[(i + 37 * t) % q.len()]).collect();
+                let d: Vec<f32> = y.iter().map(|b| b.d * (1.0 + t as f32 * 0.5)).collect();
+                act_blocks(&q, &d)
+            })
+            .collect()
+    }
+
     /// [`VecDot::vec_dot_multi`] equals [`VecDot::vec_dot`] bit for bit at every level, for
     /// `nt` activation rows derived from `y` (rotated quants, other scales).
     pub fn check_multi_tokens<B: VecDot<Act = BlockQ8_K>>(
@@ -916,14 +969,7 @@ pub(crate) mod testutil {
         y: &[BlockQ8_K],
         nt: usize,
     ) -> Result<(), TestCaseError> {
-        let rows: Vec<Vec<BlockQ8_K>> = (0..nt)
-            .map(|t| {
-                let q: Vec<i8> = y.iter().flat_map(|b| b.qs).collect();
-                let q: Vec<i8> = (0..q.len()).map(|i| q[(i + 37 * t) % q.len()]).collect();
-                let d: Vec<f32> = y.iter().map(|b| b.d * (1.0 + t as f32 * 0.5)).collect();
-                act_blocks(&q, &d)
-            })
-            .collect();
+        let rows = derived_acts(y, nt);
         let ys: Vec<&[BlockQ8_K]> = rows.iter().map(|r| r.as_slice()).collect();
         for level in SimdLevel::available() {
             let mut out = [0f32; 4];
@@ -947,14 +993,7 @@ pub(crate) mod testutil {
         let rows: Vec<Vec<B>> = (0..4)
             .map(|r| (0..x.len()).map(|i| x[(i + r) % x.len()]).collect())
             .collect();
-        let acts: Vec<Vec<BlockQ8_K>> = (0..nt)
-            .map(|t| {
-                let q: Vec<i8> = y.iter().flat_map(|b| b.qs).collect();
-                let q: Vec<i8> = (0..q.len()).map(|i| q[(i + 37 * t) % q.len()]).collect();
-                let d: Vec<f32> = y.iter().map(|b| b.d * (1.0 + t as f32 * 0.5)).collect();
-                act_blocks(&q, &d)
-            })
-            .collect();
+        let acts = derived_acts(y, nt);
         let ys: Vec<&[BlockQ8_K]> = acts.iter().map(|r| r.as_slice()).collect();
         for level in SimdLevel::available() {
             let mut out = vec![vec![0f32; nt]; 4];

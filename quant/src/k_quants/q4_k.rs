@@ -148,6 +148,7 @@ pub fn vec_dot_scalar(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::BlockQ4_K;
+    use crate::k_quants::common::four_rows_by_pairs;
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::*;
     use std::arch::x86_64::*;
@@ -188,9 +189,17 @@ pub(crate) mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn mins_dot_bsums(mins_and_scales: __m256i, by: &BlockQ8_K) -> __m128i {
+        mins_dot_q8sums(_mm256_extracti128_si256(mins_and_scales, 1), by)
+    }
+
+    /// [`mins_dot_bsums`] with the eight mins given as i16.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn mins_dot_q8sums(mins: __m128i, by: &BlockQ8_K) -> __m128i {
+        // SAFETY: the 32 bytes of `bsums`.
         let q8sums = unsafe { _mm256_loadu_si256(by.bsums.as_ptr() as *const __m256i) };
         let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
-        _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s)
+        _mm_madd_epi16(mins, q8s)
     }
 
     /// Horizontal sum of 4 floats, in ggml's order.
@@ -337,9 +346,6 @@ pub(crate) mod x86 {
     /// Requires AVX-512 F/BW/VL/DQ + VNNI; every `outs[r]` at least `ys.len()` long.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn four_rows_avx512(xs: [&[BlockQ4_K]; 4], ys: &[&[BlockQ8_K]], outs: [&mut [f32]; 4]) {
-        let n = ys
-            .iter()
-            .fold(xs.iter().fold(usize::MAX, |m, x| m.min(x.len())), |m, y| m.min(y.len()));
         let m4 = _mm512_set1_epi8(0xF);
         const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
         let shuffles = [
@@ -348,46 +354,28 @@ pub(crate) mod x86 {
             scale_pair_shuffle(2),
             scale_pair_shuffle(3),
         ];
-        ROWS.with_borrow_mut(|w| {
-            w.resize(4 * n, UNPACKED_ZERO);
-            for (x, rw) in xs.iter().zip(w.chunks_exact_mut(n.max(1))) {
-                for (bx, u) in x[..n].iter().zip(rw.iter_mut()) {
-                    let ms = mins_and_scales(bx);
-                    let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
-                    for k in 0..4 {
-                        // SAFETY: 32 bytes of `qs` from 32·k; 64-byte stores into 64-byte
-                        // aligned fields.
-                        unsafe {
-                            let bits = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                                bx.qs.as_ptr().add(32 * k) as *const __m256i
-                            ));
-                            let q = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
-                            _mm512_store_si512(u.q[k].as_mut_ptr() as *mut __m512i, q);
-                            _mm512_store_si512(
-                                u.sc[k].as_mut_ptr() as *mut __m512i,
-                                _mm512_shuffle_epi8(scales, shuffles[k]),
-                            );
-                        }
-                    }
-                    // SAFETY: 16 bytes into the 16-byte `mins`.
-                    unsafe { _mm_storeu_si128(u.mins.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256(ms, 1)) };
-                    (u.d, u.dmin) = (bx.d.to_f32(), bx.dmin.to_f32());
+        let unpack = |bx: &BlockQ4_K, u: &mut Unpacked| {
+            let ms = mins_and_scales(bx);
+            let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
+            for k in 0..4 {
+                // SAFETY: 32 bytes of `qs` from 32·k; 64-byte stores into 64-byte aligned
+                // fields.
+                unsafe {
+                    let bits = _mm512_broadcast_i64x4(_mm256_loadu_si256(bx.qs.as_ptr().add(32 * k) as *const __m256i));
+                    let q = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
+                    _mm512_store_si512(u.q[k].as_mut_ptr() as *mut __m512i, q);
+                    _mm512_store_si512(
+                        u.sc[k].as_mut_ptr() as *mut __m512i,
+                        _mm512_shuffle_epi8(scales, shuffles[k]),
+                    );
                 }
             }
-            let n_tok = ys.len();
-            let [o0, o1, o2, o3] = outs;
-            for (pair, [a, b]) in [[o0, o1], [o2, o3]].into_iter().enumerate() {
-                let rows = [&w[2 * pair * n..][..n], &w[(2 * pair + 1) * n..][..n]];
-                let mut outs = [a, b];
-                for t0 in (0..n_tok).step_by(4) {
-                    let tok: [&[BlockQ8_K]; 4] = std::array::from_fn(|j| ys[(t0 + j).min(n_tok - 1)]);
-                    let sums = tile_2x4(rows, tok, n);
-                    for (out, s) in outs.iter_mut().zip(sums) {
-                        let nt = (n_tok - t0).min(4);
-                        out[t0..t0 + nt].copy_from_slice(&s[..nt]);
-                    }
-                }
-            }
+            // SAFETY: 16 bytes into the 16-byte `mins`.
+            unsafe { _mm_storeu_si128(u.mins.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256(ms, 1)) };
+            (u.d, u.dmin) = (bx.d.to_f32(), bx.dmin.to_f32());
+        };
+        four_rows_by_pairs(&ROWS, UNPACKED_ZERO, xs, ys, outs, unpack, |w, ys, n| {
+            tile_2x4(w, ys, n)
         });
     }
 
@@ -431,10 +419,7 @@ pub(crate) mod x86 {
                 for t in 0..4 {
                     let by = &ys[t][i];
                     let dmin = -by.d * w[r][i].dmin;
-                    // SAFETY: the 32 bytes of `bsums`.
-                    let q8sums = unsafe { _mm256_loadu_si256(by.bsums.as_ptr() as *const __m256i) };
-                    let q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
-                    let prod = _mm_madd_epi16(mins, q8s);
+                    let prod = mins_dot_q8sums(mins, by);
                     acc_m[r][t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r][t]);
                 }
             }

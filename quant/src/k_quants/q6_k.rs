@@ -207,6 +207,7 @@ pub fn vec_dot_scalar(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::BlockQ6_K;
+    use crate::k_quants::common::four_rows_by_pairs;
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::*;
     use std::arch::x86_64::*;
@@ -512,9 +513,6 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn four_rows_avx512(xs: [&[BlockQ6_K]; 4], ys: &[&[BlockQ8_K]], outs: [&mut [f32]; 4]) {
         const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
-        let n = ys
-            .iter()
-            .fold(xs.iter().fold(usize::MAX, |m, x| m.min(x.len())), |m, y| m.min(y.len()));
         let m4 = _mm512_set1_epi8(0xF);
         let m30 = _mm512_set1_epi8(0x30);
         let idx = [
@@ -523,51 +521,33 @@ pub(crate) mod x86 {
             scale_lane_index(2),
             scale_lane_index(3),
         ];
-        ROWS.with_borrow_mut(|w| {
-            w.resize(4 * n, UNPACKED_ZERO);
-            for (x, rw) in xs.iter().zip(w.chunks_exact_mut(n.max(1))) {
-                for (bx, u) in x[..n].iter().zip(rw.iter_mut()) {
-                    // SAFETY (loads and stores): within the block's arrays; 64-byte stores into
-                    // 64-byte aligned fields.
-                    unsafe {
-                        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bx.scales.as_ptr() as *const __m128i));
-                        _mm256_storeu_si256(u.sc16.as_mut_ptr() as *mut __m256i, sc16);
-                        let sc512 = _mm512_castsi256_si512(sc16);
-                        for n in 0..2 {
-                            let qlv = _mm512_loadu_si512(bx.ql.as_ptr().add(64 * n) as *const _);
-                            let qhb = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                                bx.qh.as_ptr().add(32 * n) as *const __m256i
-                            ));
-                            let qhs = _mm512_mask_srli_epi16(qhb, UPPER_WORDS, qhb, 2);
-                            let ha = _mm512_and_si512(_mm512_slli_epi16(qhs, 4), m30);
-                            let hb = _mm512_and_si512(qhs, m30);
-                            let qa = _mm512_or_si512(_mm512_and_si512(qlv, m4), ha);
-                            let qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qlv, 4), m4), hb);
-                            _mm512_store_si512(u.q[2 * n].as_mut_ptr() as *mut __m512i, qa);
-                            _mm512_store_si512(u.q[2 * n + 1].as_mut_ptr() as *mut __m512i, qb);
-                            let sa = _mm512_permutexvar_epi16(idx[2 * n], sc512);
-                            let sb = _mm512_permutexvar_epi16(idx[2 * n + 1], sc512);
-                            _mm512_store_si512(u.sc[2 * n].as_mut_ptr() as *mut __m512i, sa);
-                            _mm512_store_si512(u.sc[2 * n + 1].as_mut_ptr() as *mut __m512i, sb);
-                        }
-                    }
-                    u.d = bx.d.to_f32();
+        let unpack = |bx: &BlockQ6_K, u: &mut Unpacked| {
+            // SAFETY (loads and stores): within the block's arrays; 64-byte stores into 64-byte
+            // aligned fields.
+            unsafe {
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bx.scales.as_ptr() as *const __m128i));
+                _mm256_storeu_si256(u.sc16.as_mut_ptr() as *mut __m256i, sc16);
+                let sc512 = _mm512_castsi256_si512(sc16);
+                for n in 0..2 {
+                    let qlv = _mm512_loadu_si512(bx.ql.as_ptr().add(64 * n) as *const _);
+                    let qhb = _mm512_broadcast_i64x4(_mm256_loadu_si256(bx.qh.as_ptr().add(32 * n) as *const __m256i));
+                    let qhs = _mm512_mask_srli_epi16(qhb, UPPER_WORDS, qhb, 2);
+                    let ha = _mm512_and_si512(_mm512_slli_epi16(qhs, 4), m30);
+                    let hb = _mm512_and_si512(qhs, m30);
+                    let qa = _mm512_or_si512(_mm512_and_si512(qlv, m4), ha);
+                    let qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qlv, 4), m4), hb);
+                    _mm512_store_si512(u.q[2 * n].as_mut_ptr() as *mut __m512i, qa);
+                    _mm512_store_si512(u.q[2 * n + 1].as_mut_ptr() as *mut __m512i, qb);
+                    let sa = _mm512_permutexvar_epi16(idx[2 * n], sc512);
+                    let sb = _mm512_permutexvar_epi16(idx[2 * n + 1], sc512);
+                    _mm512_store_si512(u.sc[2 * n].as_mut_ptr() as *mut __m512i, sa);
+                    _mm512_store_si512(u.sc[2 * n + 1].as_mut_ptr() as *mut __m512i, sb);
                 }
             }
-            let n_tok = ys.len();
-            let [o0, o1, o2, o3] = outs;
-            for (pair, [a, b]) in [[o0, o1], [o2, o3]].into_iter().enumerate() {
-                let rows = [&w[2 * pair * n..][..n], &w[(2 * pair + 1) * n..][..n]];
-                let mut outs = [a, b];
-                for t0 in (0..n_tok).step_by(4) {
-                    let tok: [&[BlockQ8_K]; 4] = std::array::from_fn(|j| ys[(t0 + j).min(n_tok - 1)]);
-                    let sums = tile_2x4(rows, tok, n);
-                    for (out, s) in outs.iter_mut().zip(sums) {
-                        let nt = (n_tok - t0).min(4);
-                        out[t0..t0 + nt].copy_from_slice(&s[..nt]);
-                    }
-                }
-            }
+            u.d = bx.d.to_f32();
+        };
+        four_rows_by_pairs(&ROWS, UNPACKED_ZERO, xs, ys, outs, unpack, |w, ys, n| {
+            tile_2x4(w, ys, n)
         });
     }
 

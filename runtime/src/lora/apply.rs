@@ -398,6 +398,7 @@ fn add_block(block: &[f32], lane: usize, ax: &[f32], scale: f32, v: &mut [f32]) 
     if let Ok(whole) = <&mut [f32; B_BLOCK]>::try_from(&mut *v)
         && avx2()
     {
+        debug_assert_eq!(lane, 0, "a whole block starts at its first row");
         // SAFETY: AVX2 was detected.
         return unsafe { add_block_avx2(block, ax, scale, whole) };
     }

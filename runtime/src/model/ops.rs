@@ -109,11 +109,13 @@ fn geglu_one(x: f32) -> f32 {
 }
 
 /// `y = silu(g) * u` element-wise over rows of `n` (`ggml_vec_swiglu_f32`, ggml-cpu/vec.cpp):
-/// silu(x) = x / (1 + e^-x). As ggml-cpu built for this CPU's [`quant::SimdLevel`]: with
-/// AVX-512 each row's groups of 16, with AVX2 its groups of 8, take e^-x from ggml's vectorized
-/// `ggml_v_expf` (vec.h; Arm's optimized-routines polynomial, within 1.5 ulp, in its AVX-512
-/// and AVX2 forms: [`expf_ggml_avx512`], [`expf_ggml_avx2`]), the rest of the row from libm's
-/// `expf`; other CPUs use `expf` throughout.
+/// silu(x) = x / (1 + e^-x). At this crate's [`quant::SimdLevel::Avx512`] each row's groups of
+/// 16 take e^-x from ggml's vectorized `ggml_v_expf` (vec.h; Arm's optimized-routines
+/// polynomial, within 1.5 ulp) in its AVX-512 form ([`expf_ggml_avx512`]), at
+/// [`quant::SimdLevel::Avx2`] each row's groups of 8 from its AVX2 form ([`expf_ggml_avx2`]),
+/// the rest of the row from libm's `expf`: what llama.cpp built for those levels computes.
+/// Other levels use libm throughout (ggml has NEON and SSE2 forms of its own there, and uses
+/// its AVX-512 form on AVX-512 CPUs without VNNI, which this crate runs at its AVX2 level).
 pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -128,7 +130,11 @@ pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
             return rows(g, u, y, n, |g, u, y| unsafe { x86::swiglu_avx2(g, u, y) });
         }
     }
-    gated(g, u, y, silu_libm);
+    rows(g, u, y, n, |g, u, y| {
+        for ((y, &x), &u) in y.iter_mut().zip(g).zip(u) {
+            *y = silu_libm(x) * u;
+        }
+    });
 }
 
 /// silu(x) with libm's `expf` (`ggml_silu_f32`).
@@ -186,8 +192,9 @@ pub fn expf_ggml_avx512(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // vscalefps: j·2ⁿ rounded once (exact in f64, then one rounding to f32).
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // vscalefps: j·2ⁿ rounded once (exact in f64, then one rounding to f32); 2ⁿ built from
+    // its exponent bits (|n| ≤ 192 is well inside f64's range).
+    (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
 /// `ggml_v_expf` in its AVX2 form, one lane (the scalar reference of [`x86::swiglu_avx2`]):
@@ -396,12 +403,13 @@ fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
 /// [`dot_f16_ref`]). This is the form whose tokens match the llama.cpp fixtures on this
 /// AVX-512 machine; its 16-lane AVX-512 form diverges from them within 16 greedy tokens.
 fn dot_f16_like(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
-        // SAFETY: AVX2, FMA and F16C were detected.
-        return unsafe { x86::dot(a, b) };
+        // SAFETY: AVX2, FMA and F16C were detected; both slices are `n` long.
+        return unsafe { x86::dot(&a[..n], &b[..n]) };
     }
-    dot(a, b)
+    dot(&a[..n], &b[..n])
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -430,7 +438,7 @@ mod x86 {
     /// lane.
     ///
     /// # Safety
-    /// Requires AVX-512 F and DQ.
+    /// Requires the features of [`quant::SimdLevel::Avx512`] (AVX-512 F/BW/VL/DQ + VNNI).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn swiglu_avx512(g: &[f32], u: &[f32], y: &mut [f32]) {
         let n = y.len().min(g.len()).min(u.len());
@@ -458,7 +466,7 @@ mod x86 {
     /// `ggml_v_expf`, AVX-512 form (ggml-cpu/vec.h).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    fn expf_avx512(x: __m512) -> __m512 {
+    pub(super) fn expf_avx512(x: __m512) -> __m512 {
         use super::{EXPF_C, EXPF_LN2_HI, EXPF_LN2_LO, EXPF_LOG2E, EXPF_SHIFT};
         let r = _mm512_set1_ps(EXPF_SHIFT);
         let z = _mm512_fmadd_ps(x, _mm512_set1_ps(EXPF_LOG2E), r);
@@ -493,7 +501,7 @@ mod x86 {
     /// the rest of the row with libm. Bit-identical to [`super::expf_ggml_avx2`] per lane.
     ///
     /// # Safety
-    /// Requires AVX2 and FMA.
+    /// Requires AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn swiglu_avx2(g: &[f32], u: &[f32], y: &mut [f32]) {
         let n = y.len().min(g.len()).min(u.len());
@@ -521,7 +529,7 @@ mod x86 {
     /// `ggml_v_expf`, AVX2 form (ggml-cpu/vec.h).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn expf_avx2(x: __m256) -> __m256 {
+    pub(super) fn expf_avx2(x: __m256) -> __m256 {
         use super::{EXPF_C, EXPF_LN2_HI, EXPF_LN2_LO, EXPF_LOG2E, EXPF_SHIFT};
         let r = _mm256_set1_ps(EXPF_SHIFT);
         let z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXPF_LOG2E), r);
@@ -749,19 +757,19 @@ mod tests {
             st ^= st << 17;
             round_f16(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0)
         };
+        assert!(f16c_available(), "this test needs AVX2, FMA and F16C");
         for n in [64, 128, 256, 100, 31, 0] {
             let a: Vec<f32> = (0..n).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            if f16c_available() {
-                // SAFETY: AVX2, FMA and F16C detected.
-                let got = unsafe { x86::dot(&a, &b) };
-                assert_eq!(got.to_bits(), dot_f16_ref(&a, &b).to_bits(), "n {n}");
-            }
+            // SAFETY: AVX2, FMA and F16C asserted above.
+            let got = unsafe { x86::dot(&a, &b) };
+            assert_eq!(got.to_bits(), dot_f16_ref(&a, &b).to_bits(), "n {n}");
         }
     }
 
     /// Inputs for the expf / SiLU checks: a sweep over −120..120, the thresholds of both forms
-    /// (|n| = 126, 192; the ends of f32's exponent), zeros, tiny values, infinities and NaN.
+    /// (|n| = 126 and 192, |x| near 87.3, 88.7, 103.9 and 133.1), subnormal results, zeros,
+    /// tiny values, infinities and NaN.
     fn expf_inputs() -> Vec<f32> {
         let mut v: Vec<f32> = (0..24_000).map(|i| -120.0 + i as f32 * 0.01).collect();
         for e in [
@@ -791,6 +799,12 @@ mod tests {
             f32::NAN,
         ]);
         v.extend([f32::MAX, f32::MIN, 3.0e5, -3.0e5]);
+        // Around |n| = 192 (|x| ≈ 133.1) and the subnormal results below e^-87.
+        v.extend((0..800).flat_map(|i| {
+            let x = 125.0 + i as f32 * 0.02;
+            [x, -x]
+        }));
+        v.extend((0..2000).map(|i| -87.0 - i as f32 * 0.01));
         v
     }
 
@@ -812,6 +826,67 @@ mod tests {
                     assert_eq!(got, 0.0, "{form} e^{x}");
                 }
             }
+        }
+    }
+
+    /// Each vector form of ggml's expf against its scalar reference, lane for lane, bit for
+    /// bit, over all the inputs (NaN: both NaN).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn expf_vector_forms_match_their_references() {
+        use std::arch::x86_64::*;
+        assert!(quant::SimdLevel::Avx512.is_available(), "this test needs AVX-512");
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let xs = expf_inputs();
+        for c in xs.chunks_exact(16) {
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512 asserted above; 16 floats read and written.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), x86::expf_avx512(_mm512_loadu_ps(c.as_ptr()))) };
+            for (&x, &g) in c.iter().zip(&got) {
+                assert!(
+                    same(g, expf_ggml_avx512(x)),
+                    "avx512 e^{x}: {g} vs {}",
+                    expf_ggml_avx512(x)
+                );
+            }
+        }
+        for c in xs.chunks_exact(8) {
+            let mut got = [0f32; 8];
+            // SAFETY: AVX2 is part of the AVX-512 level asserted above; 8 floats.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), x86::expf_avx2(_mm256_loadu_ps(c.as_ptr()))) };
+            for (&x, &g) in c.iter().zip(&got) {
+                assert!(same(g, expf_ggml_avx2(x)), "avx2 e^{x}: {g} vs {}", expf_ggml_avx2(x));
+            }
+        }
+    }
+
+    /// `swiglu` over two rows of 4099 (16 and 8 do not divide it): each row's whole vector
+    /// groups through the level's expf form, its tail through libm, bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn swiglu_rows_split_as_ggml() {
+        let n = 4099;
+        let g: Vec<f32> = expf_inputs()
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .take(2 * n)
+            .collect();
+        let u: Vec<f32> = (0..g.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let mut y = vec![0f32; g.len()];
+        swiglu(&g, &u, &mut y, n);
+        let level = quant::SimdLevel::detect();
+        let (expf, lanes): (fn(f32) -> f32, usize) = match level {
+            quant::SimdLevel::Avx512 => (expf_ggml_avx512, 16),
+            quant::SimdLevel::Avx2 => (expf_ggml_avx2, 8),
+            _ => (|x: f32| x.exp(), 1),
+        };
+        for (i, ((&x, &uu), &got)) in g.iter().zip(&u).zip(&y).enumerate() {
+            let silu = if i % n < n / lanes * lanes {
+                x / (1.0 + expf(0.0 - x))
+            } else {
+                silu_libm(x)
+            };
+            assert_eq!(got.to_bits(), (silu * uu).to_bits(), "{level:?} element {i}: silu({x})");
         }
     }
 
