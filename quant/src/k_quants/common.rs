@@ -585,6 +585,39 @@ pub(crate) fn unpack_scales_mins_k4(scales: &[u8; 12]) -> [u8; 16] {
     out
 }
 
+/// The integer sums of one super-block in the K-quant four-row kernels (x86, AVX-512): for two
+/// unpacked rows (`q[r][k]` the 64 unsigned quants of group k, `sc[r][k]` their i16 scales)
+/// and four activation blocks, Σ_k `vpdpwssd(vpmaddubsw(q, a), sc)` per (row, token).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub(crate) fn sumi_2x4(
+    q: [&[[u8; 64]; 4]; 2],
+    sc: [&[[i16; 32]; 4]; 2],
+    ys: [&crate::k_quants::q8_k::BlockQ8_K; 4],
+) -> [[std::arch::x86_64::__m512i; 4]; 2] {
+    use std::arch::x86_64::*;
+    let mut sumi = [[_mm512_setzero_si512(); 4]; 2];
+    for k in 0..4 {
+        // SAFETY: 64 bytes of each block's 256 quants from 64·k.
+        let a: [__m512i; 4] =
+            std::array::from_fn(|t| unsafe { _mm512_loadu_si512(ys[t].qs.as_ptr().add(64 * k) as *const _) });
+        for r in 0..2 {
+            // SAFETY: 64-byte arrays; unaligned loads.
+            let (qv, scv) = unsafe {
+                (
+                    _mm512_loadu_si512(q[r][k].as_ptr() as *const _),
+                    _mm512_loadu_si512(sc[r][k].as_ptr() as *const _),
+                )
+            };
+            for t in 0..4 {
+                sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], _mm512_maddubs_epi16(qv, a[t]), scv);
+            }
+        }
+    }
+    sumi
+}
+
 /// The driver of the K-quant four-row kernels (x86): the super-blocks all rows and tokens
 /// have, each row unpacked once into `U`s (`unpack` per block, into a per-thread buffer), then
 /// rows in pairs against tokens in fours (a short last group repeats its last token) through

@@ -207,7 +207,7 @@ pub fn vec_dot_scalar(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::BlockQ6_K;
-    use crate::k_quants::common::four_rows_by_pairs;
+    use crate::k_quants::common::{four_rows_by_pairs, sumi_2x4};
     use crate::k_quants::q8_k::BlockQ8_K;
     use crate::x86_util::*;
     use std::arch::x86_64::*;
@@ -557,25 +557,11 @@ pub(crate) mod x86 {
     fn tile_2x4(w: [&[Unpacked]; 2], ys: [&[BlockQ8_K]; 4], n: usize) -> [[f32; 4]; 2] {
         let mut sumf = [[0f32; 4]; 2];
         for i in 0..n {
-            let mut sumi = [[_mm512_setzero_si512(); 4]; 2];
-            for k in 0..4 {
-                // SAFETY: 64 bytes of each token's 256 quants from 64·k.
-                let a: [__m512i; 4] = std::array::from_fn(|t| unsafe {
-                    _mm512_loadu_si512(ys[t][i].qs.as_ptr().add(64 * k) as *const _)
-                });
-                for r in 0..2 {
-                    // SAFETY: 64-byte fields, 64-byte aligned by the repr.
-                    let (q, sc) = unsafe {
-                        (
-                            _mm512_load_si512(w[r][i].q[k].as_ptr() as *const __m512i),
-                            _mm512_load_si512(w[r][i].sc[k].as_ptr() as *const __m512i),
-                        )
-                    };
-                    for t in 0..4 {
-                        sumi[r][t] = _mm512_dpwssd_epi32(sumi[r][t], _mm512_maddubs_epi16(q, a[t]), sc);
-                    }
-                }
-            }
+            let sumi = sumi_2x4(
+                [&w[0][i].q, &w[1][i].q],
+                [&w[0][i].sc, &w[1][i].sc],
+                std::array::from_fn(|t| &ys[t][i]),
+            );
             for r in 0..2 {
                 // SAFETY: the 32 bytes of `sc16`.
                 let sc16 = unsafe { _mm256_loadu_si256(w[r][i].sc16.as_ptr() as *const __m256i) };
