@@ -899,7 +899,8 @@ mod tests {
         let u: Vec<f32> = (0..g.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
         let n = 4099;
         type Kernel = unsafe fn(&[f32], &[f32], &mut [f32]);
-        let forms: [(quant::SimdLevel, Kernel, fn(f32) -> f32, usize); 2] = [
+        type Form = (quant::SimdLevel, Kernel, fn(f32) -> f32, usize);
+        let forms: [Form; 2] = [
             (quant::SimdLevel::Avx512, x86::swiglu_avx512, expf_ggml_avx512, 16),
             (quant::SimdLevel::Avx2, x86::swiglu_avx2, expf_ggml_avx2, 8),
         ];
