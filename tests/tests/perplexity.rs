@@ -1,8 +1,8 @@
 //! Perplexity by llama.cpp's method on /usr/share/common-licenses/GPL-3 (ctx 512, 8 chunks),
-//! against llama.cpp's own figure on both real models: within 1% for gemma (measured 0.40%),
-//! within 0.25% for qwen (measured 0.05%; 0.60% before its SwiGLU took ggml's vectorized expf).
-//! Differences in the last bits move these figures by tenths of a percent: llama.cpp itself
-//! gives 15.0033 for gemma with flash attention and 14.9738 without.
+//! within 1% of llama.cpp's own figure on both real models (measured here: gemma 0.40%, qwen
+//! 0.05%, which was 0.60% before its SwiGLU took ggml's vectorized expf). Differences in the
+//! last bits move these figures by tenths of a percent (llama.cpp itself gives 15.0033 for gemma
+//! with flash attention and 14.9738 without), so the bound stays at 1% for other CPUs.
 
 use lora_run_tests::{GEMMA, QWEN, engine, llamacpp_reference};
 
@@ -28,5 +28,5 @@ fn gemma_perplexity_matches_llamacpp() {
 
 #[test]
 fn qwen_perplexity_matches_llamacpp() {
-    check("qwen", QWEN, 0.0025);
+    check("qwen", QWEN, 0.01);
 }
