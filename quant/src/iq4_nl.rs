@@ -215,11 +215,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn packed_is_bit_identical((x, y) in rows(), more in prop::collection::vec(prop::collection::vec(block(), 9), 3), extra in prop::collection::vec(prop::collection::vec(act(), 9), 5), nt in 1usize..=6) {
-            let n = x.len();
-            let xs: [&[BlockIQ4_NL]; 4] = [&x, &more[0][..n], &more[1][..n], &more[2][..n]];
-            let mut ys: Vec<&[BlockQ8_0]> = vec![&y];
-            ys.extend(extra.iter().map(|r| &r[..n]));
-            prop_assert_eq!(crate::packed::check_four_rows(xs, &ys[..nt]), Ok(()));
+            prop_assert_eq!(crate::packed::check_drawn_rows(&x, &more, &y, &extra, nt), Ok(()));
         }
 
         #[test]

@@ -130,31 +130,25 @@ pub fn four_rows_each<B: VecDot>(level: SimdLevel, xs: [&[B]; 4], ys: &[&[B::Act
 #[cfg(target_arch = "x86_64")]
 pub(crate) type MultiKernel<B> = unsafe fn(&[B], &[&[<B as VecDot>::Act]], &mut [f32]);
 
-/// The [`VecDot::vec_dot_multi`] of formats with multi-token kernels for AVX-512 and AVX2:
-/// the kernel of `level` where `level` is available on this CPU and `ys` fits it, else one
-/// [`VecDot::vec_dot`] per row.
+/// The [`VecDot::vec_dot_multi`] of formats with an AVX2 multi-token kernel: `avx2` where
+/// `level` is AVX2 and available on this CPU and `ys` fits it, else one [`VecDot::vec_dot`]
+/// per row. (At AVX-512 such formats take their rows in fours through
+/// [`VecDot::vec_dot_four_rows`] instead.)
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn multi_simd_or_each<B: VecDot>(
+pub(crate) fn multi_avx2_or_each<B: VecDot>(
     level: SimdLevel,
     x: &[B],
     ys: &[&[B::Act]],
     out: &mut [f32],
-    avx512: MultiKernel<B>,
     avx2: MultiKernel<B>,
 ) {
-    let kernel = match level {
-        SimdLevel::Avx512 => Some(avx512),
-        SimdLevel::Avx2 => Some(avx2),
-        _ => None,
-    };
-    match kernel {
-        // SAFETY: each kernel needs its level's features (AVX-512 stands for F/BW/VL/DQ +
-        // VNNI), checked here, and takes up to MULTI_TOKENS rows.
-        Some(k) if level.is_available() && ys.len() <= MULTI_TOKENS => unsafe { k(x, ys, out) },
-        _ => {
-            for (o, y) in out.iter_mut().zip(ys) {
-                *o = B::vec_dot(level, x, y);
-            }
+    if level == SimdLevel::Avx2 && level.is_available() && ys.len() <= MULTI_TOKENS {
+        // SAFETY: the kernel needs AVX2 + FMA + F16C, which the level stands for, checked
+        // here, and takes up to MULTI_TOKENS rows.
+        unsafe { avx2(x, ys, out) }
+    } else {
+        for (o, y) in out.iter_mut().zip(ys) {
+            *o = B::vec_dot(level, x, y);
         }
     }
 }

@@ -201,37 +201,26 @@ fn matmul_typed<B: VecDot>(
     let all_rows: Vec<&[B::Act]> = (0..n_tok).map(|t| &act[t * a_per_row..][..a_per_row]).collect();
     let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
     // Weight rows in fours against all tokens: through the packed kernel where the format has
-    // one at this level (activations packed once here), else the format's four-row kernel.
-    // Rows left over go one at a time, tokens in groups.
+    // one at this level (activations packed once here), else the format's four-row kernel. A
+    // last group of fewer than four rows repeats its last row, into scratch outputs.
     #[cfg(target_arch = "x86_64")]
-    let packed = (n_out >= 4)
-        .then(|| crate::packed::pack_activations::<B>(level, &act, a_per_row))
-        .flatten();
+    let packed = crate::packed::pack_activations::<B>(level, &act, a_per_row);
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let o0 = c * ROWS_PER_TASK;
-            let full = chunk.len() / (4 * n_tok) * (4 * n_tok);
-            let (quads, rest) = chunk.split_at_mut(full);
-            for (i, rows) in quads.chunks_mut(4 * n_tok).enumerate() {
-                let mut it = rows.chunks_mut(n_tok);
+            let mut scratch = Vec::new();
+            for (i, rows) in chunk.chunks_mut(4 * n_tok).enumerate() {
+                let k = rows.len() / n_tok;
+                scratch.resize((4 - k) * n_tok, 0.0);
+                let mut it = rows.chunks_mut(n_tok).chain(scratch.chunks_mut(n_tok));
                 let outs = std::array::from_fn(|_| it.next().unwrap_or_default());
-                let xs = std::array::from_fn(|r| w_row(o0 + 4 * i + r));
+                let xs = std::array::from_fn(|r| w_row(c * ROWS_PER_TASK + 4 * i + r.min(k - 1)));
                 #[cfg(target_arch = "x86_64")]
                 if let Some(packed) = &packed {
                     crate::packed::four_rows(xs, &act, packed, outs);
                     continue;
                 }
                 B::vec_dot_four_rows(level, xs, &all_rows, outs);
-            }
-            for (i, vals_row) in rest.chunks_mut(n_tok).enumerate() {
-                let x = w_row(o0 + full / n_tok + i);
-                for (ys, vals) in all_rows
-                    .chunks(crate::MULTI_TOKENS)
-                    .zip(vals_row.chunks_mut(crate::MULTI_TOKENS))
-                {
-                    B::vec_dot_multi(level, x, ys, vals);
-                }
             }
         });
     transpose_to_tokens(&tmp, n_out, n_tok, y);

@@ -393,6 +393,25 @@ fn tile_avx2(w: [&[WeightBlock]; 2], acts: [&[ActBlock]; 4]) -> [[f32; 4]; 2] {
     acc.map(|row| row.map(|a| hsum_float_8(a)))
 }
 
+/// [`check_four_rows`] for a property test's draws: weight rows `x` and `more[..3]`,
+/// activation rows `y` and `extra`, all cut to `x.len()` blocks, the first `nt` activation rows.
+#[cfg(test)]
+pub(crate) fn check_drawn_rows<B: VecDot>(
+    x: &[B],
+    more: &[Vec<B>],
+    y: &[B::Act],
+    extra: &[Vec<B::Act>],
+    nt: usize,
+) -> Result<(), String> {
+    let n = x.len();
+    let xs: [&[B]; 4] = [x, &more[0][..n], &more[1][..n], &more[2][..n]];
+    let ys: Vec<&[B::Act]> = std::iter::once(y)
+        .chain(extra.iter().map(|r| &r[..n]))
+        .take(nt)
+        .collect();
+    check_four_rows(xs, &ys)
+}
+
 /// For the formats' property tests: [`four_rows`] against `vec_dot` at each level with a
 /// packed kernel for `B`, for four weight rows and the activation rows `ys` (all as long as
 /// the rows), bit for bit; `Err` names the first difference, or a level available on this CPU

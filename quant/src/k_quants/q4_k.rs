@@ -89,7 +89,7 @@ impl VecDot for BlockQ4_K {
 
     #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        crate::multi_simd_or_each(level, x, ys, out, x86::vec_dot_multi_avx512, x86::vec_dot_multi_avx2)
+        crate::multi_avx2_or_each(level, x, ys, out, x86::vec_dot_multi_avx2)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -477,66 +477,6 @@ pub(crate) mod x86 {
             acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
         }
         _mm512_reduce_add_ps(acc) + hsum_float_4(acc_m)
-    }
-
-    /// [`vec_dot_avx512`] of one weight row against up to four activation rows (prompt
-    /// processing): each super-block's scales, mins and nibbles are unpacked once for all of
-    /// them, and every token's value goes through the same operations in the same order as in
-    /// [`vec_dot_avx512`], so the results are bit-identical.
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, `out.len() >= ys.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn vec_dot_multi_avx512(x: &[BlockQ4_K], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        let nt = ys.len().min(4);
-        let m4 = _mm512_set1_epi8(0xF);
-        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
-        let shuffles = [
-            scale_pair_shuffle(0),
-            scale_pair_shuffle(1),
-            scale_pair_shuffle(2),
-            scale_pair_shuffle(3),
-        ];
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc_m = [_mm_setzero_ps(); 4];
-        let n = ys[..nt].iter().fold(x.len(), |m, y| m.min(y.len()));
-        for (i, bx) in x[..n].iter().enumerate() {
-            let (xd, xdmin) = (bx.d.to_f32(), bx.dmin.to_f32());
-            let ms = mins_and_scales(bx);
-            let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
-            let q4 = bx.qs.as_ptr();
-            let mut q = [_mm512_setzero_si512(); 4];
-            let mut sc = [_mm512_setzero_si512(); 4];
-            for k in 0..4 {
-                let bits = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(q4.add(32 * k) as *const __m256i) });
-                q[k] = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
-                sc[k] = _mm512_shuffle_epi8(scales, shuffles[k]);
-            }
-            for t in 0..nt {
-                let by = &ys[t][i];
-                let d = by.d * xd;
-                let dmin = -by.d * xdmin;
-                let prod = mins_dot_bsums(ms, by);
-                acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[t]);
-                let q8 = by.qs.as_ptr();
-                let mut sumi0 = _mm512_setzero_si512();
-                let mut sumi1 = _mm512_setzero_si512();
-                for k in 0..4 {
-                    let a = unsafe { _mm512_loadu_si512(q8.add(64 * k) as *const _) };
-                    let p16 = _mm512_maddubs_epi16(q[k], a);
-                    if k % 2 == 0 {
-                        sumi0 = _mm512_dpwssd_epi32(sumi0, p16, sc[k]);
-                    } else {
-                        sumi1 = _mm512_dpwssd_epi32(sumi1, p16, sc[k]);
-                    }
-                }
-                let sumi = _mm512_add_epi32(sumi0, sumi1);
-                acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc[t]);
-            }
-        }
-        for t in 0..nt {
-            out[t] = _mm512_reduce_add_ps(acc[t]) + hsum_float_4(acc_m[t]);
-        }
     }
 }
 

@@ -160,7 +160,7 @@ impl VecDot for BlockQ6_K {
 
     #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        crate::multi_simd_or_each(level, x, ys, out, x86::vec_dot_multi_avx512, x86::vec_dot_multi_avx2)
+        crate::multi_avx2_or_each(level, x, ys, out, x86::vec_dot_multi_avx2)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -416,71 +416,8 @@ pub(crate) mod x86 {
         sumf
     }
 
-    /// [`vec_dot_avx512`] of one weight row against up to four activation rows (prompt
-    /// processing): each super-block's 6-bit quants and scale vectors are built once for all
-    /// of them; every token's value goes through the same operations in the same order as in
-    /// [`vec_dot_avx512`], so the results are bit-identical.
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `ys.len() <= 4`, `out.len() >= ys.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn vec_dot_multi_avx512(x: &[BlockQ6_K], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
-        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
-        let nt = ys.len().min(4);
-        let m4 = _mm512_set1_epi8(0xF);
-        let m30 = _mm512_set1_epi8(0x30);
-        let idx = [
-            scale_lane_index(0),
-            scale_lane_index(1),
-            scale_lane_index(2),
-            scale_lane_index(3),
-        ];
-        let mut sumf = [0f32; 4];
-        let n = ys[..nt].iter().fold(x.len(), |m, y| m.min(y.len()));
-        for (i, bx) in x[..n].iter().enumerate() {
-            let xd = bx.d.to_f32();
-            let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i) });
-            let sc512 = _mm512_castsi256_si512(sc16);
-            let ql = bx.ql.as_ptr();
-            let qh = bx.qh.as_ptr();
-            let mut xs = [_mm512_setzero_si512(); 4];
-            let mut scs = [_mm512_setzero_si512(); 4];
-            for n in 0..2 {
-                let qlv = unsafe { _mm512_loadu_si512(ql.add(64 * n) as *const _) };
-                let qhb = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(qh.add(32 * n) as *const __m256i) });
-                let qhs = _mm512_mask_srli_epi16(qhb, UPPER_WORDS, qhb, 2);
-                let ha = _mm512_and_si512(_mm512_slli_epi16(qhs, 4), m30);
-                let hb = _mm512_and_si512(qhs, m30);
-                xs[2 * n] = _mm512_or_si512(_mm512_and_si512(qlv, m4), ha);
-                xs[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qlv, 4), m4), hb);
-                scs[2 * n] = _mm512_permutexvar_epi16(idx[2 * n], sc512);
-                scs[2 * n + 1] = _mm512_permutexvar_epi16(idx[2 * n + 1], sc512);
-            }
-            for t in 0..nt {
-                let by = &ys[t][i];
-                let d = by.d * xd;
-                let q8 = by.qs.as_ptr();
-                let mut sumi0 = _mm512_setzero_si512();
-                let mut sumi1 = _mm512_setzero_si512();
-                for n in 0..2 {
-                    let q8a = unsafe { _mm512_loadu_si512(q8.add(128 * n) as *const _) };
-                    let q8b = unsafe { _mm512_loadu_si512(q8.add(128 * n + 64) as *const _) };
-                    let pa = _mm512_maddubs_epi16(xs[2 * n], q8a);
-                    let pb = _mm512_maddubs_epi16(xs[2 * n + 1], q8b);
-                    sumi0 = _mm512_dpwssd_epi32(sumi0, pa, scs[2 * n]);
-                    sumi1 = _mm512_dpwssd_epi32(sumi1, pb, scs[2 * n + 1]);
-                }
-                let sumi = _mm512_add_epi32(sumi0, sumi1);
-                let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
-                let offset = _mm256_slli_epi32(offset_term(sc16, by), 5);
-                sumf[t] += d * hsum_i32_8(_mm256_sub_epi32(sumi, offset)) as f32;
-            }
-        }
-        out[..nt].copy_from_slice(&sumf[..nt]);
-    }
-
     /// One super-block of a weight row unpacked for [`four_rows_avx512`]: the four 64-byte
-    /// vectors of 6-bit quants and their i16 scales as [`vec_dot_multi_avx512`] has them, the
+    /// vectors of 6-bit quants and their i16 scales as [`vec_dot_avx512`] has them, the
     /// sixteen scales widened (for the offset term), and d.
     #[repr(C, align(64))]
     #[derive(Clone, Copy)]
@@ -505,7 +442,7 @@ pub(crate) mod x86 {
 
     /// [`vec_dot_avx512`] of four weight rows against all of `ys` (prompt processing): each
     /// super-block is unpacked once for all tokens, then two rows meet four tokens at a time,
-    /// each value through the operations of [`vec_dot_multi_avx512`] in its order (the integer
+    /// each value through the operations of [`vec_dot_avx512`] in its order (the integer
     /// sums of its two accumulators in one, which is exact), so the results are bit-identical.
     ///
     /// # Safety
@@ -552,7 +489,7 @@ pub(crate) mod x86 {
     }
 
     /// Two unpacked rows against four activation rows over `n` super-blocks: the values of
-    /// [`vec_dot_multi_avx512`].
+    /// [`vec_dot_avx512`].
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     fn tile_2x4(w: [&[Unpacked]; 2], ys: [&[BlockQ8_K]; 4], n: usize) -> [[f32; 4]; 2] {
         let mut sumf = [[0f32; 4]; 2];

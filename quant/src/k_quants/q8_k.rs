@@ -52,25 +52,7 @@ impl QuantizeRef for BlockQ8_K {
                     max = v;
                 }
             }
-            if amax == 0.0 {
-                y.d = 0.0;
-                y.qs = [0; QK_K];
-                y.bsums = [0; 16];
-                continue;
-            }
-            // -127 rather than -128 keeps every quant in -127..=127 (ggml: "We need this change
-            // for IQ2_XXS, else the AVX implementation becomes very awkward").
-            let iscale = -127.0f32 / max;
-            for (q, &v) in y.qs.iter_mut().zip(x) {
-                let v = nearest_int(iscale * v);
-                // `y[i].qs[j] = MIN(127, v)`: int -> int8_t keeps the low byte.
-                *q = v.min(127) as i8;
-            }
-            for (s, q) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
-                let sum: i32 = q.iter().map(|&q| q as i32).sum();
-                *s = sum as i16;
-            }
-            y.d = 1.0 / iscale;
+            quantize_block(x, (amax != 0.0).then_some(max), y);
         }
     }
 
@@ -110,24 +92,35 @@ fn quantize_row_act_body(src: &[f32], dst: &mut [BlockQ8_K]) {
             }
         }
         let amax = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
-        let Some(&max) = x.iter().find(|v| v.abs() == amax).filter(|_| amax != 0.0) else {
-            y.d = 0.0;
-            y.qs = [0; QK_K];
-            y.bsums = [0; 16];
-            continue;
-        };
-        let iscale = -127.0f32 / max;
-        for (q, &v) in y.qs.iter_mut().zip(x) {
-            *q = nearest_int(iscale * v).min(127) as i8;
-        }
-        for (s, q) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
-            *s = q.iter().map(|&q| q as i16).sum();
-        }
-        y.d = 1.0 / iscale;
+        let max = x.iter().find(|v| v.abs() == amax).filter(|_| amax != 0.0);
+        quantize_block(x, max.copied(), y);
     }
 }
 
-/// Recompute `bsums` from `qs` (test and benchmark helper for hand-built activation blocks).
+/// The rest of `quantize_row_q8_K_ref` for one block once `max` (the first element of the
+/// largest magnitude, sign included; `None` when all are zero) is known: the quants, `bsums`
+/// and `d`.
+#[inline(always)]
+fn quantize_block(x: &[f32], max: Option<f32>, y: &mut BlockQ8_K) {
+    let Some(max) = max else {
+        y.d = 0.0;
+        y.qs = [0; QK_K];
+        y.bsums = [0; 16];
+        return;
+    };
+    // -127 rather than -128 keeps every quant in -127..=127 (ggml: "We need this change for
+    // IQ2_XXS, else the AVX implementation becomes very awkward").
+    let iscale = -127.0f32 / max;
+    for (q, &v) in y.qs.iter_mut().zip(x) {
+        // `y[i].qs[j] = MIN(127, v)`: int -> int8_t keeps the low byte.
+        *q = nearest_int(iscale * v).min(127) as i8;
+    }
+    fill_bsums(y);
+    y.d = 1.0 / iscale;
+}
+
+/// Recompute `bsums` (the sums of each 16 quants) from `qs`: the quantizers' last step, and a
+/// helper for hand-built activation blocks in tests and benchmarks.
 pub fn fill_bsums(b: &mut BlockQ8_K) {
     for (s, q) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
         *s = q.iter().map(|&q| q as i16).sum();

@@ -962,18 +962,16 @@ pub(crate) fn size_mismatch(bytes: &[u8]) -> Option<String> {
             "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
             _ => continue,
         };
-        let shape: Vec<u64> = info
-            .get("shape")?
-            .as_array()?
-            .iter()
-            .filter_map(serde_json::Value::as_u64)
-            .collect();
-        let offsets: Vec<u64> = info
-            .get("data_offsets")?
-            .as_array()?
-            .iter()
-            .filter_map(serde_json::Value::as_u64)
-            .collect();
+        let u64s = |key: &str| -> Option<Vec<u64>> {
+            Some(
+                info.get(key)?
+                    .as_array()?
+                    .iter()
+                    .filter_map(serde_json::Value::as_u64)
+                    .collect(),
+            )
+        };
+        let (shape, offsets) = (u64s("shape")?, u64s("data_offsets")?);
         let (&[start, end], Some(elements)) = (&offsets[..], shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)))
         else {
             continue;

@@ -84,17 +84,17 @@ fn gelu_table() -> &'static [f16] {
     })
 }
 
-/// `y = gelu(g) * u` element-wise, as ggml's `ggml_vec_geglu_f32` (GELU through the f16 table;
-/// x ≤ -10 gives 0, x ≥ 10 gives x).
-pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32], _n: usize) {
+/// `y = gelu(g) * u` element-wise over rows of `n`, as ggml's `ggml_vec_geglu_f32` (GELU
+/// through the f16 table; x ≤ -10 gives 0, x ≥ 10 gives x).
+pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
         let t = gelu_table();
         // SAFETY: AVX2, FMA and F16C were detected.
-        gated_chunks(g, u, y, |g, u, ys| unsafe { x86::geglu(g, u, ys, t) });
+        rows(g, u, y, n, |g, u, ys| unsafe { x86::geglu(g, u, ys, t) });
         return;
     }
-    gated(g, u, y, geglu_one);
+    gated(g, u, y, n, geglu_one);
 }
 
 /// GELU of one value as [`geglu`] computes it.
@@ -130,11 +130,7 @@ pub fn swiglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
             return rows(g, u, y, n, |g, u, y| unsafe { x86::swiglu_avx2(g, u, y) });
         }
     }
-    rows(g, u, y, n, |g, u, y| {
-        for ((y, &x), &u) in y.iter_mut().zip(g).zip(u) {
-            *y = silu_libm(x) * u;
-        }
-    });
+    gated(g, u, y, n, silu_libm);
 }
 
 /// silu(x) with libm's `expf` (`ggml_silu_f32`).
@@ -220,20 +216,12 @@ pub fn expf_ggml_avx2(x: f32) -> f32 {
     }
 }
 
-/// `y = act(g) * u` element-wise, in parallel chunks for a prompt batch.
-fn gated(g: &[f32], u: &[f32], y: &mut [f32], act: impl Fn(f32) -> f32 + Sync + Send) {
-    gated_chunks(g, u, y, |g, u, ys| {
+/// `y = act(g) * u` element-wise over rows of `n`, rows in parallel chunks for a prompt batch.
+fn gated(g: &[f32], u: &[f32], y: &mut [f32], n: usize, act: impl Fn(f32) -> f32 + Sync + Send) {
+    rows(g, u, y, n, |g, u, ys| {
         for ((y, &x), &u) in ys.iter_mut().zip(g).zip(u) {
             *y = act(x) * u;
         }
-    });
-}
-
-/// `kernel(g, u, y)` on matching chunks of the three, in parallel chunks for a prompt batch.
-fn gated_chunks(g: &[f32], u: &[f32], y: &mut [f32], kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync + Send) {
-    for_chunks(y, CHUNK, |i, ys| {
-        let o = (i * CHUNK).min(g.len().min(u.len()));
-        kernel(&g[o..], &u[o..], ys);
     });
 }
 
