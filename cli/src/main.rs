@@ -209,7 +209,8 @@ enum Command {
         ty: runtime::lora::bake::BakeType,
     },
     /// Measure prompt processing and decode speed as llama-bench does (pp: one batch of
-    /// n-prompt tokens from an empty cache; tg: n-gen tokens one at a time), best of reps.
+    /// n-prompt tokens; tg: n-gen tokens one at a time; each after n-depth tokens of
+    /// context, 0 by default), best of reps.
     Bench {
         #[command(flatten)]
         model: ModelArgs,
@@ -223,6 +224,10 @@ enum Command {
         /// Generated tokens.
         #[arg(short = 'n', long, default_value_t = 64)]
         n_gen: usize,
+        /// Tokens already in the context before each test, as llama-bench's -d (filled before
+        /// the clock starts).
+        #[arg(short = 'd', long, default_value_t = 0)]
+        n_depth: usize,
         /// Repetitions.
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
@@ -264,9 +269,10 @@ fn main() -> ExitCode {
             bake,
             n_prompt,
             n_gen,
+            n_depth,
             reps,
             json,
-        }) => bench(&model, &lora, &bake, n_prompt, n_gen, reps, json),
+        }) => bench(&model, &lora, &bake, [n_prompt, n_gen, n_depth], reps, json),
         Some(Command::Merge {
             model,
             lora,
@@ -1012,12 +1018,12 @@ fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     }
 }
 
+/// `lora-run bench`; `sizes` is `[n_prompt, n_gen, n_depth]`.
 fn bench(
     m: &ModelArgs,
     lora: &AdapterArgs,
     bake: &BakeArgs,
-    n_prompt: usize,
-    n_gen: usize,
+    [n_prompt, n_gen, n_depth]: [usize; 3],
     reps: usize,
     json: bool,
 ) -> Result<()> {
@@ -1027,26 +1033,32 @@ fn bench(
     }
     let engine = load(m)?;
     let n_ctx_train = engine.model().config.n_ctx_train;
-    if n_prompt + n_gen > n_ctx_train {
+    // Each test runs on its own cache after the depth: the larger one must fit.
+    if n_prompt.max(n_gen).checked_add(n_depth).is_none_or(|n| n > n_ctx_train) {
         return Err(format!(
-            "-p {n_prompt} + -n {n_gen} tokens do not fit the model's context of {n_ctx_train} tokens"
+            "-d {n_depth} + -p {n_prompt} or -n {n_gen} tokens do not fit the model's context of {n_ctx_train} tokens"
         )
         .into());
     }
     let active = load_adapters(&engine, lora, Some(bake), AdapterUse::Apply)?;
-    let r = runtime::bench::bench(&engine, n_prompt, n_gen, reps.max(1), &active)?;
+    let r = runtime::bench::bench(&engine, n_prompt, n_gen, n_depth, reps.max(1), &active)?;
     let threads = rayon::current_num_threads();
     if json {
         write_stdout(&format!(
             "{}\n",
             json!({
-                "model": m.model, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen,
+                "model": m.model, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "n_depth": n_depth,
                 "pp_tokens_per_s": r.pp_tps, "tg_tokens_per_s": r.tg_tps,
             })
         ))
     } else {
+        let at = if n_depth > 0 {
+            format!(" @ d{n_depth}")
+        } else {
+            String::new()
+        };
         write_stdout(&format!(
-            "threads {threads} | pp{n_prompt} {:.1} tok/s | tg{n_gen} {:.1} tok/s\n",
+            "threads {threads} | pp{n_prompt}{at} {:.1} tok/s | tg{n_gen}{at} {:.1} tok/s\n",
             r.pp_tps, r.tg_tps
         ))
     }

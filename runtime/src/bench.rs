@@ -1,6 +1,7 @@
 //! Speed measurement in llama-bench's terms (tools/llama-bench): `pp` processes a batch of
-//! prompt tokens from an empty cache, `tg` generates tokens one at a time after it. Random
-//! token ids, best of `reps` runs, tokens per second.
+//! prompt tokens, `tg` generates tokens one at a time, each on a cache that already holds
+//! `depth` tokens (llama-bench's `-d`; 0: an empty cache), filled before the clock starts.
+//! Random token ids, best of `reps` runs, tokens per second.
 
 use std::time::Instant;
 
@@ -16,11 +17,16 @@ pub struct BenchResult {
     pub tg_tps: f64,
 }
 
-/// Measure `n_prompt`-token prompt processing and `n_gen`-token generation.
+/// Measure `n_prompt`-token prompt processing and `n_gen`-token generation, each after
+/// `depth` tokens of context.
+///
+/// Errors: [`Error`] from the forward pass (e.g. `depth + n_prompt` or `depth + n_gen` beyond
+/// what the model's context allows).
 pub fn bench(
     engine: &std::sync::Arc<Engine>,
     n_prompt: usize,
     n_gen: usize,
+    depth: usize,
     reps: usize,
     adapters: &[(crate::lora::AdapterHandle, f32)],
 ) -> Result<BenchResult, Error> {
@@ -35,13 +41,22 @@ pub fn bench(
         state ^= state << 17;
         (state % n_vocab) as u32
     };
+    let context: Vec<u32> = (0..depth).map(|_| next()).collect();
     let prompt: Vec<u32> = (0..n_prompt).map(|_| next()).collect();
     let gen_ids: Vec<u32> = (0..n_gen).map(|_| next()).collect();
+    // A cache for `n` more tokens, holding the `depth` tokens of context.
+    let filled = |n: usize| -> Result<_, Error> {
+        let mut kv = model.new_kv_cache(depth + n + 1);
+        if depth > 0 {
+            model.forward_with(&mut kv, &context, Logits::None, &plan)?;
+        }
+        Ok(kv)
+    };
     let (mut pp_best, mut tg_best) = (0f64, 0f64);
     // One warm-up, then the measured runs.
     for rep in 0..=reps {
         if n_prompt > 0 {
-            let mut kv = model.new_kv_cache(n_prompt + n_gen + 1);
+            let mut kv = filled(n_prompt)?;
             let t0 = Instant::now();
             model.forward_with(&mut kv, &prompt, Logits::Last, &plan)?;
             let tps = n_prompt as f64 / t0.elapsed().as_secs_f64();
@@ -50,7 +65,7 @@ pub fn bench(
             }
         }
         if n_gen > 0 {
-            let mut kv = model.new_kv_cache(n_gen + 1);
+            let mut kv = filled(n_gen)?;
             let t0 = Instant::now();
             for &t in &gen_ids {
                 model.forward_with(&mut kv, &[t], Logits::Last, &plan)?;

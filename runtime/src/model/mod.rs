@@ -6,6 +6,7 @@
 //! memory map: a [`WeightRef`] is a typed byte range of the file.
 
 pub mod config;
+mod flash_tiled;
 mod gemma3;
 pub mod kv_cache;
 mod llama;
@@ -172,8 +173,10 @@ pub struct Model {
     /// Linear layer id by GGUF weight name.
     linear_ids: HashMap<String, usize>,
     /// Multiply with dequantized f32 weights and unquantized f32 activations instead of
-    /// ggml's quantized dot products: slow, for comparisons with float references
-    /// (transformers on the dequantized weights). Off by default.
+    /// ggml's quantized dot products, and attend in f32 at every batch size (llama.cpp's tiled
+    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum):
+    /// slow, for comparisons with float references (transformers on the dequantized weights).
+    /// Off by default.
     pub float_reference: bool,
     /// llama3 `rope_freqs` (`[n_rot / 2]`), dividing the rope frequencies.
     pub rope_freqs: Option<Vec<f32>>,
@@ -655,19 +658,36 @@ impl Model {
                 .for_each(|(t, (qt, kt))| rotate(t, qt, kt));
         }
         let (k_cache, v_cache) = kv.append(il, &k, &v);
-        let attn = ops::attention(
-            &q,
-            k_cache,
-            v_cache,
-            n_tok,
-            pos0,
-            c.n_head,
-            c.n_head_kv,
-            c.head_dim,
-            c.head_dim_v,
-            p.kq_scale,
-            p.window,
-        ); // [n_tok, n_head, head_dim_v]
+        let attn = if self.float_reference {
+            flash_tiled::attention_tiled(
+                flash_tiled::Kernels::detect(),
+                &q,
+                k_cache,
+                v_cache,
+                n_tok,
+                pos0,
+                c.n_head,
+                c.n_head_kv,
+                c.head_dim,
+                c.head_dim_v,
+                p.kq_scale,
+                p.window,
+            )
+        } else {
+            ops::attention(
+                &q,
+                k_cache,
+                v_cache,
+                n_tok,
+                pos0,
+                c.n_head,
+                c.n_head_kv,
+                c.head_dim,
+                c.head_dim_v,
+                p.kq_scale,
+                p.window,
+            )
+        }; // [n_tok, n_head, head_dim_v]
         self.linear(&layer.wo, &attn, n_tok, plan)
     }
 

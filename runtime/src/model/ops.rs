@@ -265,10 +265,12 @@ pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) 
 }
 
 /// Causal multi-head attention of `n_tok` new queries against a layer's f16 key/value cache,
-/// computed as llama.cpp's CPU flash attention does (`ggml_compute_forward_flash_attn_ext_f16`):
-/// q rounded to f16, scores as f16·f16 dot products in f32, an online softmax, and the
-/// weighted sum of values accumulated in f16. Matching those roundings keeps greedy tokens
-/// equal to llama.cpp's.
+/// computed as llama.cpp's CPU flash attention does. Batches of fewer than
+/// [`super::flash_tiled::TILE_Q`] queries (decode steps, short prompts) take its one-row path
+/// (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`): q rounded to f16, scores as f16·f16
+/// dot products in f32, an online softmax, and the weighted sum of values accumulated in f16.
+/// Larger batches take its tiled path, in f32 throughout ([`super::flash_tiled`]). Matching
+/// those roundings keeps greedy tokens equal to llama.cpp's.
 ///
 /// - `q`: `[n_tok, n_head, head_dim]`, already scaled as the architecture wants,
 /// - `k_cache`: `[n_past + n_tok, n_head_kv, head_dim]`, `v_cache`: `[.., n_head_kv, head_dim_v]`,
@@ -290,6 +292,22 @@ pub fn attention(
     scale: f32,
     window: Option<usize>,
 ) -> Vec<f32> {
+    if n_tok >= super::flash_tiled::TILE_Q {
+        return super::flash_tiled::attention_tiled(
+            super::flash_tiled::Kernels::detect(),
+            q,
+            k_cache,
+            v_cache,
+            n_tok,
+            pos0,
+            n_head,
+            n_head_kv,
+            head_dim,
+            head_dim_v,
+            scale,
+            window,
+        );
+    }
     let group = n_head / n_head_kv;
     let mut out = vec![0f32; n_tok * n_head * head_dim_v];
     // Prompt batches read every cached key and value once per query and head: widen the
@@ -350,7 +368,8 @@ pub fn attention(
             };
             // ggml_vec_mad_f16: acc = f16(fma(v, vs, acc))
             mad_round_f16(&mut acc, vr, vs);
-            s_sum = s_sum * ms + vs;
+            // GCC contracts ggml's `S = S*ms + vs` into one fused multiply-add.
+            s_sum = s_sum.mul_add(ms, vs);
         }
         let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
         for (o, &a) in o.iter_mut().zip(&acc) {
@@ -386,16 +405,24 @@ fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
     }
 }
 
-/// f16·f16 dot product (inputs already f16-valued) as `ggml_vec_dot_f16` sums it (vec.cpp):
-/// four accumulators of 8 lanes with fused multiply-adds, reduced pairwise (scalar reference
-/// [`dot_f16_ref`]). This is the form whose tokens match the llama.cpp fixtures on this
-/// AVX-512 machine; its 16-lane AVX-512 form diverges from them within 16 greedy tokens.
+/// f16·f16 dot product (inputs already f16-valued) as `ggml_vec_dot_f16` (vec.cpp) sums it for
+/// the SIMD level: four accumulators of 16 lanes (AVX-512) or 8 lanes (AVX2) of fused
+/// multiply-adds, reduced pairwise, the leftovers added in f64 (scalar reference
+/// [`dot_f16_ref`]); other levels in [`dot`]'s order.
 fn dot_f16_like(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     #[cfg(target_arch = "x86_64")]
-    if f16c_available() {
-        // SAFETY: AVX2, FMA and F16C were detected; both slices are `n` long.
-        return unsafe { x86::dot(&a[..n], &b[..n]) };
+    {
+        use quant::SimdLevel;
+        let level = SimdLevel::detect();
+        if level == SimdLevel::Avx512 && level.is_available() {
+            // SAFETY: AVX-512 was detected; both slices are `n` long.
+            return unsafe { x86::dot16(&a[..n], &b[..n]) };
+        }
+        if f16c_available() {
+            // SAFETY: AVX2, FMA and F16C were detected; both slices are `n` long.
+            return unsafe { x86::dot(&a[..n], &b[..n]) };
+        }
     }
     dot(&a[..n], &b[..n])
 }
@@ -418,7 +445,7 @@ fn f16c_available() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// [`super::swiglu`] over one row with `ggml_v_silu` in its AVX-512 form, sixteen at a
@@ -454,7 +481,7 @@ mod x86 {
     /// `ggml_v_expf`, AVX-512 form (ggml-cpu/vec.h).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub(super) fn expf_avx512(x: __m512) -> __m512 {
+    pub(crate) fn expf_avx512(x: __m512) -> __m512 {
         use super::{EXPF_C, EXPF_LN2_HI, EXPF_LN2_LO, EXPF_LOG2E, EXPF_SHIFT};
         let r = _mm512_set1_ps(EXPF_SHIFT);
         let z = _mm512_fmadd_ps(x, _mm512_set1_ps(EXPF_LOG2E), r);
@@ -517,7 +544,7 @@ mod x86 {
     /// `ggml_v_expf`, AVX2 form (ggml-cpu/vec.h).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn expf_avx2(x: __m256) -> __m256 {
+    pub(crate) fn expf_avx2(x: __m256) -> __m256 {
         use super::{EXPF_C, EXPF_LN2_HI, EXPF_LN2_LO, EXPF_LOG2E, EXPF_SHIFT};
         let r = _mm256_set1_ps(EXPF_SHIFT);
         let z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXPF_LOG2E), r);
@@ -637,6 +664,38 @@ mod x86 {
         for i in n8..acc.len() {
             acc[i] = super::round_f16(v[i].mul_add(s, acc[i]));
         }
+    }
+
+    /// [`super::dot_f16_like`] at the AVX-512 level: `ggml_vec_dot_f16`'s AVX-512 form
+    /// (`GGML_F32Cx16`: steps of 64, four accumulators, `GGML_F32Cx16_REDUCE`, then
+    /// `_mm512_reduce_add_ps`).
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `b.len() >= a.len()`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn dot16(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let n64 = a.len() / 64 * 64;
+        for i in (0..n64).step_by(64) {
+            for (j, s) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 16j + 16 <= n64 <= a.len() <= b.len().
+                unsafe {
+                    let x = _mm512_loadu_ps(a.as_ptr().add(i + 16 * j));
+                    let y = _mm512_loadu_ps(b.as_ptr().add(i + 16 * j));
+                    *s = _mm512_fmadd_ps(x, y, *s);
+                }
+            }
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+        let h8 = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
+        let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
+        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+        let h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
+        let mut sum = _mm_cvtss_f32(h1) as f64;
+        for i in n64..a.len() {
+            sum += (a[i] * b[i]) as f64;
+        }
+        sum as f32
     }
 
     /// # Safety
