@@ -6,6 +6,7 @@
 //! memory map: a [`WeightRef`] is a typed byte range of the file.
 
 pub mod config;
+mod flash_row;
 mod flash_tiled;
 mod gemma3;
 pub mod kv_cache;

@@ -265,12 +265,11 @@ pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) 
 }
 
 /// Causal multi-head attention of `n_tok` new queries against a layer's f16 key/value cache,
-/// computed as llama.cpp's CPU flash attention does. Batches of fewer than
-/// [`super::flash_tiled::TILE_Q`] queries (decode steps, short prompts) take its one-row path
-/// (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`): q rounded to f16, scores as f16·f16
-/// dot products in f32, an online softmax, and the weighted sum of values accumulated in f16.
-/// Larger batches take its tiled path, in f32 throughout ([`super::flash_tiled`]). Matching
-/// those roundings keeps greedy tokens equal to llama.cpp's.
+/// computed as llama.cpp's CPU flash attention computes it, bit for bit (tested against ggml's
+/// `ggml_flash_attn_ext`). Batches of fewer than [`super::flash_tiled::TILE_Q`] queries (decode
+/// steps, short prompts) take its one-row path ([`super::flash_row`]): q rounded to f16, scores
+/// as f16·f16 dot products, an online softmax, the weighted sum of values accumulated in f16.
+/// Larger batches take its tiled path, in f32 throughout ([`super::flash_tiled`]).
 ///
 /// - `q`: `[n_tok, n_head, head_dim]`, already scaled as the architecture wants,
 /// - `k_cache`: `[n_past + n_tok, n_head_kv, head_dim]`, `v_cache`: `[.., n_head_kv, head_dim_v]`,
@@ -308,123 +307,20 @@ pub fn attention(
             window,
         );
     }
-    let group = n_head / n_head_kv;
-    let mut out = vec![0f32; n_tok * n_head * head_dim_v];
-    // Prompt batches read every cached key and value once per query and head: widen the
-    // positions any query can see to f32 once (the same values the per-row widening gives).
-    let lo = window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
-    let widen = |c: &[f16], row: usize| -> Vec<f32> {
-        if n_tok == 1 {
-            return Vec::new();
-        }
-        let src = &c[lo * n_head_kv * row..];
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(4096)
-            .zip(src.par_chunks(4096))
-            .for_each(|(d, s)| f16_to_f32_slice(s, d));
-        dst
-    };
-    let (k_all, v_all) = (widen(k_cache, head_dim), widen(v_cache, head_dim_v));
-    out.par_chunks_mut(head_dim_v).enumerate().for_each(|(idx, o)| {
-        let (t, h) = (idx / n_head, idx % n_head);
-        let kvh = h / group;
-        let pos = pos0 + t;
-        let first = match window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        // q rounded to f16 (× 1 is exact: this is the rounding alone, vectorized).
-        let mut q16 = q[(t * n_head + h) * head_dim..][..head_dim].to_vec();
-        scale_round_f16(&mut q16, 1.0);
-        let mut kf = vec![0f32; head_dim];
-        let mut vf = vec![0f32; head_dim_v];
-        // Running max, sum of weights, and the f16 accumulator of weighted values (kept as f32
-        // values that are exactly representable in f16).
-        let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
-        let mut acc = vec![0f32; head_dim_v];
-        for p in first..=pos {
-            let kr: &[f32] = if k_all.is_empty() {
-                f16_to_f32_slice(&k_cache[(p * n_head_kv + kvh) * head_dim..][..head_dim], &mut kf);
-                &kf
-            } else {
-                &k_all[((p - lo) * n_head_kv + kvh) * head_dim..][..head_dim]
-            };
-            let s = dot_f16_like(&q16, kr) * scale;
-            let m_old = m;
-            let (mut ms, mut vs) = (1f32, 1f32);
-            if s > m {
-                m = s;
-                ms = (m_old - m).exp();
-                // ggml_vec_scale_f16
-                scale_round_f16(&mut acc, ms);
-            } else {
-                vs = (s - m).exp();
-            }
-            let vr: &[f32] = if v_all.is_empty() {
-                f16_to_f32_slice(&v_cache[(p * n_head_kv + kvh) * head_dim_v..][..head_dim_v], &mut vf);
-                &vf
-            } else {
-                &v_all[((p - lo) * n_head_kv + kvh) * head_dim_v..][..head_dim_v]
-            };
-            // ggml_vec_mad_f16: acc = f16(fma(v, vs, acc))
-            mad_round_f16(&mut acc, vr, vs);
-            // GCC contracts ggml's `S = S*ms + vs` into one fused multiply-add.
-            s_sum = s_sum.mul_add(ms, vs);
-        }
-        let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
-        for (o, &a) in o.iter_mut().zip(&acc) {
-            *o = a * inv;
-        }
-    });
-    out
-}
-
-/// `acc = f16(acc · s)` element-wise (`ggml_vec_scale_f16`).
-fn scale_round_f16(acc: &mut [f32], s: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if f16c_available() {
-        // SAFETY: AVX2, FMA and F16C were detected.
-        unsafe { x86::scale_round_f16(acc, s) };
-        return;
-    }
-    for a in acc.iter_mut() {
-        *a = round_f16(*a * s);
-    }
-}
-
-/// `acc = f16(fma(v, s, acc))` element-wise (`ggml_vec_mad_f16`).
-fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if f16c_available() {
-        // SAFETY: AVX2, FMA and F16C were detected.
-        unsafe { x86::mad_round_f16(acc, v, s) };
-        return;
-    }
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = round_f16(x.mul_add(s, *a));
-    }
-}
-
-/// f16·f16 dot product (inputs already f16-valued) as `ggml_vec_dot_f16` (vec.cpp) sums it for
-/// the SIMD level: four accumulators of 16 lanes (AVX-512) or 8 lanes (AVX2) of fused
-/// multiply-adds, reduced pairwise, the leftovers added in f64 (scalar reference
-/// [`dot_f16_ref`]); other levels in [`dot`]'s order.
-fn dot_f16_like(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        use quant::SimdLevel;
-        let level = SimdLevel::detect();
-        if level == SimdLevel::Avx512 && level.is_available() {
-            // SAFETY: AVX-512 was detected; both slices are `n` long.
-            return unsafe { x86::dot16(&a[..n], &b[..n]) };
-        }
-        if f16c_available() {
-            // SAFETY: AVX2, FMA and F16C were detected; both slices are `n` long.
-            return unsafe { x86::dot(&a[..n], &b[..n]) };
-        }
-    }
-    dot(&a[..n], &b[..n])
+    super::flash_row::attention_rows(
+        quant::SimdLevel::detect(),
+        q,
+        k_cache,
+        v_cache,
+        n_tok,
+        pos0,
+        n_head,
+        n_head_kv,
+        head_dim,
+        head_dim_v,
+        scale,
+        window,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -622,116 +518,6 @@ pub(crate) mod x86 {
             *y = super::geglu_one(x) * u;
         }
     }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn round8(x: __m256) -> __m256 {
-        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
-    }
-
-    /// # Safety
-    /// Requires AVX2, FMA, F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scale_round_f16(acc: &mut [f32], s: f32) {
-        let vs = _mm256_set1_ps(s);
-        let mut chunks = acc.chunks_exact_mut(8);
-        for c in &mut chunks {
-            // SAFETY: c has 8 floats.
-            unsafe {
-                let a = _mm256_loadu_ps(c.as_ptr());
-                _mm256_storeu_ps(c.as_mut_ptr(), round8(_mm256_mul_ps(a, vs)));
-            }
-        }
-        for a in chunks.into_remainder() {
-            *a = super::round_f16(*a * s);
-        }
-    }
-
-    /// # Safety
-    /// Requires AVX2, FMA, F16C; `v.len() >= acc.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mad_round_f16(acc: &mut [f32], v: &[f32], s: f32) {
-        let vs = _mm256_set1_ps(s);
-        let n8 = acc.len() / 8 * 8;
-        for i in (0..n8).step_by(8) {
-            // SAFETY: i + 8 <= n8 <= acc.len() <= v.len().
-            unsafe {
-                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
-                let x = _mm256_loadu_ps(v.as_ptr().add(i));
-                _mm256_storeu_ps(acc.as_mut_ptr().add(i), round8(_mm256_fmadd_ps(x, vs, a)));
-            }
-        }
-        for i in n8..acc.len() {
-            acc[i] = super::round_f16(v[i].mul_add(s, acc[i]));
-        }
-    }
-
-    /// [`super::dot_f16_like`] at the AVX-512 level: `ggml_vec_dot_f16`'s AVX-512 form
-    /// (`GGML_F32Cx16`: steps of 64, four accumulators, `GGML_F32Cx16_REDUCE`, then
-    /// `_mm512_reduce_add_ps`).
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `b.len() >= a.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn dot16(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let n64 = a.len() / 64 * 64;
-        for i in (0..n64).step_by(64) {
-            for (j, s) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 16j + 16 <= n64 <= a.len() <= b.len().
-                unsafe {
-                    let x = _mm512_loadu_ps(a.as_ptr().add(i + 16 * j));
-                    let y = _mm512_loadu_ps(b.as_ptr().add(i + 16 * j));
-                    *s = _mm512_fmadd_ps(x, y, *s);
-                }
-            }
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
-        let h8 = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
-        let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
-        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-        let h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
-        let mut sum = _mm_cvtss_f32(h1) as f64;
-        for i in n64..a.len() {
-            sum += (a[i] * b[i]) as f64;
-        }
-        sum as f32
-    }
-
-    /// # Safety
-    /// Requires AVX2, FMA, F16C; `b.len() >= a.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let n32 = a.len() / 32 * 32;
-        for i in (0..n32).step_by(32) {
-            for (j, s) in acc.iter_mut().enumerate() {
-                // SAFETY: i + 8j + 8 <= n32 <= a.len() <= b.len().
-                unsafe {
-                    let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * j));
-                    let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * j));
-                    *s = _mm256_fmadd_ps(x, y, *s);
-                }
-            }
-        }
-        let s02 = _mm256_add_ps(acc[0], acc[2]);
-        let s13 = _mm256_add_ps(acc[1], acc[3]);
-        let s = _mm256_add_ps(s02, s13);
-        let h = _mm_add_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(s));
-        let h = _mm_hadd_ps(h, h);
-        let h = _mm_hadd_ps(h, h);
-        let mut sum = _mm_cvtss_f32(h) as f64;
-        for i in n32..a.len() {
-            sum += (a[i] * b[i]) as f64;
-        }
-        sum as f32
-    }
-}
-
-/// Round an f32 to the nearest f16 and back.
-#[inline]
-fn round_f16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
 }
 
 /// Widen f16 values into `dst`.
@@ -739,37 +525,6 @@ fn round_f16(x: f32) -> f32 {
 pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
     use half::slice::HalfFloatSliceExt;
     src.convert_to_f32_slice(dst);
-}
-
-/// The scalar reference of [`dot_f16_like`]'s x86 form, `ggml_vec_dot_f16`'s order with 8
-/// lanes: four accumulators of 8 fused multiply-adds over each step of 32 elements, x0 + x2
-/// and x1 + x3, their sum, its halves added, then `GGML_F32x8_REDUCE`'s two `hadd`s,
-/// (l0 + l1) + (l2 + l3); the leftovers added in f64.
-#[cfg(test)]
-fn dot_f16_ref(a: &[f32], b: &[f32]) -> f32 {
-    let lanes = 8;
-    let step = 4 * lanes;
-    let n = a.len() / step * step;
-    let mut acc = vec![vec![0f32; lanes]; 4];
-    for i in (0..n).step_by(step) {
-        for (j, s) in acc.iter_mut().enumerate() {
-            for (l, v) in s.iter_mut().enumerate() {
-                *v = a[i + lanes * j + l].mul_add(b[i + lanes * j + l], *v);
-            }
-        }
-    }
-    let mut v: Vec<f32> = (0..lanes)
-        .map(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]))
-        .collect();
-    while v.len() > 4 {
-        let h = v.len() / 2;
-        v = (0..h).map(|l| v[l + h] + v[l]).collect();
-    }
-    let mut sum = ((v[0] + v[1]) + (v[2] + v[3])) as f64;
-    for i in n..a.len() {
-        sum += (a[i] * b[i]) as f64;
-    }
-    sum as f32
 }
 
 /// f32 dot product (4 accumulators so the compiler vectorizes it).
@@ -792,27 +547,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-
-    /// The attention's f16 dot product against its scalar reference bit for bit, for lengths
-    /// that are and are not whole steps.
-    #[test]
-    fn dot_f16_forms_match_reference() {
-        let mut st = 0x9E37_79B9_7F4A_7C15u64;
-        let mut rnd = move || {
-            st ^= st << 13;
-            st ^= st >> 7;
-            st ^= st << 17;
-            round_f16(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0)
-        };
-        assert!(f16c_available(), "this test needs AVX2, FMA and F16C");
-        for n in [64, 128, 256, 100, 31, 0] {
-            let a: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            // SAFETY: AVX2, FMA and F16C asserted above.
-            let got = unsafe { x86::dot(&a, &b) };
-            assert_eq!(got.to_bits(), dot_f16_ref(&a, &b).to_bits(), "n {n}");
-        }
-    }
 
     /// Inputs for the expf / SiLU checks: a sweep over −120..120, the thresholds of both forms
     /// (|n| = 126 and 192, |x| near 87.3, 88.7, 103.9 and 133.1), subnormal results, zeros,
