@@ -1057,10 +1057,14 @@ fn bench(
         } else {
             String::new()
         };
-        write_stdout(&format!(
-            "threads {threads} | pp{n_prompt}{at} {:.1} tok/s | tg{n_gen}{at} {:.1} tok/s\n",
-            r.pp_tps, r.tg_tps
-        ))
+        let mut line = format!("threads {threads}");
+        if n_prompt > 0 {
+            line += &format!(" | pp{n_prompt}{at} {:.1} tok/s", r.pp_tps);
+        }
+        if n_gen > 0 {
+            line += &format!(" | tg{n_gen}{at} {:.1} tok/s", r.tg_tps);
+        }
+        write_stdout(&format!("{line}\n"))
     }
 }
 

@@ -208,3 +208,31 @@ fn missing_model_and_unsupported_architecture() {
         "{err}"
     );
 }
+
+/// `bench` measures after `-d` tokens of context, says so, and refuses a depth the context
+/// cannot hold.
+#[test]
+fn bench_at_depth() {
+    let m = model(GEMMA);
+    let m = m.to_str().unwrap();
+    let j = json_of(&[
+        "bench", "-m", m, "-t", "2", "-p", "8", "-n", "2", "-d", "70", "-r", "1", "--json",
+    ]);
+    assert_eq!(
+        (j["n_prompt"].as_u64(), j["n_gen"].as_u64(), j["n_depth"].as_u64()),
+        (Some(8), Some(2), Some(70))
+    );
+    assert!(j["pp_tokens_per_s"].as_f64().unwrap() > 0.0 && j["tg_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let out = lora_run(&["bench", "-m", m, "-p", "0", "-n", "2", "-d", "5", "-r", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("tg2 @ d5") && !text.contains("pp"),
+        "{text}"
+    );
+    let out = lora_run(&["bench", "-m", m, "-p", "8", "-n", "2", "-d", "32761"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("do not fit the model's context of 32768"),
+        "{err}"
+    );
+}

@@ -35,7 +35,7 @@ fn attention_matches_ggml_flash_attn_bit_for_bit() {
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let scale = golden["scale"].as_f64().unwrap() as f32;
     let cases = golden["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 9);
     for c in cases {
         let u = |k: &str| c[k].as_u64().unwrap() as usize;
         let (n_tok, pos0, nh, nkv, dk, dv, window) = (
@@ -53,19 +53,17 @@ fn attention_matches_ggml_flash_attn_bit_for_bit() {
         let q: Vec<f32> = (0..n_tok * nh * dk).map(|_| rnd(&mut st, 3.0)).collect();
         let k: Vec<f16> = (0..n_kv * nkv * dk).map(|_| f16::from_f32(rnd(&mut st, 3.0))).collect();
         let v: Vec<f16> = (0..n_kv * nkv * dv).map(|_| f16::from_f32(rnd(&mut st, 2.0))).collect();
-        let got = runtime::model::ops::attention(
-            &q,
-            &k,
-            &v,
+        let shape = runtime::model::ops::AttnShape {
             n_tok,
             pos0,
-            nh,
-            nkv,
-            dk,
-            dv,
+            n_head: nh,
+            n_head_kv: nkv,
+            head_dim: dk,
+            head_dim_v: dv,
             scale,
-            (window > 0).then_some(window),
-        );
+            window: (window > 0).then_some(window),
+        };
+        let got = runtime::model::ops::attention(&q, &k, &v, &shape);
         let samples: Vec<String> = c["samples"]
             .as_array()
             .unwrap()

@@ -148,6 +148,60 @@ impl ModelConfig {
         })
     }
 
+    /// Checks what the forward pass relies on: nonzero sizes, query heads a multiple of the
+    /// key/value heads, head sizes whose products fit, and a rope dimension that is even and
+    /// at most the head size.
+    ///
+    /// Errors: [`super::ModelError::BadConfig`] naming the GGUF key.
+    pub fn validate(&self) -> Result<(), super::ModelError> {
+        let a = self.arch.name();
+        let bad = |k: &str, message: String| super::ModelError::BadConfig {
+            key: format!("{a}.{k}"),
+            message,
+        };
+        for (k, v) in [
+            ("embedding_length", self.n_embd),
+            ("block_count", self.n_layer),
+            ("feed_forward_length", self.n_ff),
+            ("attention.head_count", self.n_head),
+            ("attention.head_count_kv", self.n_head_kv),
+            ("attention.key_length", self.head_dim),
+            ("attention.value_length", self.head_dim_v),
+            ("context_length", self.n_ctx_train),
+        ] {
+            if v == 0 {
+                return Err(bad(k, "is 0".into()));
+            }
+        }
+        if self.n_head % self.n_head_kv != 0 {
+            return Err(bad(
+                "attention.head_count_kv",
+                format!(
+                    "{} key/value heads do not divide {} query heads",
+                    self.n_head_kv, self.n_head
+                ),
+            ));
+        }
+        for (k, heads, dim) in [
+            ("attention.key_length", self.n_head, self.head_dim),
+            ("attention.value_length", self.n_head_kv, self.head_dim_v),
+        ] {
+            if heads.checked_mul(dim).is_none_or(|n| n > u32::MAX as usize) {
+                return Err(bad(k, format!("{heads} heads of {dim} values is out of range")));
+            }
+        }
+        if self.n_rot % 2 != 0 || self.n_rot > self.head_dim {
+            return Err(bad(
+                "rope.dimension_count",
+                format!(
+                    "{} is not an even number at most the head size {}",
+                    self.n_rot, self.head_dim
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether layer `il` uses sliding-window attention: gemma3 makes every sixth layer
     /// global and the rest local (llama.cpp `set_swa_pattern(6)`).
     pub fn is_swa_layer(&self, il: usize) -> bool {

@@ -10,37 +10,41 @@
 //! - `S = fma(S, ms, vs)` (GCC contracts ggml's `S = S*ms + vs`);
 //! - at the end `out = f32(acc) · (1/S)` (0 when `S` is 0).
 //!
-//! A cache of 512 positions or more makes llama.cpp split a single query's positions across
-//! its threads (`use_split_kv_path`); that order depends on its thread count, and this module
-//! keeps the whole-row order, which is llama.cpp's with one thread.
+//! From 256 cached positions llama.cpp pads its key/value view to 512 or more and splits a
+//! single query's positions across its threads (`use_split_kv_path`); that order depends on
+//! its thread count, and this module keeps the whole-row order, which is llama.cpp's with one
+//! thread.
 
 use half::f16;
 use quant::SimdLevel;
 use rayon::prelude::*;
 
-/// `[n_tok, n_head, head_dim_v]`: [`super::ops::attention`] for a batch of any size, one row at
-/// a time (the caller sends batches of 64 or more to [`super::flash_tiled`], as llama.cpp does).
-#[allow(clippy::too_many_arguments)]
+/// `[n_tok, n_head, head_dim_v]`: [`super::ops::attention`] in the one-row form, for a batch
+/// of any size (llama.cpp takes it below [`super::flash_tiled::TILE_Q`] queries).
 pub(crate) fn attention_rows(
     level: SimdLevel,
     q: &[f32],
     k_cache: &[f16],
     v_cache: &[f16],
-    n_tok: usize,
-    pos0: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    head_dim_v: usize,
-    scale: f32,
-    window: Option<usize>,
+    shape: &super::ops::AttnShape,
 ) -> Vec<f32> {
+    shape.check(q, k_cache, v_cache);
+    let &super::ops::AttnShape {
+        n_tok,
+        pos0,
+        n_head,
+        n_head_kv,
+        head_dim,
+        head_dim_v,
+        scale,
+        ..
+    } = shape;
     let group = n_head / n_head_kv;
     let mut out = vec![0f32; n_tok * n_head * head_dim_v];
     out.par_chunks_mut(head_dim_v).enumerate().for_each(|(idx, o)| {
         let (t, h) = (idx / n_head, idx % n_head);
         let pos = pos0 + t;
-        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let first = shape.first_seen(pos);
         let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim]
             .iter()
             .map(|&x| f16::from_f32(x).to_f32())

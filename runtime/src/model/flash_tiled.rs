@@ -15,7 +15,9 @@
 //! - `acc_c += Σ_j p_j·v_jc`, a chain of fused multiply-adds in `j` order (f32 accumulator);
 //! - at the end `out = acc · (1/S)` (0 when `S` is 0).
 //!
-//! Rows are independent, so how rows are grouped into tasks does not change any value. The
+//! Rows are independent, so how rows are grouped into tasks does not change any value. Rows
+//! and tiles a query does not see are skipped where ggml adds `0·v`: the same values but for
+//! the sign of a zero (or a non-finite value in the cache, which ggml would spread as NaN). The
 //! SIMD kernels ([`kq_tile`], [`pv_tile`], [`softmax_tile`]) are bit-identical to their
 //! scalar references (tested).
 
@@ -57,30 +59,34 @@ impl Kernels {
     }
 }
 
-/// `[n_tok, n_head, head_dim_v]`: the attention of `n_tok` queries `q`
-/// (`[n_tok, n_head, head_dim]`, query `t` at position `pos0 + t`) over the cache
-/// (`[pos, n_head_kv, head_dim]` keys and `[pos, n_head_kv, head_dim_v]` values, f16, holding
-/// positions `0..pos0 + n_tok`), with the masks of [`super::ops::attention`].
-#[allow(clippy::too_many_arguments)]
+/// `[n_tok, n_head, head_dim_v]`: [`super::ops::attention`] in the tiled form, for a batch of
+/// any size (llama.cpp takes it from [`TILE_Q`] queries; the float reference path always).
 pub(crate) fn attention_tiled(
     kernels: Kernels,
     q: &[f32],
     k_cache: &[f16],
     v_cache: &[f16],
-    n_tok: usize,
-    pos0: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    head_dim_v: usize,
-    scale: f32,
-    window: Option<usize>,
+    shape: &super::ops::AttnShape,
 ) -> Vec<f32> {
+    shape.check(q, k_cache, v_cache);
+    if shape.n_tok == 0 {
+        return Vec::new();
+    }
+    let &super::ops::AttnShape {
+        n_tok,
+        pos0,
+        n_head,
+        n_head_kv,
+        head_dim,
+        head_dim_v,
+        scale,
+        ..
+    } = shape;
     let (dk, dv) = (head_dim, head_dim_v);
     let n_kv = pos0 + n_tok;
     let group = n_head / n_head_kv;
     // The first position any query sees, and the key tiles that hold what they see.
-    let first_of = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let first_of = |pos: usize| shape.first_seen(pos);
     let lo = first_of(pos0);
     let (t_lo, t_hi) = (lo / TILE_KV, (n_kv - 1) / TILE_KV + 1);
     let n_tiles = t_hi - t_lo;
@@ -163,7 +169,8 @@ pub(crate) fn attention_tiled(
                     s[i] = (s[i] as f64 + softmax_tile(kernels, row, m_new)) as f32;
                 }
                 // The positions this tile holds in `v`: p_j = 0 elsewhere, and fma(0, v, acc)
-                // leaves acc as it is.
+                // leaves acc as it is (but for the sign of a zero, or a non-finite v, which
+                // ggml would turn into NaN there).
                 let j0 = base.max(lo);
                 let j1 = (base + TILE_KV).min(n_kv);
                 if j0 < j1 && seen.iter().any(|&x| x) {
@@ -196,11 +203,11 @@ fn kq_tile(kernels: Kernels, q: &[f32], kt: &[f32], dk: usize, rows: usize, kq: 
     {
         if kernels.avx512() {
             // SAFETY: AVX-512 detected; the slices have the sizes the kernel reads.
-            return unsafe { x86::kq_tile_avx512(q, kt, dk, kq) };
+            return unsafe { x86::avx512::kq_tile(q, kt, dk, kq) };
         }
         if kernels.avx2() {
             // SAFETY: AVX2 and FMA detected; sizes as above.
-            return unsafe { x86::kq_tile_avx2(q, kt, dk, kq) };
+            return unsafe { x86::avx2::kq_tile(q, kt, dk, kq) };
         }
     }
     let _ = kernels;
@@ -241,11 +248,11 @@ fn pv_tile(
     {
         if kernels.avx512() {
             // SAFETY: AVX-512 detected; sizes checked above.
-            return unsafe { x86::pv_tile_avx512(p, j0, n, v, stride, dv, rows, acc) };
+            return unsafe { x86::avx512::pv_tile(p, j0, n, v, stride, dv, rows, acc) };
         }
         if kernels.avx2() {
             // SAFETY: AVX2 and FMA detected; sizes checked above.
-            return unsafe { x86::pv_tile_avx2(p, j0, n, v, stride, dv, rows, acc) };
+            return unsafe { x86::avx2::pv_tile(p, j0, n, v, stride, dv, rows, acc) };
         }
     }
     let _ = kernels;
@@ -342,270 +349,185 @@ mod x86 {
     use super::TILE_KV;
     use std::arch::x86_64::*;
 
-    /// [`super::kq_tile`]: four rows at a time against all 64 columns (16 accumulators).
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `q` is `[rows][dk]`, `kt` `[dk][64]`, `kq`
-    /// `[rows][64]`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn kq_tile_avx512(q: &[f32], kt: &[f32], dk: usize, kq: &mut [f32]) {
-        let rows = kq.len() / TILE_KV;
-        let mut i = 0;
-        while i + 4 <= rows {
-            // SAFETY: rows i..i + 4 exist.
-            unsafe { kq_rows_avx512::<4>(q, kt, dk, kq, i) };
-            i += 4;
-        }
-        while i < rows {
-            // SAFETY: row i exists.
-            unsafe { kq_rows_avx512::<1>(q, kt, dk, kq, i) };
-            i += 1;
-        }
-    }
+    /// The tile GEMM kernels for one vector width: `kq_tile_$sfx` ([`super::kq_tile`]: four
+    /// rows × `KQ_W` vectors of columns at a time, then single rows) and `pv_tile_$sfx`
+    /// ([`super::pv_tile`]: four rows × `PV_W` vectors of columns, then four rows × one vector,
+    /// then the leftover columns one at a time with the reference). Every element is one chain
+    /// of fused multiply-adds in the reference's order, so the blocking changes no value.
+    macro_rules! tile_kernels {
+        (
+            $sfx:ident, $feat:literal, lanes = $lanes:literal, kq_w = $kq_w:literal, pv_w = $pv_w:literal,
+            $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident
+        ) => {
+            pub(super) mod $sfx {
+                use super::super::TILE_KV;
+                use std::arch::x86_64::*;
 
-    /// Rows `i..i + R` of [`kq_tile_avx512`].
-    ///
-    /// # Safety
-    /// As [`kq_tile_avx512`], with rows `i..i + R` in range.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn kq_rows_avx512<const R: usize>(q: &[f32], kt: &[f32], dk: usize, kq: &mut [f32], i: usize) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for d in 0..dk {
-            let mut b = [_mm512_setzero_ps(); 4];
-            for (c, b) in b.iter_mut().enumerate() {
-                // SAFETY: kt is dk × 64.
-                *b = unsafe { _mm512_loadu_ps(kt.as_ptr().add(d * TILE_KV + 16 * c)) };
-            }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(q[(i + r) * dk + d]);
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(a, b[c], *acc);
+                const LANES: usize = $lanes;
+
+                /// # Safety
+                /// Requires the level's features; `q` is `[rows][dk]`, `kt` `[dk][64]`, `kq`
+                /// `[rows][64]`.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn kq_tile(q: &[f32], kt: &[f32], dk: usize, kq: &mut [f32]) {
+                    let rows = kq.len() / TILE_KV;
+                    for c0 in (0..TILE_KV).step_by($kq_w * LANES) {
+                        let mut i = 0;
+                        while i + 4 <= rows {
+                            // SAFETY: rows i..i + 4 and the column block exist.
+                            unsafe { kq_rows::<4>(q, kt, dk, kq, i, c0) };
+                            i += 4;
+                        }
+                        while i < rows {
+                            // SAFETY: row i exists.
+                            unsafe { kq_rows::<1>(q, kt, dk, kq, i, c0) };
+                            i += 1;
+                        }
+                    }
                 }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (c, &acc) in acc.iter().enumerate() {
-                // SAFETY: row i + r of kq holds 64 floats.
-                unsafe { _mm512_storeu_ps(kq.as_mut_ptr().add((i + r) * TILE_KV + 16 * c), acc) };
-            }
-        }
-    }
 
-    /// [`super::kq_tile`] with eight-lane vectors: four rows × sixteen columns at a time.
-    ///
-    /// # Safety
-    /// Requires AVX2 and FMA; sizes as [`kq_tile_avx512`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn kq_tile_avx2(q: &[f32], kt: &[f32], dk: usize, kq: &mut [f32]) {
-        let rows = kq.len() / TILE_KV;
-        for c0 in (0..TILE_KV).step_by(16) {
-            let mut i = 0;
-            while i + 4 <= rows {
-                // SAFETY: rows i..i + 4 and columns c0..c0 + 16 exist.
-                unsafe { kq_rows_avx2::<4>(q, kt, dk, kq, i, c0) };
-                i += 4;
-            }
-            while i < rows {
-                // SAFETY: row i exists.
-                unsafe { kq_rows_avx2::<1>(q, kt, dk, kq, i, c0) };
-                i += 1;
-            }
-        }
-    }
-
-    /// Rows `i..i + R`, columns `c0..c0 + 16` of [`kq_tile_avx2`].
-    ///
-    /// # Safety
-    /// As [`kq_tile_avx2`], with those rows and columns in range.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn kq_rows_avx2<const R: usize>(q: &[f32], kt: &[f32], dk: usize, kq: &mut [f32], i: usize, c0: usize) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for d in 0..dk {
-            let mut b = [_mm256_setzero_ps(); 2];
-            for (c, b) in b.iter_mut().enumerate() {
-                // SAFETY: kt is dk × 64 and c0 + 16 <= 64.
-                *b = unsafe { _mm256_loadu_ps(kt.as_ptr().add(d * TILE_KV + c0 + 8 * c)) };
-            }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = _mm256_set1_ps(q[(i + r) * dk + d]);
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(a, b[c], *acc);
+                /// Rows `i..i + R`, columns `c0..c0 + KQ_W·LANES` of [`kq_tile`].
+                ///
+                /// # Safety
+                /// As [`kq_tile`], with those rows and columns in range.
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn kq_rows<const R: usize>(
+                    q: &[f32],
+                    kt: &[f32],
+                    dk: usize,
+                    kq: &mut [f32],
+                    i: usize,
+                    c0: usize,
+                ) {
+                    let mut acc = [[$zero(); $kq_w]; R];
+                    for d in 0..dk {
+                        let mut b = [$zero(); $kq_w];
+                        for (c, b) in b.iter_mut().enumerate() {
+                            // SAFETY: kt is dk × 64 and the block ends by column 64.
+                            *b = unsafe { $load(kt.as_ptr().add(d * TILE_KV + c0 + LANES * c)) };
+                        }
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let a = $set1(q[(i + r) * dk + d]);
+                            for (c, acc) in acc.iter_mut().enumerate() {
+                                *acc = $fmadd(a, b[c], *acc);
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        for (c, &acc) in acc.iter().enumerate() {
+                            // SAFETY: row i + r of kq holds 64 floats; the block ends by 64.
+                            unsafe { $store(kq.as_mut_ptr().add((i + r) * TILE_KV + c0 + LANES * c), acc) };
+                        }
+                    }
                 }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (c, &acc) in acc.iter().enumerate() {
-                // SAFETY: row i + r of kq holds 64 floats, c0 + 16 <= 64.
-                unsafe { _mm256_storeu_ps(kq.as_mut_ptr().add((i + r) * TILE_KV + c0 + 8 * c), acc) };
-            }
-        }
-    }
 
-    /// [`super::pv_tile`]: four rows × 64 columns at a time, then four rows × 16, then the
-    /// leftover columns one at a time.
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; the sizes [`super::pv_tile`] checks.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn pv_tile_avx512(
-        p: &[f32],
-        j0: usize,
-        n: usize,
-        v: &[f32],
-        stride: usize,
-        dv: usize,
-        rows: usize,
-        acc: &mut [f32],
-    ) {
-        let mut c0 = 0;
-        while c0 + 64 <= dv {
-            // SAFETY: columns c0..c0 + 64 exist; rows as the caller checked.
-            unsafe { pv_cols_avx512::<4>(p, j0, n, v, stride, dv, rows, acc, c0) };
-            c0 += 64;
-        }
-        while c0 + 16 <= dv {
-            // SAFETY: columns c0..c0 + 16 exist.
-            unsafe { pv_cols_avx512::<1>(p, j0, n, v, stride, dv, rows, acc, c0) };
-            c0 += 16;
-        }
-        super::pv_tile_ref(p, j0, n, v, stride, dv, rows, acc, c0);
-    }
+                /// # Safety
+                /// Requires the level's features; the sizes [`super::super::pv_tile`] checks.
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = $feat)]
+                pub unsafe fn pv_tile(
+                    p: &[f32],
+                    j0: usize,
+                    n: usize,
+                    v: &[f32],
+                    stride: usize,
+                    dv: usize,
+                    rows: usize,
+                    acc: &mut [f32],
+                ) {
+                    let mut c0 = 0;
+                    while c0 + $pv_w * LANES <= dv {
+                        // SAFETY: these columns exist; rows as the caller checked.
+                        unsafe { pv_cols::<$pv_w>(p, j0, n, v, stride, dv, rows, acc, c0) };
+                        c0 += $pv_w * LANES;
+                    }
+                    while c0 + LANES <= dv {
+                        // SAFETY: these columns exist.
+                        unsafe { pv_cols::<1>(p, j0, n, v, stride, dv, rows, acc, c0) };
+                        c0 += LANES;
+                    }
+                    super::super::pv_tile_ref(p, j0, n, v, stride, dv, rows, acc, c0);
+                }
 
-    /// Columns `c0..c0 + 16·W` of [`pv_tile_avx512`], four rows at a time.
-    ///
-    /// # Safety
-    /// As [`pv_tile_avx512`], with those columns in range.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn pv_cols_avx512<const W: usize>(
-        p: &[f32],
-        j0: usize,
-        n: usize,
-        v: &[f32],
-        stride: usize,
-        dv: usize,
-        rows: usize,
-        acc: &mut [f32],
-        c0: usize,
-    ) {
-        let mut i = 0;
-        while i < rows {
-            let r = (rows - i).min(4);
-            let mut a = [[_mm512_setzero_ps(); W]; 4];
-            for (rr, a) in a.iter_mut().enumerate().take(r) {
-                for (c, a) in a.iter_mut().enumerate() {
-                    // SAFETY: row i + rr of acc holds dv ≥ c0 + 16·W floats.
-                    *a = unsafe { _mm512_loadu_ps(acc.as_ptr().add((i + rr) * dv + c0 + 16 * c)) };
-                }
-            }
-            for j in 0..n {
-                let mut b = [_mm512_setzero_ps(); W];
-                for (c, b) in b.iter_mut().enumerate() {
-                    // SAFETY: value row j is v[j·stride..][..dv].
-                    *b = unsafe { _mm512_loadu_ps(v.as_ptr().add(j * stride + c0 + 16 * c)) };
-                }
-                for (rr, a) in a.iter_mut().enumerate().take(r) {
-                    let pj = _mm512_set1_ps(p[(i + rr) * TILE_KV + j0 + j]);
-                    for (c, a) in a.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(pj, b[c], *a);
+                /// Columns `c0..c0 + W·LANES` of [`pv_tile`], four rows at a time.
+                ///
+                /// # Safety
+                /// As [`pv_tile`], with those columns in range.
+                #[allow(clippy::too_many_arguments)]
+                #[inline]
+                #[target_feature(enable = $feat)]
+                unsafe fn pv_cols<const W: usize>(
+                    p: &[f32],
+                    j0: usize,
+                    n: usize,
+                    v: &[f32],
+                    stride: usize,
+                    dv: usize,
+                    rows: usize,
+                    acc: &mut [f32],
+                    c0: usize,
+                ) {
+                    let mut i = 0;
+                    while i < rows {
+                        let r = (rows - i).min(4);
+                        let mut a = [[$zero(); W]; 4];
+                        for (rr, a) in a.iter_mut().enumerate().take(r) {
+                            for (c, a) in a.iter_mut().enumerate() {
+                                // SAFETY: row i + rr of acc holds dv ≥ c0 + W·LANES floats.
+                                *a = unsafe { $load(acc.as_ptr().add((i + rr) * dv + c0 + LANES * c)) };
+                            }
+                        }
+                        for j in 0..n {
+                            let mut b = [$zero(); W];
+                            for (c, b) in b.iter_mut().enumerate() {
+                                // SAFETY: value row j is v[j·stride..][..dv].
+                                *b = unsafe { $load(v.as_ptr().add(j * stride + c0 + LANES * c)) };
+                            }
+                            for (rr, a) in a.iter_mut().enumerate().take(r) {
+                                let pj = $set1(p[(i + rr) * TILE_KV + j0 + j]);
+                                for (c, a) in a.iter_mut().enumerate() {
+                                    *a = $fmadd(pj, b[c], *a);
+                                }
+                            }
+                        }
+                        for (rr, a) in a.iter().enumerate().take(r) {
+                            for (c, &a) in a.iter().enumerate() {
+                                // SAFETY: as the loads.
+                                unsafe { $store(acc.as_mut_ptr().add((i + rr) * dv + c0 + LANES * c), a) };
+                            }
+                        }
+                        i += r;
                     }
                 }
             }
-            for (rr, a) in a.iter().enumerate().take(r) {
-                for (c, &a) in a.iter().enumerate() {
-                    // SAFETY: as the loads.
-                    unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add((i + rr) * dv + c0 + 16 * c), a) };
-                }
-            }
-            i += r;
-        }
+        };
     }
 
-    /// [`super::pv_tile`] with eight-lane vectors: four rows × 16 columns at a time, then
-    /// four rows × 8, then the leftover columns one at a time.
-    ///
-    /// # Safety
-    /// Requires AVX2 and FMA; the sizes [`super::pv_tile`] checks.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn pv_tile_avx2(
-        p: &[f32],
-        j0: usize,
-        n: usize,
-        v: &[f32],
-        stride: usize,
-        dv: usize,
-        rows: usize,
-        acc: &mut [f32],
-    ) {
-        let mut c0 = 0;
-        while c0 + 16 <= dv {
-            // SAFETY: columns c0..c0 + 16 exist.
-            unsafe { pv_cols_avx2::<2>(p, j0, n, v, stride, dv, rows, acc, c0) };
-            c0 += 16;
-        }
-        while c0 + 8 <= dv {
-            // SAFETY: columns c0..c0 + 8 exist.
-            unsafe { pv_cols_avx2::<1>(p, j0, n, v, stride, dv, rows, acc, c0) };
-            c0 += 8;
-        }
-        super::pv_tile_ref(p, j0, n, v, stride, dv, rows, acc, c0);
-    }
-
-    /// Columns `c0..c0 + 8·W` of [`pv_tile_avx2`], four rows at a time.
-    ///
-    /// # Safety
-    /// As [`pv_tile_avx2`], with those columns in range.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pv_cols_avx2<const W: usize>(
-        p: &[f32],
-        j0: usize,
-        n: usize,
-        v: &[f32],
-        stride: usize,
-        dv: usize,
-        rows: usize,
-        acc: &mut [f32],
-        c0: usize,
-    ) {
-        let mut i = 0;
-        while i < rows {
-            let r = (rows - i).min(4);
-            let mut a = [[_mm256_setzero_ps(); W]; 4];
-            for (rr, a) in a.iter_mut().enumerate().take(r) {
-                for (c, a) in a.iter_mut().enumerate() {
-                    // SAFETY: row i + rr of acc holds dv ≥ c0 + 8·W floats.
-                    *a = unsafe { _mm256_loadu_ps(acc.as_ptr().add((i + rr) * dv + c0 + 8 * c)) };
-                }
-            }
-            for j in 0..n {
-                let mut b = [_mm256_setzero_ps(); W];
-                for (c, b) in b.iter_mut().enumerate() {
-                    // SAFETY: value row j is v[j·stride..][..dv].
-                    *b = unsafe { _mm256_loadu_ps(v.as_ptr().add(j * stride + c0 + 8 * c)) };
-                }
-                for (rr, a) in a.iter_mut().enumerate().take(r) {
-                    let pj = _mm256_set1_ps(p[(i + rr) * TILE_KV + j0 + j]);
-                    for (c, a) in a.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(pj, b[c], *a);
-                    }
-                }
-            }
-            for (rr, a) in a.iter().enumerate().take(r) {
-                for (c, &a) in a.iter().enumerate() {
-                    // SAFETY: as the loads.
-                    unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add((i + rr) * dv + c0 + 8 * c), a) };
-                }
-            }
-            i += r;
-        }
-    }
+    tile_kernels!(
+        avx512,
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+        lanes = 16,
+        kq_w = 4,
+        pv_w = 4,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
+    tile_kernels!(
+        avx2,
+        "avx2,fma,f16c",
+        lanes = 8,
+        kq_w = 2,
+        pv_w = 2,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
 
     /// [`super::softmax_tile`] at the AVX-512 level.
     ///
@@ -761,9 +683,17 @@ mod tests {
     }
 
     fn run(c: &Case, kernels: Kernels) -> Vec<f32> {
-        attention_tiled(
-            kernels, &c.q, &c.k, &c.v, c.n_tok, c.pos0, c.heads.0, c.heads.1, c.dims.0, c.dims.1, 0.125, c.window,
-        )
+        let shape = crate::model::ops::AttnShape {
+            n_tok: c.n_tok,
+            pos0: c.pos0,
+            n_head: c.heads.0,
+            n_head_kv: c.heads.1,
+            head_dim: c.dims.0,
+            head_dim_v: c.dims.1,
+            scale: 0.125,
+            window: c.window,
+        };
+        attention_tiled(kernels, &c.q, &c.k, &c.v, &shape)
     }
 
     /// Softmax attention in f64 from the definition (causal, windowed, grouped heads).

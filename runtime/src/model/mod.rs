@@ -35,6 +35,9 @@ pub enum ModelError {
     UnsupportedArchitecture { arch: String },
     #[error("model is missing tensor `{name}`")]
     MissingTensor { name: String },
+    /// A hyperparameter the forward pass cannot work with; `key` is the GGUF key.
+    #[error("model metadata `{key}`: {message}")]
+    BadConfig { key: String, message: String },
     #[error("this GGUF is a LoRA adapter (general.type = adapter), not a model: pass it with --adapter")]
     IsAdapter,
     #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
@@ -221,6 +224,7 @@ impl Model {
         let emb = l.info("token_embd.weight")?;
         let n_vocab = *emb.shape.get(1).unwrap_or(&0) as usize;
         let config = ModelConfig::from_metadata(arch, file.metadata(), n_vocab)?;
+        config.validate()?;
         let c = &config;
         let tok_embd = l.weight("token_embd.weight", c.n_embd, n_vocab)?;
         let q_out = c.n_head * c.head_dim;
@@ -659,35 +663,20 @@ impl Model {
                 .for_each(|(t, (qt, kt))| rotate(t, qt, kt));
         }
         let (k_cache, v_cache) = kv.append(il, &k, &v);
+        let shape = ops::AttnShape {
+            n_tok,
+            pos0,
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim: c.head_dim,
+            head_dim_v: c.head_dim_v,
+            scale: p.kq_scale,
+            window: p.window,
+        };
         let attn = if self.float_reference {
-            flash_tiled::attention_tiled(
-                flash_tiled::Kernels::detect(),
-                &q,
-                k_cache,
-                v_cache,
-                n_tok,
-                pos0,
-                c.n_head,
-                c.n_head_kv,
-                c.head_dim,
-                c.head_dim_v,
-                p.kq_scale,
-                p.window,
-            )
+            flash_tiled::attention_tiled(flash_tiled::Kernels::detect(), &q, k_cache, v_cache, &shape)
         } else {
-            ops::attention(
-                &q,
-                k_cache,
-                v_cache,
-                n_tok,
-                pos0,
-                c.n_head,
-                c.n_head_kv,
-                c.head_dim,
-                c.head_dim_v,
-                p.kq_scale,
-                p.window,
-            )
+            ops::attention(&q, k_cache, v_cache, &shape)
         }; // [n_tok, n_head, head_dim_v]
         self.linear(&layer.wo, &attn, n_tok, plan)
     }

@@ -273,54 +273,68 @@ pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) 
 ///
 /// - `q`: `[n_tok, n_head, head_dim]`, already scaled as the architecture wants,
 /// - `k_cache`: `[n_past + n_tok, n_head_kv, head_dim]`, `v_cache`: `[.., n_head_kv, head_dim_v]`,
-/// - query `t` sits at position `pos0 + t` and sees keys at positions `p` with `p <= pos0 + t`
-///   and, with a sliding `window`, `pos0 + t - p < window` (llama.cpp's standard SWA mask),
-/// - `scale` multiplies the scores before the softmax,
+/// - the sizes and masks in `shape`,
 /// - returns `[n_tok, n_head, head_dim_v]`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &[f32],
-    k_cache: &[f16],
-    v_cache: &[f16],
-    n_tok: usize,
-    pos0: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    head_dim_v: usize,
-    scale: f32,
-    window: Option<usize>,
-) -> Vec<f32> {
-    if n_tok >= super::flash_tiled::TILE_Q {
-        return super::flash_tiled::attention_tiled(
-            super::flash_tiled::Kernels::detect(),
-            q,
-            k_cache,
-            v_cache,
-            n_tok,
-            pos0,
-            n_head,
-            n_head_kv,
-            head_dim,
-            head_dim_v,
-            scale,
-            window,
-        );
+///
+/// Where the bits can differ from a llama.cpp build: from 256 cached positions llama.cpp pads
+/// its key/value view to 512 and splits one query's positions across its threads, an order
+/// that depends on its thread count (this follows its order with one thread); builds with
+/// AVX512-FP16 accumulate the one-row path in f16 arithmetic; on AVX-512 CPUs without VNNI
+/// this crate runs its AVX2 forms where a native build would use the AVX-512 ones.
+///
+/// Panics if the caches hold fewer than `pos0 + n_tok` positions, a head size is 0 or `n_head`
+/// is not a multiple of `n_head_kv` (a model's configuration is checked at load,
+/// [`super::ModelConfig::validate`]).
+pub fn attention(q: &[f32], k_cache: &[f16], v_cache: &[f16], shape: &AttnShape) -> Vec<f32> {
+    if shape.n_tok == 0 {
+        return Vec::new();
     }
-    super::flash_row::attention_rows(
-        quant::SimdLevel::detect(),
-        q,
-        k_cache,
-        v_cache,
-        n_tok,
-        pos0,
-        n_head,
-        n_head_kv,
-        head_dim,
-        head_dim_v,
-        scale,
-        window,
-    )
+    if shape.n_tok >= super::flash_tiled::TILE_Q {
+        super::flash_tiled::attention_tiled(super::flash_tiled::Kernels::detect(), q, k_cache, v_cache, shape)
+    } else {
+        super::flash_row::attention_rows(quant::SimdLevel::detect(), q, k_cache, v_cache, shape)
+    }
+}
+
+/// The sizes and masks of one [`attention`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// New queries, at positions `pos0..pos0 + n_tok`.
+    pub n_tok: usize,
+    /// Positions already in the cache before them.
+    pub pos0: usize,
+    /// Query heads, and key/value heads (each serves `n_head / n_head_kv` query heads).
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    /// Key and value lengths per head.
+    pub head_dim: usize,
+    pub head_dim_v: usize,
+    /// Factor on the scores before the softmax.
+    pub scale: f32,
+    /// Sliding window: the query at `pos` sees `p` only if `pos − p < window`.
+    pub window: Option<usize>,
+}
+
+impl AttnShape {
+    /// The first position the query at `pos` sees.
+    pub fn first_seen(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+
+    /// Checks the sizes against the inputs (panics on a mismatch, before any unchecked read).
+    pub(crate) fn check(&self, q: &[f32], k_cache: &[f16], v_cache: &[f16]) {
+        let n_kv = self.pos0 + self.n_tok;
+        assert!(self.head_dim > 0 && self.head_dim_v > 0, "empty heads");
+        assert!(
+            self.n_head_kv > 0 && self.n_head % self.n_head_kv == 0,
+            "{} query heads over {} key/value heads",
+            self.n_head,
+            self.n_head_kv
+        );
+        assert!(q.len() >= self.n_tok * self.n_head * self.head_dim, "queries");
+        assert!(k_cache.len() >= n_kv * self.n_head_kv * self.head_dim, "key cache");
+        assert!(v_cache.len() >= n_kv * self.n_head_kv * self.head_dim_v, "value cache");
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

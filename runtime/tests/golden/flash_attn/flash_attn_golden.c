@@ -88,6 +88,7 @@ int main(int argc, char ** argv) {
     run_case(out, 0, 70, 100, 2, 2, 128, 128, 75, 2, 2);
     run_case(out, 0, 64, 30, 4, 2, 256, 256, 0, 3, 2);
     run_case(out, 0, 200, 0, 4, 1, 256, 256, 512, 7, 2);
+    run_case(out, 0, 70, 300, 4, 2, 64, 64, 90, 9, 2);
     // Fewer rows: the one-row path (a cache under 512 positions, so no split across threads).
     run_case(out, 0, 5, 60, 4, 2, 64, 64, 0, 4, 2);
     run_case(out, 0, 1, 300, 2, 1, 256, 256, 0, 5, 2);

@@ -13,7 +13,9 @@ OUT=${3:?usage: make_golden.sh LLAMA_CPP_DIR BUILD_DIR OUT}
 HERE=$(cd "$(dirname "$0")" && pwd)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-LIBS=$(find "$BUILD" -name libggml.a -o -name libggml-cpu.a -o -name libggml-base.a | sort -r)
-gcc -O2 -I"$LLAMA/ggml/include" "$HERE/flash_attn_golden.c" -o "$TMP/golden" $LIBS -lstdc++ -lgomp -lpthread -lm
-"$TMP/golden" "$HERE/$OUT"
-ls -l "$HERE/$OUT"
+case "$OUT" in /*) ;; *) OUT="$HERE/$OUT" ;; esac
+lib() { find "$BUILD" -name "$1" | head -n 1; }
+gcc -O2 -I"$LLAMA/ggml/include" "$HERE/flash_attn_golden.c" -o "$TMP/golden" \
+    "$(lib libggml.a)" "$(lib libggml-cpu.a)" "$(lib libggml-base.a)" -lstdc++ -lgomp -lpthread -lm
+"$TMP/golden" "$OUT"
+ls -l "$OUT"
