@@ -29,35 +29,24 @@ pub(crate) fn attention_rows(
     shape: &super::ops::AttnShape,
 ) -> Vec<f32> {
     shape.check(q, k_cache, v_cache);
-    let &super::ops::AttnShape {
-        n_tok,
-        pos0,
-        n_head,
-        n_head_kv,
-        head_dim,
-        head_dim_v,
-        scale,
-        ..
-    } = shape;
-    let group = n_head / n_head_kv;
-    let mut out = vec![0f32; n_tok * n_head * head_dim_v];
-    out.par_chunks_mut(head_dim_v).enumerate().for_each(|(idx, o)| {
+    let (n_head, dk, dv) = (shape.n_head, shape.head_dim, shape.head_dim_v);
+    let mut out = vec![0f32; shape.n_tok * n_head * dv];
+    out.par_chunks_mut(dv).enumerate().for_each(|(idx, o)| {
         let (t, h) = (idx / n_head, idx % n_head);
-        let pos = pos0 + t;
-        let first = shape.first_seen(pos);
-        let q16: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim]
+        let pos = shape.pos0 + t;
+        let q16: Vec<f32> = q[(t * n_head + h) * dk..][..dk]
             .iter()
             .map(|&x| f16::from_f32(x).to_f32())
             .collect();
         let row = Row {
             k: k_cache,
             v: v_cache,
-            stride: n_head_kv,
-            kvh: h / group,
-            dk: head_dim,
-            dv: head_dim_v,
-            positions: first..pos + 1,
-            scale,
+            stride: shape.n_head_kv,
+            kvh: h / (n_head / shape.n_head_kv),
+            dk,
+            dv,
+            positions: shape.first_seen(pos)..pos + 1,
+            scale: shape.scale,
         };
         attend_row(level, &q16, &row, o);
     });
@@ -101,11 +90,11 @@ fn attend_row(level: SimdLevel, q16: &[f32], row: &Row<'_>, o: &mut [f32]) {
     {
         if level == SimdLevel::Avx512 && level.is_available() {
             // SAFETY: AVX-512 detected; sizes and the last position checked above.
-            return unsafe { x86::attend_row_avx512(q16, row, o) };
+            return unsafe { x86::avx512::attend_row(q16, row, o) };
         }
         if level == SimdLevel::Avx2 && level.is_available() {
             // SAFETY: AVX2, FMA and F16C detected; sizes checked above.
-            return unsafe { x86::attend_row_avx2(q16, row, o) };
+            return unsafe { x86::avx2::attend_row(q16, row, o) };
         }
     }
     attend_row_ref(DotForm::Sequential, q16, row, o);
@@ -195,10 +184,6 @@ pub(crate) fn attend_row_ref(form: DotForm, q16: &[f32], row: &Row<'_>, o: &mut 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Row;
-    use half::f16;
-    use std::arch::x86_64::*;
-
     /// The softmax bookkeeping of one position after its score `s`: the new maximum, and the
     /// factors `(ms, vs)` for the accumulator and the new value.
     #[inline(always)]
@@ -212,131 +197,166 @@ mod x86 {
         }
     }
 
-    /// [`super::attend_row`] with 16-lane vectors: the AVX-512 build's forms
-    /// ([`super::DotForm::Lanes16`]), keys and values widened from the cache in registers, the
-    /// accumulator kept as f16.
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI; `q16` is `dk` long, `o` `dv`, and the row's last
-    /// position lies in both caches.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn attend_row_avx512(q16: &[f32], row: &Row<'_>, o: &mut [f32]) {
-        let (dk, dv) = (row.dk, row.dv);
-        let (body_k, body_v) = (dk / 64 * 64, dv / 16 * 16);
-        let mut acc = vec![f16::ZERO; dv];
-        let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
-        for p in row.positions.clone() {
-            // SAFETY (all pointer reads below): position p is in range (checked by the caller),
-            // its key is dk and its value dv f16 long; body_k ≤ dk, body_v ≤ dv.
-            let kp = unsafe { row.k.as_ptr().add((p * row.stride + row.kvh) * dk) };
-            let mut a = [_mm512_setzero_ps(); 4];
-            for i in (0..body_k).step_by(64) {
-                for (j, a) in a.iter_mut().enumerate() {
-                    unsafe {
-                        let x = _mm512_loadu_ps(q16.as_ptr().add(i + 16 * j));
-                        let y = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(i + 16 * j) as *const __m256i));
-                        *a = _mm512_fmadd_ps(x, y, *a);
+    /// `attend_row` for one vector width ([`super::attend_row`]): keys and values widened from
+    /// the cache in registers, the accumulator kept as f16. The level's module supplies
+    /// `load_f16` / `store_f16` (LANES halves ↔ a vector) and `reduce` (one vector to a sum,
+    /// in `ggml_vec_dot_f16`'s order for that build).
+    macro_rules! row_kernel {
+        ($feat:literal, lanes = $lanes:literal, $zero:ident, $load:ident, $set1:ident, $add:ident, $mul:ident, $fmadd:ident) => {
+            /// # Safety
+            /// Requires the level's features; `q16` is `dk` long, `o` `dv`, and the row's last
+            /// position lies in both caches.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn attend_row(q16: &[f32], row: &super::super::Row<'_>, o: &mut [f32]) {
+                const LANES: usize = $lanes;
+                let (dk, dv) = (row.dk, row.dv);
+                let (body_k, body_v) = (dk / (4 * LANES) * (4 * LANES), dv / LANES * LANES);
+                let mut acc = vec![half::f16::ZERO; dv];
+                let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
+                for p in row.positions.clone() {
+                    // SAFETY (all pointer reads below): position p is in range (checked by the
+                    // caller), its key is dk and its value dv halves long; body_k ≤ dk,
+                    // body_v ≤ dv.
+                    let kp = unsafe { row.k.as_ptr().add((p * row.stride + row.kvh) * dk) };
+                    let mut a = [$zero(); 4];
+                    for i in (0..body_k).step_by(4 * LANES) {
+                        for (j, a) in a.iter_mut().enumerate() {
+                            unsafe {
+                                let x = $load(q16.as_ptr().add(i + LANES * j));
+                                *a = $fmadd(x, load_f16(kp.add(i + LANES * j)), *a);
+                            }
+                        }
                     }
+                    let mut dot = reduce($add($add(a[0], a[2]), $add(a[1], a[3]))) as f64;
+                    for i in body_k..dk {
+                        dot += (q16[i] * unsafe { *kp.add(i) }.to_f32()) as f64;
+                    }
+                    let (ms, vs) = super::step(&mut m, dot as f32 * row.scale);
+                    let vp = unsafe { row.v.as_ptr().add((p * row.stride + row.kvh) * dv) };
+                    let (vms, vvs) = ($set1(ms), $set1(vs));
+                    let ap = acc.as_mut_ptr();
+                    for c in (0..body_v).step_by(LANES) {
+                        unsafe {
+                            let mut y = load_f16(ap.add(c));
+                            if ms != 1.0 {
+                                // ggml_vec_scale_f16 (ms = 1 changes nothing: y·1 = y exactly).
+                                y = round_f16($mul(y, vms));
+                            }
+                            store_f16(ap.add(c), $fmadd(load_f16(vp.add(c)), vvs, y));
+                        }
+                    }
+                    for c in body_v..dv {
+                        let mut y = acc[c].to_f32();
+                        if ms != 1.0 {
+                            y = half::f16::from_f32(y * ms).to_f32();
+                        }
+                        acc[c] = half::f16::from_f32(unsafe { *vp.add(c) }.to_f32().mul_add(vs, y));
+                    }
+                    s_sum = s_sum.mul_add(ms, vs);
+                }
+                let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
+                for (o, a) in o.iter_mut().zip(&acc) {
+                    *o = a.to_f32() * inv;
                 }
             }
-            let t = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        };
+    }
+
+    /// The AVX-512 build's forms ([`super::DotForm::Lanes16`]).
+    pub(super) mod avx512 {
+        use half::f16;
+        use std::arch::x86_64::*;
+
+        /// # Safety
+        /// `p` points to 16 readable halves.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+        unsafe fn load_f16(p: *const f16) -> __m512 {
+            _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p as *const __m256i) })
+        }
+
+        /// # Safety
+        /// `p` points to 16 writable halves.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+        unsafe fn store_f16(p: *mut f16, x: __m512) {
+            unsafe { _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+        fn round_f16(x: __m512) -> __m512 {
+            _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+        }
+
+        /// By halves, as `_mm512_reduce_add_ps`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+        fn reduce(t: __m512) -> f32 {
             let h8 = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps::<1>(t));
             let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
             let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-            let mut dot = _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2))) as f64;
-            for i in body_k..dk {
-                dot += (q16[i] * unsafe { *kp.add(i) }.to_f32()) as f64;
-            }
-            let (ms, vs) = step(&mut m, dot as f32 * row.scale);
-            let vp = unsafe { row.v.as_ptr().add((p * row.stride + row.kvh) * dv) };
-            let (vms, vvs) = (_mm512_set1_ps(ms), _mm512_set1_ps(vs));
-            let ap = acc.as_mut_ptr();
-            for c in (0..body_v).step_by(16) {
-                unsafe {
-                    let mut y = _mm512_cvtph_ps(_mm256_loadu_si256(ap.add(c) as *const __m256i));
-                    if ms != 1.0 {
-                        // ggml_vec_scale_f16 (ms = 1 changes nothing: y·1 = y exactly).
-                        y = _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_mul_ps(y, vms)));
-                    }
-                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(c) as *const __m256i));
-                    let r = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_fmadd_ps(x, vvs, y));
-                    _mm256_storeu_si256(ap.add(c) as *mut __m256i, r);
-                }
-            }
-            for c in body_v..dv {
-                let mut y = acc[c].to_f32();
-                if ms != 1.0 {
-                    y = f16::from_f32(y * ms).to_f32();
-                }
-                acc[c] = f16::from_f32(unsafe { *vp.add(c) }.to_f32().mul_add(vs, y));
-            }
-            s_sum = s_sum.mul_add(ms, vs);
+            _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)))
         }
-        let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
-        for (o, a) in o.iter_mut().zip(&acc) {
-            *o = a.to_f32() * inv;
-        }
+
+        row_kernel!(
+            "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",
+            lanes = 16,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_set1_ps,
+            _mm512_add_ps,
+            _mm512_mul_ps,
+            _mm512_fmadd_ps
+        );
     }
 
-    /// [`super::attend_row`] with 8-lane vectors: the AVX2 build's forms
-    /// ([`super::DotForm::Lanes8`]).
-    ///
-    /// # Safety
-    /// Requires AVX2, FMA and F16C; sizes as [`attend_row_avx512`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend_row_avx2(q16: &[f32], row: &Row<'_>, o: &mut [f32]) {
-        let (dk, dv) = (row.dk, row.dv);
-        let (body_k, body_v) = (dk / 32 * 32, dv / 8 * 8);
-        let mut acc = vec![f16::ZERO; dv];
-        let (mut m, mut s_sum) = (f32::NEG_INFINITY, 0f32);
-        for p in row.positions.clone() {
-            // SAFETY (all pointer reads below): as in attend_row_avx512.
-            let kp = unsafe { row.k.as_ptr().add((p * row.stride + row.kvh) * dk) };
-            let mut a = [_mm256_setzero_ps(); 4];
-            for i in (0..body_k).step_by(32) {
-                for (j, a) in a.iter_mut().enumerate() {
-                    unsafe {
-                        let x = _mm256_loadu_ps(q16.as_ptr().add(i + 8 * j));
-                        let y = _mm256_cvtph_ps(_mm_loadu_si128(kp.add(i + 8 * j) as *const __m128i));
-                        *a = _mm256_fmadd_ps(x, y, *a);
-                    }
-                }
-            }
-            let t = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+    /// The AVX2 build's forms ([`super::DotForm::Lanes8`]).
+    pub(super) mod avx2 {
+        use half::f16;
+        use std::arch::x86_64::*;
+
+        /// # Safety
+        /// `p` points to 8 readable halves.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load_f16(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
+        }
+
+        /// # Safety
+        /// `p` points to 8 writable halves.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn store_f16(p: *mut f16, x: __m256) {
+            unsafe { _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn round_f16(x: __m256) -> __m256 {
+            _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+        }
+
+        /// `GGML_F32x8_REDUCE`'s tail: the halves added, then two `hadd`s.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn reduce(t: __m256) -> f32 {
             let h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
             let h = _mm_hadd_ps(h, h);
-            let mut dot = _mm_cvtss_f32(_mm_hadd_ps(h, h)) as f64;
-            for i in body_k..dk {
-                dot += (q16[i] * unsafe { *kp.add(i) }.to_f32()) as f64;
-            }
-            let (ms, vs) = step(&mut m, dot as f32 * row.scale);
-            let vp = unsafe { row.v.as_ptr().add((p * row.stride + row.kvh) * dv) };
-            let (vms, vvs) = (_mm256_set1_ps(ms), _mm256_set1_ps(vs));
-            let ap = acc.as_mut_ptr();
-            for c in (0..body_v).step_by(8) {
-                unsafe {
-                    let mut y = _mm256_cvtph_ps(_mm_loadu_si128(ap.add(c) as *const __m128i));
-                    if ms != 1.0 {
-                        y = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(y, vms)));
-                    }
-                    let x = _mm256_cvtph_ps(_mm_loadu_si128(vp.add(c) as *const __m128i));
-                    let r = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_fmadd_ps(x, vvs, y));
-                    _mm_storeu_si128(ap.add(c) as *mut __m128i, r);
-                }
-            }
-            for c in body_v..dv {
-                let mut y = acc[c].to_f32();
-                if ms != 1.0 {
-                    y = f16::from_f32(y * ms).to_f32();
-                }
-                acc[c] = f16::from_f32(unsafe { *vp.add(c) }.to_f32().mul_add(vs, y));
-            }
-            s_sum = s_sum.mul_add(ms, vs);
+            _mm_cvtss_f32(_mm_hadd_ps(h, h))
         }
-        let inv = if s_sum == 0.0 { 0.0 } else { 1.0 / s_sum };
-        for (o, a) in o.iter_mut().zip(&acc) {
-            *o = a.to_f32() * inv;
-        }
+
+        row_kernel!(
+            "avx2,fma,f16c",
+            lanes = 8,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_set1_ps,
+            _mm256_add_ps,
+            _mm256_mul_ps,
+            _mm256_fmadd_ps
+        );
     }
 }
 

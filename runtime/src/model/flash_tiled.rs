@@ -295,11 +295,11 @@ fn softmax_tile(kernels: Kernels, s: &mut [f32; TILE_KV], max: f32) -> f64 {
     {
         if kernels.avx512() {
             // SAFETY: AVX-512 detected.
-            return unsafe { x86::softmax_tile_avx512(s, max) };
+            return unsafe { x86::avx512::softmax_tile(s, max) };
         }
         if kernels.avx2() {
             // SAFETY: AVX2 and FMA detected.
-            return unsafe { x86::softmax_tile_avx2(s, max) };
+            return unsafe { x86::avx2::softmax_tile(s, max) };
         }
     }
     softmax_tile_ref(kernels.level, s, max)
@@ -346,7 +346,6 @@ fn halves_sum(x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::TILE_KV;
     use std::arch::x86_64::*;
 
     /// The tile GEMM kernels for one vector width: `kq_tile_$sfx` ([`super::kq_tile`]: four
@@ -357,13 +356,34 @@ mod x86 {
     macro_rules! tile_kernels {
         (
             $sfx:ident, $feat:literal, lanes = $lanes:literal, kq_w = $kq_w:literal, pv_w = $pv_w:literal,
-            $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident
+            $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $sub:ident,
+            expf = $expf:path, halves = $halves:path
         ) => {
             pub(super) mod $sfx {
                 use super::super::TILE_KV;
                 use std::arch::x86_64::*;
 
                 const LANES: usize = $lanes;
+
+                /// [`super::super::softmax_tile`]: `ggml_v_expf` a vector at a time, each
+                /// vector's sum by halves, added in f64.
+                ///
+                /// # Safety
+                /// Requires the level's features.
+                #[target_feature(enable = $feat)]
+                pub unsafe fn softmax_tile(s: &mut [f32; TILE_KV], max: f32) -> f64 {
+                    let m = $set1(max);
+                    let mut sum = 0f64;
+                    for g in s.chunks_exact_mut(LANES) {
+                        // SAFETY: g holds LANES floats.
+                        unsafe {
+                            let val = $expf($sub($load(g.as_ptr()), m));
+                            $store(g.as_mut_ptr(), val);
+                            sum += $halves(val) as f64;
+                        }
+                    }
+                    sum
+                }
 
                 /// # Safety
                 /// Requires the level's features; `q` is `[rows][dk]`, `kt` `[dk][64]`, `kq`
@@ -514,7 +534,10 @@ mod x86 {
         _mm512_loadu_ps,
         _mm512_storeu_ps,
         _mm512_set1_ps,
-        _mm512_fmadd_ps
+        _mm512_fmadd_ps,
+        _mm512_sub_ps,
+        expf = crate::model::ops::x86::expf_avx512,
+        halves = super::halves_512
     );
     tile_kernels!(
         avx2,
@@ -526,53 +549,26 @@ mod x86 {
         _mm256_loadu_ps,
         _mm256_storeu_ps,
         _mm256_set1_ps,
-        _mm256_fmadd_ps
+        _mm256_fmadd_ps,
+        _mm256_sub_ps,
+        expf = crate::model::ops::x86::expf_avx2,
+        halves = super::halves_256
     );
 
-    /// [`super::softmax_tile`] at the AVX-512 level.
-    ///
-    /// # Safety
-    /// Requires AVX-512 F/BW/VL/DQ + VNNI.
+    /// The sum of 16 lanes by halves (`_mm512_reduce_add_ps`'s order).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    pub unsafe fn softmax_tile_avx512(s: &mut [f32; TILE_KV], max: f32) -> f64 {
-        let m = _mm512_set1_ps(max);
-        let mut sum = 0f64;
-        for g in s.chunks_exact_mut(16) {
-            // SAFETY: g holds 16 floats.
-            unsafe {
-                let val = crate::model::ops::x86::expf_avx512(_mm512_sub_ps(_mm512_loadu_ps(g.as_ptr()), m));
-                _mm512_storeu_ps(g.as_mut_ptr(), val);
-                // By halves, as _mm512_reduce_add_ps.
-                let h8 = _mm256_add_ps(_mm512_castps512_ps256(val), _mm512_extractf32x8_ps::<1>(val));
-                let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
-                let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-                let h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
-                sum += _mm_cvtss_f32(h1) as f64;
-            }
-        }
-        sum
+    fn halves_512(v: __m512) -> f32 {
+        halves_256(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v)))
     }
 
-    /// [`super::softmax_tile`] at the AVX2 level.
-    ///
-    /// # Safety
-    /// Requires AVX2 and FMA.
+    /// The sum of 8 lanes by halves (ggml's `extractf128` / `movehl` / `movehdup` sequence).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn softmax_tile_avx2(s: &mut [f32; TILE_KV], max: f32) -> f64 {
-        let m = _mm256_set1_ps(max);
-        let mut sum = 0f64;
-        for g in s.chunks_exact_mut(8) {
-            // SAFETY: g holds 8 floats.
-            unsafe {
-                let val = crate::model::ops::x86::expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(g.as_ptr()), m));
-                _mm256_storeu_ps(g.as_mut_ptr(), val);
-                let h4 = _mm_add_ps(_mm256_extractf128_ps::<1>(val), _mm256_castps256_ps128(val));
-                let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-                let h1 = _mm_add_ss(h2, _mm_movehdup_ps(h2));
-                sum += _mm_cvtss_f32(h1) as f64;
-            }
-        }
-        sum
+    fn halves_256(v: __m256) -> f32 {
+        let h4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+        _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)))
     }
 }
 
