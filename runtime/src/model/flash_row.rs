@@ -97,12 +97,13 @@ fn attend_row(level: SimdLevel, q16: &[f32], row: &Row<'_>, o: &mut [f32]) {
             return unsafe { x86::avx2::attend_row(q16, row, o) };
         }
     }
+    let _ = level;
     attend_row_ref(DotForm::Sequential, q16, row, o);
 }
 
 /// How `ggml_vec_dot_f16` sums, per build (the vector forms' references, for tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(any(not(test), not(target_arch = "x86_64")), allow(dead_code))]
 pub(crate) enum DotForm {
     /// No SIMD: products in f32, summed in f64 in order.
     Sequential,

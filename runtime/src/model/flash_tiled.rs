@@ -34,6 +34,7 @@ pub const TILE_KV: usize = 64;
 /// Which kernels: a SIMD level, and whether to run the scalar references of that level's
 /// kernels instead (for tests; the same values bit for bit).
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Kernels {
     pub level: SimdLevel,
     pub reference: bool,
@@ -49,11 +50,13 @@ impl Kernels {
     }
 
     /// Whether this runs the AVX-512 kernels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn avx512(self) -> bool {
         !self.reference && self.level == SimdLevel::Avx512 && self.level.is_available()
     }
 
     /// Whether this runs the AVX2 kernels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn avx2(self) -> bool {
         !self.reference && self.level == SimdLevel::Avx2 && self.level.is_available()
     }
