@@ -30,34 +30,61 @@ fn l2(a: &[f32], b: &[f32]) -> f32 {
         .sqrt() as f32
 }
 
-fn jargon(m: &Model) -> AdapterHandle {
-    let a = load_adapter(
-        &fixtures_dir().join("adapters/gemma3-270m-jargon"),
+/// The fixture adapter in `adapter_dir` (under the fixtures) loaded for `m`, and the names of
+/// the weights it targets.
+fn fixture_adapter(m: &Model, adapter_dir: &str) -> (AdapterHandle, Vec<String>) {
+    let a = load_adapter(&fixtures_dir().join(adapter_dir), m, &AdapterOptions::default()).unwrap();
+    let names = a.targets.iter().map(|t| t.tensor.clone()).collect();
+    (AdapterHandle::new(a.name.clone(), 1, a), names)
+}
+
+/// What an F16 bake is compared on, all on the float path (so only the f16 rounding of
+/// W + s·B·A differs): the model with a fixture adapter at scale 1 on the fly (`plan`), its F16
+/// bake, and f16's floor: the targeted base weights alone stored as F16, the adapter still on
+/// the fly (`plan16`).
+struct F16Bake {
+    m: Model,
+    plan: LoraPlan,
+    baked: Model,
+    report: runtime::lora::bake::BakeReport,
+    base_f16: Model,
+    plan16: LoraPlan,
+}
+
+fn f16_bake(model_name: &str, adapter_dir: &str) -> F16Bake {
+    let mut m = Model::load(model(model_name)).unwrap();
+    m.float_reference = true;
+    let (h, names) = fixture_adapter(&m, adapter_dir);
+    let active = [(h, 1.0)];
+    let plan = LoraPlan::new(&m, &active).unwrap();
+    let (baked, report) = bake(&m, &active, BakeType::F16).unwrap();
+    let base_f16 = with_weights(&m, &names, quant::GgmlType::F16, |_| {});
+    let plan16 = LoraPlan::new(&base_f16, &active).unwrap();
+    F16Bake {
         m,
-        &AdapterOptions::default(),
-    )
-    .unwrap();
-    AdapterHandle::new(a.name.clone(), 1, a)
+        plan,
+        baked,
+        report,
+        base_f16,
+        plan16,
+    }
 }
 
 #[test]
 fn baked_f16_equals_on_the_fly() {
-    // Both on the float path, so only the f16 rounding of W + s·B·A differs. Its floor is what
-    // f16 does to the base weights alone: W stored as F16, the adapter still on the fly.
-    let mut m = Model::load(model(GEMMA)).unwrap();
-    m.float_reference = true;
-    let h = jargon(&m);
-    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
-    let active = [(h, 1.0)];
-    let plan = LoraPlan::new(&m, &active).unwrap();
-    let (baked, report) = bake(&m, &active, BakeType::F16).unwrap();
+    let F16Bake {
+        m,
+        plan,
+        baked,
+        report,
+        base_f16,
+        plan16,
+    } = f16_bake(GEMMA, "adapters/gemma3-270m-jargon");
     assert_eq!(report.tensors.len(), 18 * 7);
     assert!(report.kept > 0.9999 && report.kept < 1.0001, "f16 kept {}", report.kept);
-    let base_f16 = with_weights(&m, &names, quant::GgmlType::F16, |_| {});
     for ids in PROMPTS {
         let a = logits(&m, &plan, ids);
         let b = logits(&baked, &LoraPlan::default(), ids);
-        let plan16 = LoraPlan::new(&base_f16, &active).unwrap();
         let floor = rel(&logits(&base_f16, &plan16, ids), &a);
         // Relative error in the L2 sense: ‖Δ‖ / ‖logits‖.
         let r = rel(&b, &a);
@@ -155,8 +182,7 @@ fn baked_same_types_within_quantization_noise() {
     let m = Model::load(model(GEMMA)).unwrap();
     let mut f = m.clone();
     f.float_reference = true;
-    let h = jargon(&m);
-    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
+    let (h, names) = fixture_adapter(&m, "adapters/gemma3-270m-jargon");
     let active = [(h, 1.0)];
     let (baked, report) = bake(&m, &active, BakeType::Same).unwrap();
     let (baked8, report8) = bake(&m, &active, BakeType::Q8_0).unwrap();
@@ -248,14 +274,7 @@ fn weight_noise_estimate_against_a_known_original() {
     // same-type bake is 0.14× and 0.17× the true noise.
     let mut orig = Model::load(fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
     orig.float_reference = true;
-    let a = load_adapter(
-        &fixtures_dir().join("adapters/tinyllama-a-lora"),
-        &orig,
-        &AdapterOptions::default(),
-    )
-    .unwrap();
-    let h = AdapterHandle::new(a.name.clone(), 1, a);
-    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
+    let (h, names) = fixture_adapter(&orig, "adapters/tinyllama-a-lora");
     let active = [(h, 1.0)];
     let none = LoraPlan::default();
     let chunks = text_chunks(&fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf"), 2, 64);
@@ -360,9 +379,7 @@ fn bake_kl_ratios(name: &str, adapter_dir: &str, scales: &[f32], types: &[BakeTy
     let n_vocab = m.config.n_vocab;
     let mut f = m.clone();
     f.float_reference = true;
-    let a = load_adapter(&fixtures_dir().join(adapter_dir), &m, &AdapterOptions::default()).unwrap();
-    let h = AdapterHandle::new(a.name.clone(), 1, a);
-    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
+    let (h, names) = fixture_adapter(&m, adapter_dir);
     let none = LoraPlan::default();
     let base = all_logits(&f, &none, &chunks);
     let mut fd = dithered(&m, &names, 7);
@@ -433,16 +450,14 @@ fn baked_gemma_jargon_against_the_noise() {
 /// position, for a fixture adapter at scale 1; and the same for f16's own floor (the targeted
 /// base weights alone stored as F16, the adapter still on the fly). Returns the two means.
 fn f16_bake_over_text(model_name: &str, adapter_dir: &str) -> (f64, f64) {
-    let mut m = Model::load(model(model_name)).unwrap();
-    m.float_reference = true;
-    let a = load_adapter(&fixtures_dir().join(adapter_dir), &m, &AdapterOptions::default()).unwrap();
-    let h = AdapterHandle::new(a.name.clone(), 1, a);
-    let names: Vec<String> = h.adapter.targets.iter().map(|t| t.tensor.clone()).collect();
-    let active = [(h, 1.0)];
-    let plan = LoraPlan::new(&m, &active).unwrap();
-    let (baked, _) = bake(&m, &active, BakeType::F16).unwrap();
-    let base_f16 = with_weights(&m, &names, quant::GgmlType::F16, |_| {});
-    let plan16 = LoraPlan::new(&base_f16, &active).unwrap();
+    let F16Bake {
+        m,
+        plan,
+        baked,
+        base_f16,
+        plan16,
+        ..
+    } = f16_bake(model_name, adapter_dir);
     let chunks = text_chunks(&model(model_name), 2, 64);
     let fly = all_logits(&m, &plan, &chunks);
     let n_vocab = m.config.n_vocab;

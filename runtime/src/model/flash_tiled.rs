@@ -178,7 +178,16 @@ pub(crate) fn attention_tiled(
                 let j1 = (base + TILE_KV).min(n_kv);
                 if j0 < j1 && seen.iter().any(|&x| x) {
                     let vt = &v[((j0 - lo) * n_head_kv + kvh) * dv..];
-                    pv_tile(kernels, &kq, j0 - base, j1 - j0, vt, v_stride, dv, rows, &mut acc);
+                    let t = PvTile {
+                        p: &kq,
+                        j0: j0 - base,
+                        n: j1 - j0,
+                        v: vt,
+                        stride: v_stride,
+                        dv,
+                        rows,
+                    };
+                    pv_tile(kernels, &t, &mut acc);
                 }
             }
             for (a, &s) in acc.chunks_exact_mut(dv).zip(&s) {
@@ -230,58 +239,53 @@ fn kq_tile_ref(q: &[f32], kt: &[f32], dk: usize, kq: &mut [f32]) {
     }
 }
 
-/// `acc[i][c] += Σ_j p[i][j0 + j]·v_j[c]` over `j < n`, each a chain of fused multiply-adds
-/// in `j` order continuing from `acc` (`simd_gemm`), for `i < rows`, `c < dv`. `p` is
-/// `[rows][TILE_KV]`, `v_j` is `v[j·stride..][..dv]`, `acc` is `[rows][dv]`.
-#[allow(clippy::too_many_arguments)]
-fn pv_tile(
-    kernels: Kernels,
-    p: &[f32],
+/// One tile's weighted sum of values: weights `p` (`[rows][TILE_KV]`, columns `j0..j0 + n`)
+/// against value rows `v_j = v[j·stride..][..dv]`, `j < n`.
+#[derive(Clone, Copy)]
+struct PvTile<'a> {
+    p: &'a [f32],
     j0: usize,
     n: usize,
-    v: &[f32],
+    v: &'a [f32],
     stride: usize,
     dv: usize,
     rows: usize,
-    acc: &mut [f32],
-) {
-    assert!(j0 + n <= TILE_KV && p.len() >= rows * TILE_KV && acc.len() >= rows * dv);
-    assert!(n == 0 || v.len() >= (n - 1) * stride + dv, "value rows out of range");
+}
+
+/// `acc[i][c] += Σ_j p[i][j0 + j]·v_j[c]` over `j < n` for `i < rows`, `c < dv` (`acc` is
+/// `[rows][dv]`), each a chain of fused multiply-adds in `j` order continuing from `acc`
+/// (`simd_gemm`).
+fn pv_tile(kernels: Kernels, t: &PvTile<'_>, acc: &mut [f32]) {
+    assert!(t.j0 + t.n <= TILE_KV && t.p.len() >= t.rows * TILE_KV && acc.len() >= t.rows * t.dv);
+    assert!(
+        t.n == 0 || t.v.len() >= (t.n - 1) * t.stride + t.dv,
+        "value rows out of range"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if kernels.avx512() {
             // SAFETY: AVX-512 detected; sizes checked above.
-            return unsafe { x86::avx512::pv_tile(p, j0, n, v, stride, dv, rows, acc) };
+            return unsafe { x86::avx512::pv_tile(t, acc) };
         }
         if kernels.avx2() {
             // SAFETY: AVX2 and FMA detected; sizes checked above.
-            return unsafe { x86::avx2::pv_tile(p, j0, n, v, stride, dv, rows, acc) };
+            return unsafe { x86::avx2::pv_tile(t, acc) };
         }
     }
     let _ = kernels;
-    pv_tile_ref(p, j0, n, v, stride, dv, rows, acc, 0);
+    pv_tile_ref(t, acc, 0);
 }
 
 /// [`pv_tile`] for the columns `c0..dv`, one element at a time (the reference, and the
 /// kernels' leftover columns).
-#[allow(clippy::too_many_arguments)]
-fn pv_tile_ref(
-    p: &[f32],
-    j0: usize,
-    n: usize,
-    v: &[f32],
-    stride: usize,
-    dv: usize,
-    rows: usize,
-    acc: &mut [f32],
-    c0: usize,
-) {
-    for i in 0..rows {
-        let pi = &p[i * TILE_KV + j0..][..n];
+fn pv_tile_ref(t: &PvTile<'_>, acc: &mut [f32], c0: usize) {
+    let dv = t.dv;
+    for i in 0..t.rows {
+        let pi = &t.p[i * TILE_KV + t.j0..][..t.n];
         for c in c0..dv {
             let mut a = acc[i * dv + c];
             for (j, &pj) in pi.iter().enumerate() {
-                a = pj.mul_add(v[j * stride + c], a);
+                a = pj.mul_add(t.v[j * t.stride + c], a);
             }
             acc[i * dv + c] = a;
         }
@@ -447,53 +451,33 @@ mod x86 {
 
                 /// # Safety
                 /// Requires the level's features; the sizes [`super::super::pv_tile`] checks.
-                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = $feat)]
-                pub unsafe fn pv_tile(
-                    p: &[f32],
-                    j0: usize,
-                    n: usize,
-                    v: &[f32],
-                    stride: usize,
-                    dv: usize,
-                    rows: usize,
-                    acc: &mut [f32],
-                ) {
+                pub unsafe fn pv_tile(t: &super::super::PvTile<'_>, acc: &mut [f32]) {
                     let mut c0 = 0;
-                    while c0 + $pv_w * LANES <= dv {
+                    while c0 + $pv_w * LANES <= t.dv {
                         // SAFETY: these columns exist; rows as the caller checked.
-                        unsafe { pv_cols::<$pv_w>(p, j0, n, v, stride, dv, rows, acc, c0) };
+                        unsafe { pv_cols::<$pv_w>(t, acc, c0) };
                         c0 += $pv_w * LANES;
                     }
-                    while c0 + LANES <= dv {
+                    while c0 + LANES <= t.dv {
                         // SAFETY: these columns exist.
-                        unsafe { pv_cols::<1>(p, j0, n, v, stride, dv, rows, acc, c0) };
+                        unsafe { pv_cols::<1>(t, acc, c0) };
                         c0 += LANES;
                     }
-                    super::super::pv_tile_ref(p, j0, n, v, stride, dv, rows, acc, c0);
+                    super::super::pv_tile_ref(t, acc, c0);
                 }
 
                 /// Columns `c0..c0 + W·LANES` of [`pv_tile`], four rows at a time.
                 ///
                 /// # Safety
                 /// As [`pv_tile`], with those columns in range.
-                #[allow(clippy::too_many_arguments)]
                 #[inline]
                 #[target_feature(enable = $feat)]
-                unsafe fn pv_cols<const W: usize>(
-                    p: &[f32],
-                    j0: usize,
-                    n: usize,
-                    v: &[f32],
-                    stride: usize,
-                    dv: usize,
-                    rows: usize,
-                    acc: &mut [f32],
-                    c0: usize,
-                ) {
+                unsafe fn pv_cols<const W: usize>(t: &super::super::PvTile<'_>, acc: &mut [f32], c0: usize) {
+                    let (p, v, dv) = (t.p, t.v, t.dv);
                     let mut i = 0;
-                    while i < rows {
-                        let r = (rows - i).min(4);
+                    while i < t.rows {
+                        let r = (t.rows - i).min(4);
                         let mut a = [[$zero(); W]; 4];
                         for (rr, a) in a.iter_mut().enumerate().take(r) {
                             for (c, a) in a.iter_mut().enumerate() {
@@ -501,14 +485,14 @@ mod x86 {
                                 *a = unsafe { $load(acc.as_ptr().add((i + rr) * dv + c0 + LANES * c)) };
                             }
                         }
-                        for j in 0..n {
+                        for j in 0..t.n {
                             let mut b = [$zero(); W];
                             for (c, b) in b.iter_mut().enumerate() {
                                 // SAFETY: value row j is v[j·stride..][..dv].
-                                *b = unsafe { $load(v.as_ptr().add(j * stride + c0 + LANES * c)) };
+                                *b = unsafe { $load(v.as_ptr().add(j * t.stride + c0 + LANES * c)) };
                             }
                             for (rr, a) in a.iter_mut().enumerate().take(r) {
-                                let pj = $set1(p[(i + rr) * TILE_KV + j0 + j]);
+                                let pj = $set1(p[(i + rr) * TILE_KV + t.j0 + j]);
                                 for (c, a) in a.iter_mut().enumerate() {
                                     *a = $fmadd(pj, b[c], *a);
                                 }
@@ -624,8 +608,17 @@ mod tests {
                     let acc0: Vec<f32> = (0..rows * dv).map(|_| r() * 100.0).collect();
                     for (j0, n) in [(0, TILE_KV), (5, 40), (63, 1), (10, 0)] {
                         let (mut a, mut b) = (acc0.clone(), acc0.clone());
-                        pv_tile(simd, &p, j0, n, &v, stride, dv, rows, &mut a);
-                        pv_tile(reference, &p, j0, n, &v, stride, dv, rows, &mut b);
+                        let t = PvTile {
+                            p: &p,
+                            j0,
+                            n,
+                            v: &v,
+                            stride,
+                            dv,
+                            rows,
+                        };
+                        pv_tile(simd, &t, &mut a);
+                        pv_tile(reference, &t, &mut b);
                         assert_eq!(bits(&a), bits(&b), "{level:?} pv, dv {dv}, {rows} rows, {j0}+{n}");
                     }
                 }

@@ -286,9 +286,6 @@ pub fn rope(x: &mut [f32], head_dim: usize, cache: &[(f32, f32)], ty: RopeType) 
 /// is not a multiple of `n_head_kv` (a model's configuration is checked at load,
 /// [`super::ModelConfig::validate`]).
 pub fn attention(q: &[f32], k_cache: &[f16], v_cache: &[f16], shape: &AttnShape) -> Vec<f32> {
-    if shape.n_tok == 0 {
-        return Vec::new();
-    }
     if shape.n_tok >= super::flash_tiled::TILE_Q {
         super::flash_tiled::attention_tiled(super::flash_tiled::Kernels::detect(), q, k_cache, v_cache, shape)
     } else {
@@ -303,11 +300,13 @@ pub struct AttnShape {
     pub n_tok: usize,
     /// Positions already in the cache before them.
     pub pos0: usize,
-    /// Query heads, and key/value heads (each serves `n_head / n_head_kv` query heads).
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads; each serves `n_head / n_head_kv` query heads.
     pub n_head_kv: usize,
-    /// Key and value lengths per head.
+    /// Values per key (and per query) head.
     pub head_dim: usize,
+    /// Values per value head (the output's per-head length).
     pub head_dim_v: usize,
     /// Factor on the scores before the softmax.
     pub scale: f32,
