@@ -156,6 +156,11 @@ struct RunArgs {
     lora: AdapterArgs,
     #[command(flatten)]
     bake: BakeArgs,
+    /// Compute in f32 as transformers + PEFT do on the dequantized model: dequantized weights
+    /// times unquantized activations, attention in f32. Several times slower; by default the
+    /// activations are quantized to 8 bits for the dot products, as in llama.cpp.
+    #[arg(long)]
+    exact: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,8 +302,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set the thread count and load the model, for computing as `--exact` says.
+fn load_run(r: &RunArgs) -> Result<std::sync::Arc<Engine>> {
+    load_with(&r.model, r.exact)
+}
+
 /// Set the thread count and load the model.
 fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
+    load_with(m, false)
+}
+
+/// Set the thread count and load the model, with the float reference path if `exact`.
+fn load_with(m: &ModelArgs, exact: bool) -> Result<std::sync::Arc<Engine>> {
     if let Some(n) = m.threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
@@ -312,6 +327,7 @@ fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
         path,
         &LoadOptions {
             tokenizer_json: m.tokenizer.clone(),
+            float_reference: exact,
         },
     )?;
     Ok(engine)
@@ -586,7 +602,7 @@ const INTERACTIVE_HELP: &str = "/adapters, /use NAME|PATH[:SCALE] ..., /none, /b
 /// `-i`: prompts from stdin, commands to switch adapters.
 fn interactive(a: &GenerateArgs) -> Result<()> {
     use std::io::BufRead;
-    let engine = load(&a.run.model)?;
+    let engine = load_run(&a.run)?;
     // `baked`: what is baked into the weights now (the active set again after /unbake).
     let (mut active, mut baked) =
         load_adapters_baked(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::ApplyThenMore)?;
@@ -853,7 +869,7 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     if lines.is_empty() {
         return Err(format!("{}: no prompts in the file", file.display()).into());
     }
-    let engine = load(&a.run.model)?;
+    let engine = load_run(&a.run)?;
     load_adapters(&engine, &a.run.lora, None, AdapterUse::LoadOnly)?;
     let n_ctx = context(&engine, &a.run.ctx, 4096);
     // Resolve every line's adapters and check every prompt fits before running any.
@@ -933,7 +949,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let Some(prompt) = &a.prompt else {
         return Err("no prompt: pass --prompt TEXT or --prompts FILE.jsonl (or a subcommand; see --help)".into());
     };
-    let engine = load(&a.run.model)?;
+    let engine = load_run(&a.run)?;
     let active = load_adapters(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::Apply)?;
     let text = user_prompt(&engine, a, prompt)?;
     let opts = generate_options(a, n_predict(a.n_predict), active);
@@ -975,7 +991,7 @@ fn tokenize(m: &ModelArgs, text: &str, json: bool) -> Result<()> {
 fn perplexity(r: &RunArgs, file: &std::path::Path, chunks: Option<usize>, json: bool) -> Result<()> {
     check_bake_type(&r.bake, false)?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let engine = load(&r.model)?;
+    let engine = load_run(r)?;
     let active = load_adapters(&engine, &r.lora, Some(&r.bake), AdapterUse::Apply)?;
     // llama.cpp's perplexity default context.
     let n_ctx = context(&engine, &r.ctx, 512);
@@ -997,7 +1013,7 @@ fn perplexity(r: &RunArgs, file: &std::path::Path, chunks: Option<usize>, json: 
 
 fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     check_bake_type(&r.bake, false)?;
-    let engine = load(&r.model)?;
+    let engine = load_run(r)?;
     let active = load_adapters(&engine, &r.lora, Some(&r.bake), AdapterUse::Apply)?;
     let mut session = engine.session(context(&engine, &r.ctx, 4096));
     let logits = session.logits(prompt, &active)?;

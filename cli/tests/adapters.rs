@@ -332,6 +332,39 @@ fn adapter_scale_and_bake_on_the_command_line() {
     assert_ne!(ids(&neg), ids(&fly));
 }
 
+/// `--exact` computes as transformers + PEFT on the dequantized model. On "def add(a, b):"
+/// with the demo (bf16 jargon) adapter the reference's margins are 4.0, 4.9, 0.51, 0.43, 2.3, 6.7, 0.59,
+/// 0.56, then 0.067: its first 8 tokens are clear. The default path (8-bit activations, as in
+/// llama.cpp, whose `--lora` makes the same choice) takes the other branch at step 3 (` str`
+/// for ` a`), where the reference's margin is 0.43; `--exact` follows the reference.
+#[test]
+fn exact_follows_peft_where_the_quantized_path_does_not() {
+    let m = model(GEMMA);
+    let a = fixtures_dir().join("adapters/gemma3-270m-jargon-bf16");
+    let run = |extra: &[&str]| -> Vec<u64> {
+        let mut args = vec![
+            "-m",
+            m.to_str().unwrap(),
+            "-a",
+            a.to_str().unwrap(),
+            "-p",
+            "def add(a, b):",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        ids(&serde_json::from_str(&ok(&args).0).unwrap())
+    };
+    let want = ref_ids("gemma3-270m__jargon-bf16__1.0.json", 3);
+    let quantized = run(&[]);
+    assert_eq!(quantized[..3], want[..3]);
+    assert_ne!(quantized[3], want[3], "the quantized path's known flip at step 3 moved");
+    assert_eq!(run(&["--exact"])[..8], want[..8]);
+}
+
 #[test]
 fn merge_writes_a_loadable_gguf() {
     let m = model(GEMMA);

@@ -55,6 +55,11 @@ pub enum Error {
 pub struct LoadOptions {
     /// A `tokenizer.json` that replaces the GGUF's own tokenizer.
     pub tokenizer_json: Option<PathBuf>,
+    /// Compute as the float reference does ([`Model::float_reference`]): dequantized weights
+    /// times unquantized f32 activations and f32 attention, as transformers + PEFT on the
+    /// dequantized model. Several times slower; off by default (llama.cpp's quantized dot
+    /// products).
+    pub float_reference: bool,
 }
 
 /// A loaded model, its tokenizer and its set of loaded adapters. Share it through `Arc` and
@@ -96,7 +101,8 @@ impl Engine {
             },
         };
         let file = Arc::new(GgufFile::open(path).map_err(|e| in_file(e.into()))?);
-        let model = Model::from_file(file.clone()).map_err(|e| in_file(e.into()))?;
+        let mut model = Model::from_file(file.clone()).map_err(|e| in_file(e.into()))?;
+        model.float_reference = opts.float_reference;
         let tokenizer = match &opts.tokenizer_json {
             Some(p) => Tokenizer::from_file(p)?,
             None => Tokenizer::from_gguf(file.metadata()).map_err(|e| in_file(e.into()))?,
