@@ -351,12 +351,12 @@ fn context(engine: &Engine, c: &CtxArgs, default: usize) -> usize {
 /// Split `PATH[:SCALE]`: the scale is what follows the last `:`, unless the whole text is an
 /// existing path. Errors on a scale that is not a finite number.
 fn parse_adapter_spec(spec: &str) -> Result<(PathBuf, f32)> {
-    if let Some((p, s)) = spec.rsplit_once(':') {
-        if !std::path::Path::new(spec).exists() {
-            return parse_scale(s)
-                .map(|scale| (PathBuf::from(p), scale))
-                .map_err(|e| format!("adapter scale in `{spec}` (PATH[:SCALE]): {e}").into());
-        }
+    if let Some((p, s)) = spec.rsplit_once(':')
+        && !std::path::Path::new(spec).exists()
+    {
+        return parse_scale(s)
+            .map(|scale| (PathBuf::from(p), scale))
+            .map_err(|e| format!("adapter scale in `{spec}` (PATH[:SCALE]): {e}").into());
     }
     Ok((PathBuf::from(spec), 1.0))
 }
@@ -544,14 +544,14 @@ fn merge(m: &ModelArgs, lora: &AdapterArgs, output: &std::path::Path, ty: runtim
     if lora.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
     }
-    if let (Some(input), Ok(out)) = (&m.model, std::fs::canonicalize(output)) {
-        if std::fs::canonicalize(input).is_ok_and(|i| i == out) {
-            return Err(format!(
-                "the output {} is the input model; write the merged model to another file",
-                output.display()
-            )
-            .into());
-        }
+    if let (Some(input), Ok(out)) = (&m.model, std::fs::canonicalize(output))
+        && std::fs::canonicalize(input).is_ok_and(|i| i == out)
+    {
+        return Err(format!(
+            "the output {} is the input model; write the merged model to another file",
+            output.display()
+        )
+        .into());
     }
     let engine = load(m)?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;

@@ -37,7 +37,7 @@ impl<'a> QMatrix<'a> {
             n: n_in,
             block: ty.block_size(),
         })?;
-        let expected = row.checked_mul(n_out).unwrap_or(usize::MAX);
+        let expected = row.saturating_mul(n_out);
         if expected != data.len() {
             return Err(QuantError::LengthMismatch {
                 what: "QMatrix data",

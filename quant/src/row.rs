@@ -79,7 +79,7 @@ pub fn cast_blocks<B: Block>(bytes: &[u8]) -> Cow<'_, [B]> {
 
 /// Check that `n` elements of `ty` take `got` bytes; returns the block count.
 pub fn check_row(ty: GgmlType, n: usize, got: usize, what: &'static str) -> Result<usize, QuantError> {
-    if n % ty.block_size() != 0 {
+    if !n.is_multiple_of(ty.block_size()) {
         return Err(QuantError::NotBlockMultiple {
             ty,
             n,

@@ -49,7 +49,7 @@ fn load(ty: GgmlType) -> Value {
 
 fn hex(s: &Value) -> Vec<u8> {
     let s = s.as_str().expect("hex string");
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
@@ -57,7 +57,7 @@ fn hex(s: &Value) -> Vec<u8> {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    assert!(bytes.len() % 4 == 0);
+    assert!(bytes.len().is_multiple_of(4));
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -332,6 +332,8 @@ fn check_matmul(ty: GgmlType) {
             let (r, tl) = (reference[t * n_out + o], tol[t * n_out + o]);
             let err = (y[o] as f64 - r).abs();
             worst = worst.max(err / tl);
+            // `!(≤)` so that a NaN result fails too.
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
             if !(err <= tl) {
                 failures.push(format!(
                     "{ty} {what}: token {t} output {o}: got {:e}, reference {r:e}, |diff| {err:e} > tol {tl:e}",
@@ -375,6 +377,8 @@ fn check_matmul(ty: GgmlType) {
             .unwrap_or_else(|e| panic!("{ty}: vec_dot({l:?}): {e}"));
         let err = (d as f64 - reference[0]).abs();
         worst = worst.max(err / tol[0]);
+        // `!(≤)` so that a NaN result fails too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(err <= tol[0]) {
             failures.push(format!(
                 "{ty} vec_dot({l:?}): token 0 row 0: got {d:e}, reference {:e}, |diff| {err:e} > tol {:e}",

@@ -450,7 +450,7 @@ impl Session {
         on_token: &mut dyn FnMut(&TokenEvent) -> bool,
     ) -> Result<Generation, Error> {
         let mut stream = self.stream_tokens(prompt, opts)?;
-        while let Some(ev) = stream.next() {
+        for ev in stream.by_ref() {
             if !on_token(&ev?) {
                 break;
             }

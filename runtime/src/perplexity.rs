@@ -70,10 +70,8 @@ pub fn perplexity(
     for i in 0..n_chunk {
         let start = i * n_ctx;
         let mut chunk = tokens[start..start + n_ctx].to_vec();
-        if add_bos {
-            if let Some(b) = bos {
-                chunk[0] = b;
-            }
+        if add_bos && let Some(b) = bos {
+            chunk[0] = b;
         }
         let mut kv = model.new_kv_cache(n_ctx);
         let hidden = model.forward_hidden(&mut kv, &chunk, &plan)?;

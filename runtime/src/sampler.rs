@@ -118,14 +118,14 @@ impl Sampler {
             let start = history.len().saturating_sub(o.repeat_last_n);
             let mut seen = std::collections::HashSet::new();
             for &t in &history[start..] {
-                if seen.insert(t) {
-                    if let Some(l) = logits.get_mut(t as usize) {
-                        *l = if *l <= 0.0 {
-                            *l * o.repeat_penalty
-                        } else {
-                            *l / o.repeat_penalty
-                        };
-                    }
+                if seen.insert(t)
+                    && let Some(l) = logits.get_mut(t as usize)
+                {
+                    *l = if *l <= 0.0 {
+                        *l * o.repeat_penalty
+                    } else {
+                        *l / o.repeat_penalty
+                    };
                 }
             }
         }

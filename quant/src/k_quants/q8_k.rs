@@ -179,7 +179,8 @@ mod tests {
     fn act_matches_ref(x: &[f32]) {
         let want = quantize(x);
         #[allow(unused_mut)] // nothing is added on other architectures
-        let mut bodies: Vec<(&str, fn(&[f32], &mut [BlockQ8_K]))> = vec![("portable", quantize_row_act_body)];
+        type Body = fn(&[f32], &mut [BlockQ8_K]);
+        let mut bodies: Vec<(&str, Body)> = vec![("portable", quantize_row_act_body)];
         #[cfg(target_arch = "x86_64")]
         if crate::SimdLevel::Avx2.is_available() {
             // SAFETY: AVX2 was detected just above.

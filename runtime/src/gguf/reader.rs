@@ -329,7 +329,7 @@ impl GgufHeader {
 pub fn align_up(x: u64, align: u64) -> u64 {
     x.checked_add(align - 1)
         .map(|v| v & !(align - 1))
-        .unwrap_or(u64::MAX & !(align - 1))
+        .unwrap_or(!(align - 1))
 }
 
 /// Byte size of a tensor of `ty` with ggml `shape`, checking every rule of gguf.c: no zero

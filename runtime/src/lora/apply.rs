@@ -291,8 +291,8 @@ fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<DoraFact
                 let mut sum = 0f64;
                 for i in 0..t.n_in {
                     let mut ba = 0f32;
-                    for k in 0..t.r {
-                        ba += b[k] * t.a[k * t.n_in + i];
+                    for (k, bk) in b.iter().enumerate() {
+                        ba += bk * t.a[k * t.n_in + i];
                     }
                     let v = w[o * t.n_in + i] + s * ba;
                     sum += (v as f64) * (v as f64);

@@ -173,7 +173,7 @@ impl ModelConfig {
                 return Err(bad(k, "is 0".into()));
             }
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(bad(
                 "attention.head_count_kv",
                 format!(
@@ -190,7 +190,7 @@ impl ModelConfig {
                 return Err(bad(k, format!("{heads} heads of {dim} values is out of range")));
             }
         }
-        if self.n_rot % 2 != 0 || self.n_rot > self.head_dim {
+        if !self.n_rot.is_multiple_of(2) || self.n_rot > self.head_dim {
             return Err(bad(
                 "rope.dimension_count",
                 format!(

@@ -70,7 +70,7 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
 /// GELU with the tanh approximation (`ggml_gelu_f32`, ggml-cpu/vec.h).
 fn gelu_f32(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044715;
-    const SQRT_2_OVER_PI: f32 = 0.797_884_560_802_865_4;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
 }
 
@@ -325,7 +325,7 @@ impl AttnShape {
         let n_kv = self.pos0 + self.n_tok;
         assert!(self.head_dim > 0 && self.head_dim_v > 0, "empty heads");
         assert!(
-            self.n_head_kv > 0 && self.n_head % self.n_head_kv == 0,
+            self.n_head_kv > 0 && self.n_head.is_multiple_of(self.n_head_kv),
             "{} query heads over {} key/value heads",
             self.n_head,
             self.n_head_kv
