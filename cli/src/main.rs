@@ -157,7 +157,7 @@ struct RunArgs {
     #[command(flatten)]
     bake: BakeArgs,
     /// Compute in f32 as transformers + PEFT do on the dequantized model: dequantized weights
-    /// times unquantized activations, attention in f32. Several times slower; by default the
+    /// times unquantized activations, attention and GELU in f32. Several times slower; by default the
     /// activations are quantized to 8 bits for the dot products, as in llama.cpp.
     #[arg(long)]
     exact: bool,

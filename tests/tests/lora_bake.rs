@@ -92,10 +92,11 @@ fn baked_f16_equals_on_the_fly() {
             "f16 bake vs on the fly: ‖Δ‖/‖logits‖ = {r:.2e} (f16 of W alone: {floor:.2e}), max |Δ| / max |logit| = {:.2e}",
             max_diff(&a, &b) / max_abs(&a)
         );
-        // Measured 3.9 / 9.9 / 6.6e-4 against a floor of 6.1 / 15.9 / 5.8e-4 (f32 attention on
-        // this path; it was 4.4 / 9.5 / 11.7e-4 with the one-row path's f16 rounding).
+        // The 1e-3. Measured 4.5 / 8.4 / 5.5e-4 against a floor of 3.6 / 16.5 / 4.1e-4
+        // (f32 attention and f32 GELU on this path; with llama.cpp's f16 GELU table it was
+        // 3.9 / 9.9 / 6.6e-4, with the one-row attention's f16 rounding 4.4 / 9.5 / 11.7e-4).
         assert!(
-            r < 1.5e-3 && r < 1.5 * floor,
+            r < 1e-3 && r < 1.5 * floor,
             "relative difference {r}, f16 floor {floor}"
         );
     }
@@ -480,9 +481,10 @@ fn f16_bake_over_text(model_name: &str, adapter_dir: &str) -> (f64, f64) {
     (mean, floor)
 }
 
-/// The F16 bake over text is at f16's own floor: measured mean ‖Δ‖/‖logits‖ 1.1e-3 (gemma
-/// jargon), under 1e-3 for the qwen adapters, each within a few percent of what storing the
-/// base weights alone as F16 gives.
+/// The F16 bake over text agrees with the adapter on the fly to the 1e-3, at f16's own
+/// floor: measured mean ‖Δ‖/‖logits‖ 8.2e-4 (gemma jargon; 1.1e-3 while this path took GELU
+/// from llama.cpp's f16 table), 6.6e-4 and 4.6e-4 (qwen pirate, DoRA), each within 10% of what
+/// storing the base weights alone as F16 gives, or under it.
 #[test]
 fn baked_f16_over_text_is_at_the_f16_floor() {
     for (m, a) in [
@@ -491,6 +493,6 @@ fn baked_f16_over_text_is_at_the_f16_floor() {
         (QWEN, "adapters/qwen2-0.5b-dora"),
     ] {
         let (mean, floor) = f16_bake_over_text(m, a);
-        assert!(mean < 2e-3 && mean < 1.3 * floor, "{a}: mean {mean}, f16 floor {floor}");
+        assert!(mean < 1e-3 && mean < 1.3 * floor, "{a}: mean {mean}, f16 floor {floor}");
     }
 }

@@ -361,3 +361,15 @@ fn tinyllama_baked_q8_0() {
     }
     assert!(report.kept > 0.995, "q8_0 bake kept {}", report.kept);
 }
+
+#[test]
+fn gemma_float_path_is_exact() {
+    // GELU in f32 as PyTorch computes it; llama.cpp's f16 GELU table would leave 0.008 / 0.009.
+    for (a, f) in [
+        (None, "gemma3-270m__base__1.0.json"),
+        (Some("gemma3-270m-jargon"), "gemma3-270m__jargon__1.0.json"),
+    ] {
+        let d = float_max_diff(model(GEMMA), a, f, 1.0);
+        assert!(d < 0.006, "{f}: float path max |Δlogit| {d}");
+    }
+}

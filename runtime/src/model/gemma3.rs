@@ -16,6 +16,8 @@ pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPl
     x.iter_mut().for_each(|v| *v *= emb_scale);
     // PEFT scales the embedding LoRA's output by Gemma's embed_scale too.
     plan.add_embedding(&mut x, tokens, emb_scale);
+    // llama.cpp's GELU goes through an f16 table; the float reference computes it in f32.
+    let geglu = if m.float_reference { ops::geglu_f32 } else { ops::geglu };
     for (il, layer) in m.layers.iter().enumerate() {
         let swa = c.is_swa_layer(il);
         let params = AttnParams {
@@ -33,7 +35,7 @@ pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPl
         ops::add_assign(&mut x, &attn);
 
         let xn = ops::rms_norm_to(&x, &layer.ffn_norm, c.rms_eps);
-        let mut ffn = m.gated_ffn(il, &xn, n, ops::geglu, plan)?;
+        let mut ffn = m.gated_ffn(il, &xn, n, geglu, plan)?;
         if let Some(w) = &layer.ffn_post_norm {
             ops::rms_norm(&mut ffn, w, c.rms_eps);
         }

@@ -177,9 +177,10 @@ pub struct Model {
     /// Linear layer id by GGUF weight name.
     linear_ids: HashMap<String, usize>,
     /// Multiply with dequantized f32 weights and unquantized f32 activations instead of
-    /// ggml's quantized dot products, and attend in f32 at every batch size (llama.cpp's tiled
-    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum):
-    /// slow, for comparisons with float references (transformers on the dequantized weights).
+    /// ggml's quantized dot products, attend in f32 at every batch size (llama.cpp's tiled
+    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum),
+    /// and take GELU in f32 rather than through llama.cpp's f16 table: slow, for comparisons
+    /// with float references (transformers on the dequantized weights) and `--exact`.
     /// Off by default.
     pub float_reference: bool,
     /// llama3 `rope_freqs` (`[n_rot / 2]`), dividing the rope frequencies.

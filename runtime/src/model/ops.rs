@@ -67,11 +67,14 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// GELU with the tanh approximation (`ggml_gelu_f32`, ggml-cpu/vec.h).
+/// GELU with the tanh approximation (`ggml_gelu_f32`, ggml-cpu/vec.h), as GCC compiles it
+/// with FMA enabled: `1 + GELU_COEF_A·x·x` is one fused multiply-add, `(GELU_COEF_A·x)·x + 1`.
+/// With every operation rounded on its own, one entry of ggml's f16 table would differ
+/// (tested against ggml's own table, `tests/golden/gelu`).
 fn gelu_f32(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044715;
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 /// ggml's GELU table over every f16 input (`ggml_table_gelu_f16`, used under GGML_GELU_FP16).
@@ -95,6 +98,17 @@ pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
         return;
     }
     gated(g, u, y, n, geglu_one);
+}
+
+/// [`geglu`] in f32 throughout, as PyTorch's `gelu(approximate="tanh")` computes it:
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, no f16 table (the float reference path,
+/// [`super::Model::float_reference`]).
+pub fn geglu_f32(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
+    const KAPPA: f32 = 0.044715;
+    const BETA: f32 = 0.797_884_6; // √2 · (2/√π) · ½ = √(2/π)
+    gated(g, u, y, n, |x| {
+        0.5 * x * (1.0 + (BETA * (x + KAPPA * (x * x * x))).tanh())
+    });
 }
 
 /// GELU of one value as [`geglu`] computes it.
@@ -555,6 +569,36 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod gelu_tests {
+    use super::*;
+
+    /// ggml's own GELU table (`tests/golden/gelu`, from `ggml_cpu_init`) against
+    /// [`gelu_table`]: the hash of its entries for every input but NaN, and by name the entries that rounding
+    /// every operation on its own would get wrong.
+    #[test]
+    fn gelu_table_is_ggmls() {
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/golden/gelu/golden.json")).unwrap();
+        let t = gelu_table();
+        let differs = golden["unfused_differs"].as_array().unwrap();
+        assert!(!differs.is_empty(), "the golden names the entries where fusing matters");
+        for e in differs {
+            let (i, want) = (e[0].as_u64().unwrap() as usize, e[1].as_u64().unwrap() as u16);
+            assert_eq!(t[i].to_bits(), want, "entry {i} (x = {})", f16::from_bits(i as u16));
+        }
+        // NaN inputs give NaN (ggml's f16 conversion drops the payload, half keeps it).
+        let is_nan = |i: usize| f16::from_bits(i as u16).is_nan();
+        assert!((0..t.len()).filter(|&i| is_nan(i)).all(|i| t[i].is_nan()));
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let entries = t.iter().enumerate().filter(|&(i, _)| !is_nan(i));
+        for b in entries.flat_map(|(_, v)| v.to_bits().to_le_bytes()) {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        assert_eq!(format!("{h:016x}"), golden["fnv1a64"].as_str().unwrap());
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
