@@ -30,12 +30,22 @@ struct ModelArgs {
     /// The GGUF model.
     #[arg(short, long, value_name = "GGUF")]
     model: Option<PathBuf>,
-    /// A tokenizer.json that replaces the model's own tokenizer.
-    #[arg(long, value_name = "JSON")]
-    tokenizer: Option<PathBuf>,
+}
+
+/// For the commands that compute with the model.
+#[derive(Args, Debug, Clone)]
+struct ThreadArgs {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+}
+
+/// For the commands that tokenize text.
+#[derive(Args, Debug, Clone)]
+struct TokenizerArgs {
+    /// A tokenizer.json that replaces the model's own tokenizer.
+    #[arg(long, value_name = "JSON")]
+    tokenizer: Option<PathBuf>,
 }
 
 /// The context size, for the commands that keep one.
@@ -98,12 +108,13 @@ struct GenerateArgs {
     /// The prompt.
     #[arg(short, long, allow_hyphen_values = true)]
     prompt: Option<String>,
-    /// Tokens to generate (-1: until the context is full, as llama.cpp).
+    /// Tokens to generate (-1 or -2: until the context is full).
     #[arg(
         short = 'n',
         long = "n-predict",
         default_value_t = 128,
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = parse_n_predict
     )]
     n_predict: i64,
     /// Temperature; 0 (or below) is greedy.
@@ -151,6 +162,10 @@ struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    threads: ThreadArgs,
+    #[command(flatten)]
+    tokenizer: TokenizerArgs,
+    #[command(flatten)]
     ctx: CtxArgs,
     #[command(flatten)]
     lora: AdapterArgs,
@@ -179,6 +194,8 @@ enum Command {
     Tokenize {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        tokenizer: TokenizerArgs,
         /// The text.
         #[arg(long, allow_hyphen_values = true)]
         text: String,
@@ -205,6 +222,8 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
+        threads: ThreadArgs,
+        #[command(flatten)]
         lora: AdapterArgs,
         /// Output GGUF.
         #[arg(short, long)]
@@ -219,6 +238,8 @@ enum Command {
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        threads: ThreadArgs,
         #[command(flatten)]
         lora: AdapterArgs,
         #[command(flatten)]
@@ -260,7 +281,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Inspect { file, json }) => inspect(&file, json),
-        Some(Command::Tokenize { model, text, json }) => tokenize(&model, &text, json),
+        Some(Command::Tokenize {
+            model,
+            tokenizer,
+            text,
+            json,
+        }) => tokenize(&model, &tokenizer, &text, json),
         Some(Command::Perplexity {
             run,
             file,
@@ -270,6 +296,7 @@ fn main() -> ExitCode {
         Some(Command::Logits { run, prompt, top, json }) => logits(&run, &prompt, top, json),
         Some(Command::Bench {
             model,
+            threads,
             lora,
             bake,
             n_prompt,
@@ -277,13 +304,14 @@ fn main() -> ExitCode {
             n_depth,
             reps,
             json,
-        }) => bench(&model, &lora, &bake, [n_prompt, n_gen, n_depth], reps, json),
+        }) => bench(&model, &threads, &lora, &bake, [n_prompt, n_gen, n_depth], reps, json),
         Some(Command::Merge {
             model,
+            threads,
             lora,
             output,
             ty,
-        }) => merge(&model, &lora, &output, ty),
+        }) => merge(&model, &threads, &lora, &output, ty),
         None => generate(&cli.generate),
     };
     match result {
@@ -302,19 +330,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Set the thread count and load the model, for computing as `--exact` says.
+/// Set the thread count and load the model with its tokenizer, for computing as `--exact`
+/// says.
 fn load_run(r: &RunArgs) -> Result<std::sync::Arc<Engine>> {
-    load_with(&r.model, r.exact)
+    load(&r.model, &r.threads, &r.tokenizer, r.exact)
 }
 
-/// Set the thread count and load the model.
-fn load(m: &ModelArgs) -> Result<std::sync::Arc<Engine>> {
-    load_with(m, false)
-}
-
-/// Set the thread count and load the model, with the float reference path if `exact`.
-fn load_with(m: &ModelArgs, exact: bool) -> Result<std::sync::Arc<Engine>> {
-    if let Some(n) = m.threads {
+/// Set the thread count and load the model (with the tokenizer of `tok`, and the float
+/// reference path if `exact`).
+fn load(m: &ModelArgs, threads: &ThreadArgs, tok: &TokenizerArgs, exact: bool) -> Result<std::sync::Arc<Engine>> {
+    if let Some(n) = threads.threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
         }
@@ -326,7 +351,7 @@ fn load_with(m: &ModelArgs, exact: bool) -> Result<std::sync::Arc<Engine>> {
     let engine = Engine::load(
         path,
         &LoadOptions {
-            tokenizer_json: m.tokenizer.clone(),
+            tokenizer_json: tok.tokenizer.clone(),
             float_reference: exact,
         },
     )?;
@@ -540,7 +565,13 @@ fn check_bake_type(b: &BakeArgs, interactive: bool) -> Result<()> {
     Ok(())
 }
 
-fn merge(m: &ModelArgs, lora: &AdapterArgs, output: &std::path::Path, ty: runtime::lora::bake::BakeType) -> Result<()> {
+fn merge(
+    m: &ModelArgs,
+    threads: &ThreadArgs,
+    lora: &AdapterArgs,
+    output: &std::path::Path,
+    ty: runtime::lora::bake::BakeType,
+) -> Result<()> {
     if lora.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
     }
@@ -553,7 +584,7 @@ fn merge(m: &ModelArgs, lora: &AdapterArgs, output: &std::path::Path, ty: runtim
         )
         .into());
     }
-    let engine = load(m)?;
+    let engine = load(m, threads, &TokenizerArgs { tokenizer: None }, false)?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
     let t0 = std::time::Instant::now();
     let (baked, report) = runtime::lora::bake::bake(engine.base_model(), &active, ty)?;
@@ -709,7 +740,24 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             "/unbake" if !engine.is_baked() => eprintln!("error: nothing is baked"),
             "/unbake" => {
                 engine.unbake();
-                active = std::mem::take(&mut baked);
+                // The baked set goes back on the fly, with what was active on top of it; if
+                // the two cannot run together (DoRA meeting another adapter on a layer), the
+                // ones on top are set aside, and the user is told.
+                let on_top = std::mem::take(&mut active);
+                let n_baked = baked.len();
+                let mut both = std::mem::take(&mut baked);
+                both.extend(on_top.iter().cloned());
+                match runtime::lora::LoraPlan::new(&engine.model(), &both) {
+                    Ok(_) => active = both,
+                    Err(e) => {
+                        both.truncate(n_baked);
+                        active = both;
+                        eprintln!(
+                            "note: {} no longer active: it cannot run with the unbaked adapters ({e})",
+                            adapter_list(&on_top)
+                        );
+                    }
+                }
                 writeln!(out, "weights restored; active on the fly: {}", adapter_list(&active))?;
             }
             _ => {
@@ -754,9 +802,25 @@ fn report_end(g: &runtime::Generation, load_ms: f64, n_ctx: usize) {
     eprintln!("{}", stats_line(load_ms, &g.timings));
 }
 
-/// Tokens to generate for `-n`: a negative count means until the context is full.
+/// Tokens to generate for `-n` (or a `--prompts` line's `n`): -1 and -2 (llama.cpp's
+/// "infinite" and "until the context is full") both mean until the context is full.
 fn n_predict(n: i64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// `-n`: a count, or -1 / -2.
+fn parse_n_predict(s: &str) -> std::result::Result<i64, String> {
+    check_n_predict(s.trim().parse::<i64>().map_err(|e| format!("`{s}`: {e}"))?)
+}
+
+/// A token count, or -1 / -2 for until the context is full.
+fn check_n_predict(n: i64) -> std::result::Result<i64, String> {
+    if n < -2 {
+        return Err(format!(
+            "{n}: give a number of tokens, or -1 for until the context is full"
+        ));
+    }
+    Ok(n)
 }
 
 /// The text to generate from: `text` itself, or wrapped in the model's chat template (--chat).
@@ -839,7 +903,8 @@ struct PromptLine {
     prompt: String,
     #[serde(default)]
     adapters: Vec<AdapterRef>,
-    n: Option<usize>,
+    /// Tokens to generate, as `-n`.
+    n: Option<i64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -864,6 +929,9 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let where_ = format!("{}:{}", file.display(), i + 1);
         let p: PromptLine = serde_json::from_str(line).map_err(|e| format!("{where_}: {e}"))?;
+        if let Some(n) = p.n {
+            check_n_predict(n).map_err(|e| format!("{where_}: n: {e}"))?;
+        }
         lines.push((where_, p));
     }
     if lines.is_empty() {
@@ -895,7 +963,7 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     let mut session = engine.session(n_ctx);
     let mut out = std::io::stdout().lock();
     for (where_, p, prompt, active) in jobs {
-        let opts = generate_options(a, p.n.unwrap_or(n_predict(a.n_predict)), active.clone());
+        let opts = generate_options(a, n_predict(p.n.unwrap_or(a.n_predict)), active.clone());
         let names: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
         if !a.json {
             let label = if active.is_empty() {
@@ -973,8 +1041,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn tokenize(m: &ModelArgs, text: &str, json: bool) -> Result<()> {
-    let engine = load(m)?;
+fn tokenize(m: &ModelArgs, tok: &TokenizerArgs, text: &str, json: bool) -> Result<()> {
+    let engine = load(m, &ThreadArgs { threads: None }, tok, false)?;
     let ids = engine.tokenize(text)?;
     if json {
         write_stdout(&format!("{}\n", json!({ "tokens": ids })))
@@ -1037,6 +1105,7 @@ fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
 /// `lora-run bench`; `sizes` is `[n_prompt, n_gen, n_depth]`.
 fn bench(
     m: &ModelArgs,
+    threads: &ThreadArgs,
     lora: &AdapterArgs,
     bake: &BakeArgs,
     [n_prompt, n_gen, n_depth]: [usize; 3],
@@ -1047,7 +1116,7 @@ fn bench(
     if reps == 0 || n_prompt.checked_add(n_gen).is_none_or(|n| n == 0) {
         return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
     }
-    let engine = load(m)?;
+    let engine = load(m, threads, &TokenizerArgs { tokenizer: None }, false)?;
     let n_ctx_train = engine.model().config.n_ctx_train;
     // Each test runs on its own cache after the depth: the larger one must fit.
     if n_prompt.max(n_gen).checked_add(n_depth).is_none_or(|n| n > n_ctx_train) {
@@ -1090,6 +1159,15 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
         let mut magic = [0u8; 4];
         f.read_exact(&mut magic).ok().map(|_| &magic == b"GGUF")
     });
+    // As --adapter takes it: the adapter_config.json of a PEFT folder stands for the folder.
+    let folder = file.file_name().is_some_and(|n| n == "adapter_config.json").then(|| {
+        file.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+    });
+    if let Some(dir) = folder.filter(|_| is_gguf != Some(true)) {
+        return inspect(dir, json);
+    }
     if file.is_dir() || (is_gguf == Some(false) && file.extension().is_some_and(|e| e == "safetensors")) {
         let v = runtime::inspect::inspect_peft(file)?;
         let text = if json {

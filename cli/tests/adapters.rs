@@ -136,6 +136,16 @@ fn interactive_bake_and_unbake_keep_track_of_the_adapters() {
     assert!(err.contains("error: nothing is baked"), "{err}");
     assert!(err.contains("/adapters takes no arguments"), "{err}");
     assert!(err.contains("active twice"), "{err}");
+    // An adapter switched on on top of a baked one stays active after /unbake.
+    let gguf = fixtures_dir().join("adapters/gemma3-270m-jargon.gguf");
+    let (out, _) = with_stdin(
+        &["-m", m, "-i", "-a", "models/jargon-bf16", "--bake", "-n", "1"],
+        &format!("/use {}:0.3\n/unbake\n/quit\n", gguf.display()),
+    );
+    assert!(
+        out.contains("weights restored; active on the fly: jargon-bf16:1 + gemma3-270m-jargon:0.3"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -147,18 +157,27 @@ fn options_a_command_does_not_use_are_refused() {
         "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --ctx 99",
         "tokenize -m {m} --text hi -a models/jargon-bf16",
         "bench -m {m} --ctx 10",
+        "bench -m {m} --tokenizer /tmp/tokenizer.json",
+        "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --tokenizer /tmp/tokenizer.json",
+        "tokenize -m {m} --text hi -t 2",
+        "bench -m {m} --exact",
+        "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --exact",
         "-m {m} --prompts models/demo.jsonl -p Hi",
         "-m {m} --prompts models/demo.jsonl -i",
         "-m {m} --prompts models/demo.jsonl -a models/jargon-bf16 --bake",
         "-m {m} -p Hi -i",
         "-m {m} -i --json",
+        "-m {m} -p Hi -n=-3",
     ] {
         let args: Vec<&str> = args.split(' ').map(|w| if w == "{m}" { m } else { w }).collect();
         let args = &args[..];
         let out = lora_run(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && (err.contains("unexpected argument") || err.contains("cannot be used with")),
+            !out.status.success()
+                && (err.contains("unexpected argument")
+                    || err.contains("cannot be used with")
+                    || err.contains("invalid value")),
             "{args:?}: {err}"
         );
     }
@@ -237,6 +256,14 @@ fn prompts_file_is_checked_before_anything_runs() {
         );
         assert!(!ok_ && err.contains("p.jsonl:1") && err.contains(want), "{line}: {err}");
     }
+    // A line's `n` as -n: -1 runs until the context is full, below -2 is refused.
+    let (ok_, out, err) = run_prompts_file(&file, "{\"prompt\": \"Hi\", \"n\": -1}\n", "--ctx 8 --json");
+    assert!(ok_ && out.contains("\"stop_reason\":\"context\""), "{out} {err}");
+    let (ok_, _, err) = run_prompts_file(&file, "{\"prompt\": \"Hi\", \"n\": -5}\n", "");
+    assert!(
+        !ok_ && err.contains("p.jsonl:1: n: -5: give a number of tokens"),
+        "{err}"
+    );
     // A scale on --adapter, which --prompts only loads.
     let (ok_, _, err) = run_prompts_file(&file, "{\"prompt\": \"Hi\"}\n", "-a models/jargon-bf16:0.5");
     assert!(!ok_ && err.contains("the lines give the scales"), "{err}");
@@ -365,6 +392,45 @@ fn exact_follows_peft_where_the_quantized_path_does_not() {
     assert_eq!(run(&["--exact"])[..8], want[..8]);
 }
 
+/// A scale so large that the baked weights overflow is refused, naming the tensor and row,
+/// rather than written out as infinities.
+#[test]
+fn bake_and_merge_refuse_weights_that_overflow() {
+    let m = model(GEMMA);
+    let m = m.to_str().unwrap();
+    let out = std::env::temp_dir().join(format!("lora-run-overflow-{}.gguf", std::process::id()));
+    for (scale, says) in [
+        (
+            "1e30",
+            ": W + s·B·A is too large for Q5_0; is an adapter scale too large?",
+        ),
+        ("3e38", ": W + s·B·A is not finite; is an adapter scale too large?"),
+    ] {
+        let adapter = format!("models/jargon-bf16:{scale}");
+        let err = fails(&["merge", "-m", m, "--adapter", &adapter, "-o", out.to_str().unwrap()]);
+        // The first tensor baked; any of its rows (they are baked in parallel).
+        assert!(
+            err.contains("`blk.0.attn_q.weight` row ") && err.contains(says),
+            "{err}"
+        );
+        assert!(!out.exists(), "nothing written");
+    }
+    let err = fails(&[
+        "-m",
+        m,
+        "--adapter",
+        "models/jargon-bf16:1e7",
+        "--bake",
+        "--bake-type",
+        "f16",
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    assert!(err.contains("is too large for F16") && err.contains("row "), "{err}");
+}
+
 #[test]
 fn merge_writes_a_loadable_gguf() {
     let m = model(GEMMA);
@@ -490,6 +556,20 @@ fn inspect_peft_folder() {
     let l2 = text.find("layers.2.mlp").unwrap();
     let l10 = text.find("layers.10.mlp").unwrap();
     assert!(l2 < l10);
+    // The folder's adapter_config.json stands for the folder, as with --adapter; a config
+    // without lora_alpha and r gives PEFT's default alpha 8 over the tensors' rank 8, as
+    // loading does.
+    let dir = std::env::temp_dir().join(format!("lora-run-inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixtures_dir().join("adapters/gemma3-270m-jargon/adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("adapter_config.json"), "{}").unwrap();
+    let (text, _) = ok(&["inspect", dir.join("adapter_config.json").to_str().unwrap()]);
+    assert!(text.contains("126 modules, rank 8, scale 1 (lora_alpha / r)"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// One `error:` line and a non-zero exit.

@@ -287,7 +287,13 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
     // A config without lora_alpha gets PEFT's default.
     let default_alpha = crate::lora::peft::PEFT_DEFAULT_LORA_ALPHA as f64;
     let alpha = cv["lora_alpha"].as_f64().or(cv.is_object().then_some(default_alpha));
-    let r = cv["r"].as_f64();
+    // A config without r: the rank of the tensors, as loading takes it (when they agree).
+    let r = cv["r"].as_f64().or_else(|| {
+        let only = (cv.is_object() && ranks.len() == 1)
+            .then(|| ranks.first().copied())
+            .flatten();
+        only.map(|r| r as f64)
+    });
     let rslora = cv["use_rslora"].as_bool().unwrap_or(false);
     let scale = match (alpha, r) {
         (Some(a), Some(r)) if r > 0.0 => Some(crate::lora::peft::peft_scale(a, r, rslora)),

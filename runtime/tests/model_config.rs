@@ -35,3 +35,67 @@ fn bad_head_and_rope_sizes_are_refused() {
         );
     }
 }
+
+/// A NaN or non-positive RMS epsilon or rope base, a rope scaling this runtime does not
+/// compute, or a linear scaling factor that is not positive: refused, naming the key (with a
+/// NaN epsilon the 8-bit activations would turn every hidden state into zeros, silently).
+#[test]
+fn bad_float_hyperparameters_and_rope_scaling_are_refused() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tinyllama/tinyllama-a-q8_0.gguf");
+    let file = GgufFile::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let md = file.metadata();
+    let eps = "llama.attention.layer_norm_rms_epsilon";
+    let base = "llama.rope.freq_base";
+    let cases: [(&str, GgufValue, &str, &str); 8] = [
+        (eps, GgufValue::F32(f32::NAN), eps, "not a positive number"),
+        (eps, GgufValue::F32(-1.0), eps, "not a positive number"),
+        (eps, GgufValue::F32(0.0), eps, "not a positive number"),
+        (base, GgufValue::F32(f32::NAN), base, "not a positive number"),
+        (base, GgufValue::F32(f32::INFINITY), base, "not a positive number"),
+        (
+            "llama.rope.scaling.type",
+            GgufValue::String("yarn".into()),
+            "llama.rope.scaling.type",
+            "`yarn` is not supported",
+        ),
+        (
+            "llama.rope.scaling.factor",
+            GgufValue::F32(0.0),
+            "llama.rope.scaling.factor",
+            "not a positive number",
+        ),
+        (
+            "llama.rope.scaling.factor",
+            GgufValue::F32(-4.0),
+            "llama.rope.scaling.factor",
+            "not a positive number",
+        ),
+    ];
+    for (key, value, names, says) in cases {
+        let mut m = md.clone();
+        if key == "llama.rope.scaling.factor" {
+            m.set("llama.rope.scaling.type", GgufValue::String("linear".into()));
+        }
+        m.set(key, value.clone());
+        let err = ModelConfig::from_metadata(Arch::Llama, &m, 151936)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(&err, ModelError::BadConfig { key: k, message } if k == names && message.contains(says)),
+            "{key} = {value:?}: {err}"
+        );
+    }
+    // Linear scaling by 4 and an explicit "none" load.
+    let mut m = md.clone();
+    m.set("llama.rope.scaling.type", GgufValue::String("linear".into()));
+    m.set("llama.rope.scaling.factor", GgufValue::F32(4.0));
+    let c = ModelConfig::from_metadata(Arch::Llama, &m, 151936).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.rope_freq_scale, 0.25);
+    m.set("llama.rope.scaling.type", GgufValue::String("none".into()));
+    ModelConfig::from_metadata(Arch::Llama, &m, 151936)
+        .unwrap()
+        .validate()
+        .unwrap();
+}

@@ -73,8 +73,9 @@ impl BakeReport {
 /// A copy of `model` with the adapters of `active` folded into the weights they target.
 ///
 /// Errors: [`LoraError::Plan`] for an adapter with an embedding LoRA or embedding replacement
-/// (baked embeddings would also change a tied output head), or a tensor type this runtime
-/// cannot requantize (use [`BakeType::F16`]).
+/// (baked embeddings would also change a tied output head), a tensor type this runtime
+/// cannot requantize (use [`BakeType::F16`]), or a baked row that is not finite or does not
+/// fit the baked type (naming the tensor and row: a huge adapter scale).
 pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Result<(Model, BakeReport), LoraError> {
     for (h, _) in active {
         if h.adapter.embedding.is_some()
@@ -145,6 +146,9 @@ fn bake_one(
     let err = |e: quant::QuantError| LoraError::Plan {
         message: format!("`{}`: {e}", w.name),
     };
+    let not_finite = |row: usize, what: &str| LoraError::Plan {
+        message: format!("`{}` row {row}: {what}; is an adapter scale too large?", w.name),
+    };
     let mut out = vec![0u8; out_rb * w.n_out];
     let n = w.n_in;
     let (dot, norm) = out
@@ -173,8 +177,14 @@ fn bake_one(
                 if let Some(f) = dora {
                     row.iter_mut().for_each(|x| *x *= f);
                 }
+                if row.iter().any(|x| !x.is_finite()) {
+                    return Err(not_finite(o, "W + s·B·A is not finite"));
+                }
                 quant::quantize_row(out_ty, row, dst).map_err(err)?;
                 quant::dequantize_row(out_ty, dst, got).map_err(err)?;
+                if got.iter().any(|x| !x.is_finite()) {
+                    return Err(not_finite(o, &format!("W + s·B·A is too large for {out_ty}")));
+                }
                 Ok(base
                     .iter()
                     .zip(row.iter())

@@ -89,6 +89,8 @@ pub struct ModelConfig {
     /// Rope base of the sliding-window layers (gemma3: 10000, llama.cpp's
     /// `rope_freq_base_train_swa`).
     pub rope_freq_base_swa: f32,
+    /// `rope.scaling.type`, if the file gives one (`none` and `linear` are supported).
+    pub rope_scaling: Option<String>,
 }
 
 impl ModelConfig {
@@ -116,12 +118,13 @@ impl ModelConfig {
         let n_head_kv = opt_usize("attention.head_count_kv")?.unwrap_or(n_head);
         let head_dim = opt_usize("attention.key_length")?.unwrap_or(n_embd / n_head.max(1));
         let head_dim_v = opt_usize("attention.value_length")?.unwrap_or(head_dim);
-        let scaling_linear = match md.get(&key("rope.scaling.type")) {
-            Some(v) => v.as_str() == Some("linear"),
-            None => false,
+        let rope_scaling = match md.get(&key("rope.scaling.type")) {
+            None => None,
+            Some(v) => Some(v.as_str().map(str::to_string).unwrap_or_else(|| format!("{v:?}"))),
         };
+        let scaling_linear = rope_scaling.as_deref() == Some("linear");
         let rope_freq_scale = match (scaling_linear, opt_f32("rope.scaling.factor")?) {
-            (true, Some(f)) if f > 0.0 => 1.0 / f,
+            (true, Some(f)) => 1.0 / f,
             _ => 1.0,
         };
         Ok(ModelConfig {
@@ -145,12 +148,14 @@ impl ModelConfig {
                 None
             },
             rope_freq_base_swa: 10000.0,
+            rope_scaling,
         })
     }
 
     /// Checks what the forward pass relies on: nonzero sizes, query heads a multiple of the
-    /// key/value heads, head sizes whose products fit, and a rope dimension that is even and
-    /// at most the head size.
+    /// key/value heads, head sizes whose products fit, a positive finite RMS epsilon, rope
+    /// base and rope scale, a rope scaling this runtime computes (none or linear), and a rope
+    /// dimension that is even and at most the head size.
     ///
     /// Errors: [`super::ModelError::BadConfig`] naming the GGUF key.
     pub fn validate(&self) -> Result<(), super::ModelError> {
@@ -189,6 +194,35 @@ impl ModelConfig {
             if heads.checked_mul(dim).is_none_or(|n| n > u32::MAX as usize) {
                 return Err(bad(k, format!("{heads} heads of {dim} values is out of range")));
             }
+        }
+        for (k, v) in [
+            ("attention.layer_norm_rms_epsilon", self.rms_eps),
+            ("rope.freq_base", self.rope_freq_base),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(k, format!("{v} is not a positive number")));
+            }
+        }
+        if let Some(t) = self
+            .rope_scaling
+            .as_deref()
+            .filter(|t| !matches!(*t, "none" | "linear"))
+        {
+            // YaRN, LongRoPE and the like change the rope in ways this runtime does not
+            // compute: refused rather than run as plain rope.
+            return Err(bad(
+                "rope.scaling.type",
+                format!("`{t}` is not supported (none or linear)"),
+            ));
+        }
+        if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
+            return Err(bad(
+                "rope.scaling.factor",
+                format!(
+                    "gives the frequency scale {}, not a positive number",
+                    self.rope_freq_scale
+                ),
+            ));
         }
         if !self.n_rot.is_multiple_of(2) || self.n_rot > self.head_dim {
             return Err(bad(
