@@ -66,7 +66,7 @@ struct AdapterArgs {
     adapters: Vec<String>,
     /// lora_alpha for an adapter whose config does not give one (no adapter_config.json or
     /// safetensors metadata with it); an adapter's own lora_alpha wins (with a warning).
-    #[arg(long, value_parser = parse_lora_alpha)]
+    #[arg(long, value_parser = parse_lora_alpha, allow_negative_numbers = true)]
     lora_alpha: Option<f32>,
 }
 
@@ -268,8 +268,8 @@ enum Command {
         /// The prompt.
         #[arg(short, long, allow_hyphen_values = true)]
         prompt: String,
-        /// How many.
-        #[arg(long, default_value_t = 20)]
+        /// How many (at least 1).
+        #[arg(long, default_value_t = 20, value_parser = parse_top)]
         top: usize,
         /// Print {"top": [[id, logit], ...]}.
         #[arg(long)]
@@ -808,6 +808,15 @@ fn n_predict(n: i64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// `--top`: at least one logit.
+fn parse_top(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("0 shows nothing: give at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}`: {e}")),
+    }
+}
+
 /// `-n`: a count, or -1 / -2.
 fn parse_n_predict(s: &str) -> std::result::Result<i64, String> {
     check_n_predict(s.trim().parse::<i64>().map_err(|e| format!("`{s}`: {e}"))?)
@@ -928,7 +937,11 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     let mut lines = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let where_ = format!("{}:{}", file.display(), i + 1);
-        let p: PromptLine = serde_json::from_str(line).map_err(|e| format!("{where_}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{where_}: {e}"))?;
+        if !v.is_object() {
+            return Err(format!("{where_}: expected a JSON object such as {{\"prompt\": \"...\"}}, found {v}").into());
+        }
+        let p: PromptLine = serde_json::from_value(v).map_err(|e| format!("{where_}: {e}"))?;
         if let Some(n) = p.n {
             check_n_predict(n).map_err(|e| format!("{where_}: n: {e}"))?;
         }

@@ -168,6 +168,7 @@ fn options_a_command_does_not_use_are_refused() {
         "-m {m} -p Hi -i",
         "-m {m} -i --json",
         "-m {m} -p Hi -n=-3",
+        "logits -m {m} -p Hi --top 0",
     ] {
         let args: Vec<&str> = args.split(' ').map(|w| if w == "{m}" { m } else { w }).collect();
         let args = &args[..];
@@ -262,6 +263,11 @@ fn prompts_file_is_checked_before_anything_runs() {
     let (ok_, _, err) = run_prompts_file(&file, "{\"prompt\": \"Hi\", \"n\": -5}\n", "");
     assert!(
         !ok_ && err.contains("p.jsonl:1: n: -5: give a number of tokens"),
+        "{err}"
+    );
+    let (ok_, _, err) = run_prompts_file(&file, "[\"Hi\"]\n", "");
+    assert!(
+        !ok_ && err.contains("p.jsonl:1: expected a JSON object such as"),
         "{err}"
     );
     // A scale on --adapter, which --prompts only loads.

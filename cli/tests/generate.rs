@@ -177,6 +177,13 @@ fn missing_model_and_unsupported_architecture() {
     let out = lora_run(&["-m", "/no/such.gguf", "-p", "hi"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot read /no/such.gguf"));
+    // A folder: named once.
+    let dir = std::env::temp_dir();
+    let out = lora_run(&["-m", dir.to_str().unwrap(), "-p", "hi"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: {} is a directory, not a GGUF file\n", dir.display())
+    );
     // A LoRA adapter GGUF is not a model.
     let adapter = lora_run_tests::fixtures_dir().join("adapters/gemma3-270m-jargon.gguf");
     let out = lora_run(&["-m", adapter.to_str().unwrap(), "-p", "hi"]);

@@ -94,7 +94,7 @@ impl Engine {
         let path = path.as_ref();
         // Errors from inside the file name the file (an unreadable file already does).
         let in_file = |e: Error| match e {
-            Error::Gguf(crate::gguf::GgufError::Io { .. }) => e,
+            Error::Gguf(crate::gguf::GgufError::Io { .. } | crate::gguf::GgufError::IsDirectory { .. }) => e,
             e => Error::Load {
                 path: path.to_path_buf(),
                 source: Box::new(e),

@@ -243,6 +243,12 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         let why = match e {
             safetensors::SafeTensorError::TensorInvalidInfo => crate::lora::peft::size_mismatch(&bytes),
+            safetensors::SafeTensorError::HeaderTooSmall
+            | safetensors::SafeTensorError::HeaderTooLarge
+            | safetensors::SafeTensorError::InvalidHeaderLength
+            | safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                Some(crate::lora::peft::header_length_note(&e, &bytes))
+            }
             _ => None,
         };
         io(

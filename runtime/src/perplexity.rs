@@ -44,7 +44,9 @@ pub fn perplexity(
         return Err(Error::Perplexity("--chunks 0 evaluates nothing".into()));
     }
     if n_ctx < 8 {
-        return Err(Error::Perplexity(format!("context {n_ctx} is too small")));
+        return Err(Error::Perplexity(format!(
+            "context {n_ctx} is too small (at least 8 tokens)"
+        )));
     }
     let tokens = engine.tokenize(text)?;
     if tokens.len() < 2 * n_ctx {

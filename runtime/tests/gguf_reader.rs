@@ -184,7 +184,11 @@ fn bad_magic() {
     b[0..4].copy_from_slice(b"GGML");
     let e = GgufHeader::parse(&b).unwrap_err();
     assert!(matches!(e, GgufError::BadMagic { .. }), "{e}");
-    assert!(e.to_string().contains("GGML"));
+    assert!(e.to_string().contains("magic \"GGML\" at offset 0"), "{e}");
+    // Bytes that are not text are escaped once.
+    b[0..4].copy_from_slice(&[b'G', 0x10, 0x7f, 0]);
+    let e = GgufHeader::parse(&b).unwrap_err();
+    assert!(e.to_string().contains(r#"magic "G\u{10}\u{7f}\0" at offset 0"#), "{e}");
 }
 
 #[test]

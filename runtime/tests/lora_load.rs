@@ -770,6 +770,13 @@ fn bad_safetensors_bytes() {
         let e = load_err(&folder, tinyllama(), &AdapterOptions::default());
         assert!(matches!(e, LoraError::Safetensors { .. }), "{what}: {e:?}");
         assert_names(&e.to_string(), &["adapter_model.safetensors"]);
+        // What the file holds, where the crate only says the header or data is short.
+        let says = match what {
+            "empty" | "garbage" => "(truncated, or not a safetensors file)",
+            "truncated" => "fewer than its header's tensors need (truncated)",
+            _ => "",
+        };
+        assert!(e.to_string().contains(says), "{what}: {e}");
     }
     // A shape that disagrees with the data size: the error names the tensor and both sizes.
     let h = br#"{"a.lora_A.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}}"#;

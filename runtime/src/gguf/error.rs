@@ -19,7 +19,7 @@ pub enum GgufError {
     },
     #[error("{path} is a directory, not a GGUF file")]
     IsDirectory { path: PathBuf },
-    #[error("not a GGUF file: magic {found:?} at offset 0, expected \"GGUF\"")]
+    #[error("not a GGUF file: magic \"{found}\" at offset 0, expected \"GGUF\"")]
     BadMagic { found: String },
     #[error("big-endian GGUF file (version {version} byte-swapped); only little-endian files are supported")]
     BigEndian { version: u32 },

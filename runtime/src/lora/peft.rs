@@ -946,6 +946,28 @@ pub(crate) fn peft_scale(alpha: f64, r: f64, use_rslora: bool) -> f64 {
     if use_rslora { alpha / r.sqrt() } else { alpha / r }
 }
 
+/// A safetensors error about the file's length, with what the file holds: its size, and the
+/// header length its first 8 bytes announce (a truncated file, or not a safetensors file).
+pub(crate) fn header_length_note(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    if matches!(e, safetensors::SafeTensorError::MetadataIncompleteBuffer) {
+        return format!(
+            "{e}: the file has {} bytes, fewer than its header's tensors need (truncated)",
+            bytes.len()
+        );
+    }
+    match bytes.get(..8) {
+        Some(b) => format!(
+            "{e}: the file has {} bytes and its first 8 announce a header of {} bytes (truncated, or not a safetensors file)",
+            bytes.len(),
+            u64::from_le_bytes(b.try_into().expect("8 bytes"))
+        ),
+        None => format!(
+            "{e}: the file has only {} bytes (truncated, or not a safetensors file)",
+            bytes.len()
+        ),
+    }
+}
+
 /// For a safetensors header the `safetensors` crate rejects as `TensorInvalidInfo`: which
 /// tensor's data size disagrees with its dtype and shape, and how. `None` when the header
 /// cannot be read here or no tensor is found wrong.
@@ -1017,6 +1039,10 @@ pub fn load_safetensors(
             safetensors::SafeTensorError::InvalidOffset(_) => format!(
                 "{e} (its data does not start where the previous tensor's ends: that one's offsets may be the wrong ones)"
             ),
+            safetensors::SafeTensorError::HeaderTooSmall
+            | safetensors::SafeTensorError::HeaderTooLarge
+            | safetensors::SafeTensorError::InvalidHeaderLength
+            | safetensors::SafeTensorError::MetadataIncompleteBuffer => header_length_note(&e, &bytes),
             _ => e.to_string(),
         },
     };
