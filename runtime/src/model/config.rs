@@ -118,10 +118,9 @@ impl ModelConfig {
         let n_head_kv = opt_usize("attention.head_count_kv")?.unwrap_or(n_head);
         let head_dim = opt_usize("attention.key_length")?.unwrap_or(n_embd / n_head.max(1));
         let head_dim_v = opt_usize("attention.value_length")?.unwrap_or(head_dim);
-        let rope_scaling = match md.get(&key("rope.scaling.type")) {
-            None => None,
-            Some(v) => Some(v.as_str().map(str::to_string).unwrap_or_else(|| format!("{v:?}"))),
-        };
+        let rope_scaling = md
+            .get(&key("rope.scaling.type"))
+            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| format!("{v:?}")));
         let scaling_linear = rope_scaling.as_deref() == Some("linear");
         let rope_freq_scale = match (scaling_linear, opt_f32("rope.scaling.factor")?) {
             (true, Some(f)) => 1.0 / f,
