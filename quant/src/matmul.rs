@@ -174,6 +174,15 @@ fn matmul_typed<B: VecDot>(
     let w_per_row = n_in / B::QK;
     let a_per_row = n_in / <B::Act as Block>::QK;
     let act = quantize_activations::<B::Act>(x, n_in);
+    // The 8-bit activations would turn a NaN or infinity into ordinary numbers: a token whose
+    // inputs are not all finite gets NaN outputs instead, so that it shows (ggml's kernels give
+    // it garbage).
+    let not_finite: Vec<usize> = (0..n_tok).filter(|&t| !all_finite(&x[t * n_in..][..n_in])).collect();
+    let poison = |y: &mut [f32]| {
+        for &t in &not_finite {
+            y[t * n_out..][..n_out].fill(f32::NAN);
+        }
+    };
     let dot = |o: usize, t: usize| -> f32 {
         B::vec_dot(
             level,
@@ -193,6 +202,7 @@ fn matmul_typed<B: VecDot>(
                 f.apply(0, c * ROWS_PER_TASK, ys);
             }
         });
+        poison(y);
         return;
     }
     // tmp: [n_out, n_tok], so each task owns a contiguous run of output rows; each weight row
@@ -232,6 +242,14 @@ fn matmul_typed<B: VecDot>(
             f.apply(t, 0, row);
         });
     }
+    poison(y);
+}
+
+/// Whether every value of `x` is finite: no exponent of all ones (NaN or ±∞), tested without
+/// branching so that it vectorizes.
+fn all_finite(x: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    !x.iter().fold(false, |bad, v| bad | (v.to_bits() & EXP == EXP))
 }
 
 /// `Y = X·Wᵀ` with each weight row dequantized to f32 and the activations kept in f32 (no
@@ -316,6 +334,48 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token with a NaN or an infinity among its inputs gives NaN outputs (the 8-bit
+    /// activations would hide it); the other tokens are untouched.
+    #[test]
+    fn non_finite_inputs_give_nan_outputs() {
+        let (n_in, n_out) = (64, 8);
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::F16] {
+            let n_in = if ty == GgmlType::Q4_K { 256 } else { n_in };
+            let rb = ty.row_bytes(n_in).unwrap();
+            let mut data = vec![0u8; rb * n_out];
+            for (r, row) in data.chunks_mut(rb).enumerate() {
+                let w: Vec<f32> = (0..n_in).map(|i| ((i * 7 + r * 3) % 11) as f32 / 11.0 - 0.5).collect();
+                crate::quantize_row(ty, &w, row).unwrap();
+            }
+            let w = QMatrix {
+                ty,
+                data: &data,
+                n_out,
+                n_in,
+            };
+            let clean: Vec<f32> = (0..n_in).map(|i| (i % 5) as f32 - 2.0).collect();
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = [clean.clone(), clean.clone(), clean.clone()].concat();
+                x[n_in + 3] = bad;
+                for level in SimdLevel::available() {
+                    let mut y = vec![0f32; 3 * n_out];
+                    matmul_at(level, &w, &x, 3, &mut y).unwrap();
+                    let mut one = vec![0f32; n_out];
+                    matmul_at(level, &w, &x[n_in..2 * n_in], 1, &mut one).unwrap();
+                    let mut want = vec![0f32; n_out];
+                    matmul_at(level, &w, &clean, 1, &mut want).unwrap();
+                    assert!(want.iter().all(|v| v.is_finite()), "{ty} {level:?}");
+                    assert!(
+                        y[n_out..2 * n_out].iter().chain(&one).all(|v| v.is_nan()),
+                        "{ty} {level:?} {bad}"
+                    );
+                    assert_eq!(y[..n_out], want[..], "{ty} {level:?}");
+                    assert_eq!(y[2 * n_out..], want[..], "{ty} {level:?}");
+                }
+            }
+        }
+    }
 
     /// Prompt batches (rows in fours, tokens in groups, leftover rows) give bit for bit what one
     /// token at a time gives: for the formats with the packed kernel, with multi-token kernels,
