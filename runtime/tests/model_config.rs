@@ -99,3 +99,32 @@ fn bad_float_hyperparameters_and_rope_scaling_are_refused() {
         .validate()
         .unwrap();
 }
+
+/// A norm weight holding NaN is refused at load, naming the tensor and the element (it would
+/// otherwise make every activation NaN, which the 8-bit activations used to hide).
+#[test]
+fn non_finite_norm_weight_is_refused() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tinyllama/tinyllama-a-q8_0.gguf");
+    let f = GgufFile::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut w = runtime::gguf::GgufWriter::new();
+    w.metadata = f.metadata().clone();
+    for t in f.tensors() {
+        let mut data = f.view(t).data.to_vec();
+        if t.name == "blk.1.ffn_norm.weight" {
+            data[4 * 5..4 * 6].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, data);
+    }
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes).unwrap();
+    let file = std::sync::Arc::new(GgufFile::from_bytes(bytes).unwrap());
+    let err = runtime::model::Model::from_file(file).unwrap_err();
+    assert!(
+        matches!(&err, ModelError::NonFiniteTensor { name, index: 5, .. } if name == "blk.1.ffn_norm.weight"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "tensor `blk.1.ffn_norm.weight` holds a value that is not finite (NaN at index 5)"
+    );
+}

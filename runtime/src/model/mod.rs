@@ -48,6 +48,9 @@ pub enum ModelError {
     },
     #[error("tensor `{name}` has type {ty}, which cannot be multiplied here")]
     UnsupportedTensorType { name: String, ty: GgmlType },
+    /// A norm weight or bias holding NaN or ±inf (`index` is the first such element).
+    #[error("tensor `{name}` holds a value that is not finite ({value} at index {index})")]
+    NonFiniteTensor { name: String, index: usize, value: f32 },
     #[error("token id {id} is outside the vocabulary (n_vocab {n_vocab})")]
     TokenOutOfRange { id: u32, n_vocab: usize },
     #[error(
@@ -63,7 +66,7 @@ pub enum ModelError {
     /// The last hidden state holds NaN or ±inf (checked before the head, where ggml's Q8
     /// quantizer would turn NaN blocks into zeros); `what` names the value and the position.
     #[error(
-        "the logits are not finite ({what}): the activations overflowed{}",
+        "the logits are not finite ({what}): an activation overflowed, or a weight is not finite{}",
         if *.with_adapters { "; is an adapter scale too large?" } else { "" }
     )]
     NonFiniteLogits { what: String, with_adapters: bool },
@@ -591,7 +594,10 @@ impl Loader<'_> {
         })
     }
 
-    /// A 1-D tensor of `len` elements, dequantized to f32.
+    /// A 1-D tensor of `len` elements (a norm weight, a bias), dequantized to f32.
+    ///
+    /// Errors: [`ModelError::TensorShape`] for another shape, [`ModelError::NonFiniteTensor`] for
+    /// a NaN or infinite element.
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.info(name)?;
         if t.shape != [len as u64] {
@@ -601,7 +607,15 @@ impl Loader<'_> {
                 got: t.shape.clone(),
             });
         }
-        Ok(self.file.view(t).to_f32()?)
+        let v = self.file.view(t).to_f32()?;
+        if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(ModelError::NonFiniteTensor {
+                name: name.to_string(),
+                index,
+                value,
+            });
+        }
+        Ok(v)
     }
 }
 
