@@ -335,6 +335,17 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
 mod tests {
     use super::*;
 
+    /// `n_out` rows of `n_in` weights `value(row, i)`, quantized to `ty`.
+    fn quantized(ty: GgmlType, n_in: usize, n_out: usize, mut value: impl FnMut(usize, usize) -> f32) -> Vec<u8> {
+        let rb = ty.row_bytes(n_in).unwrap();
+        let mut data = vec![0u8; rb * n_out];
+        for (r, row) in data.chunks_mut(rb).enumerate() {
+            let w: Vec<f32> = (0..n_in).map(|i| value(r, i)).collect();
+            crate::quantize_row(ty, &w, row).unwrap();
+        }
+        data
+    }
+
     /// A token with a NaN or an infinity among its inputs gives NaN outputs (the 8-bit
     /// activations would hide it); the other tokens are untouched.
     #[test]
@@ -342,12 +353,7 @@ mod tests {
         let (n_in, n_out) = (64, 8);
         for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::F16] {
             let n_in = if ty == GgmlType::Q4_K { 256 } else { n_in };
-            let rb = ty.row_bytes(n_in).unwrap();
-            let mut data = vec![0u8; rb * n_out];
-            for (r, row) in data.chunks_mut(rb).enumerate() {
-                let w: Vec<f32> = (0..n_in).map(|i| ((i * 7 + r * 3) % 11) as f32 / 11.0 - 0.5).collect();
-                crate::quantize_row(ty, &w, row).unwrap();
-            }
+            let data = quantized(ty, n_in, n_out, |r, i| ((i * 7 + r * 3) % 11) as f32 / 11.0 - 0.5);
             let w = QMatrix {
                 ty,
                 data: &data,
@@ -404,25 +410,20 @@ mod tests {
         ];
         for (ty, n_in) in shapes {
             for n_out in [1, 7, 33] {
-                let rb = ty.row_bytes(n_in).unwrap();
-                let mut data = vec![0u8; rb * n_out];
-                for row in data.chunks_mut(rb) {
-                    if ty == GgmlType::IQ4_NL {
-                        // No quantizer here: random nibbles, each block's f16 scale 1/64.
-                        for (i, b) in row.iter_mut().enumerate() {
-                            *b = if i % 18 == 0 {
-                                0x00
-                            } else if i % 18 == 1 {
-                                0x24
-                            } else {
-                                ((rnd() + 0.5) * 256.0) as u8
-                            };
-                        }
-                        continue;
+                let data = if ty == GgmlType::IQ4_NL {
+                    // No quantizer here: random nibbles, each block's f16 scale 1/64.
+                    let mut data = vec![0u8; ty.row_bytes(n_in).unwrap() * n_out];
+                    for (i, b) in data.iter_mut().enumerate() {
+                        *b = match i % 18 {
+                            0 => 0x00,
+                            1 => 0x24,
+                            _ => ((rnd() + 0.5) * 256.0) as u8,
+                        };
                     }
-                    let w: Vec<f32> = (0..n_in).map(|_| rnd()).collect();
-                    crate::quantize_row(ty, &w, row).unwrap();
-                }
+                    data
+                } else {
+                    quantized(ty, n_in, n_out, |_, _| rnd())
+                };
                 let w = QMatrix {
                     ty,
                     data: &data,
