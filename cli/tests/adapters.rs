@@ -414,11 +414,8 @@ fn bake_and_merge_refuse_weights_that_overflow() {
     ] {
         let adapter = format!("models/jargon-bf16:{scale}");
         let err = fails(&["merge", "-m", m, "--adapter", &adapter, "-o", out.to_str().unwrap()]);
-        // The first tensor baked; any of its rows (they are baked in parallel).
-        assert!(
-            err.contains("`blk.0.attn_q.weight` row ") && err.contains(says),
-            "{err}"
-        );
+        // The first tensor baked, its first row at fault.
+        assert!(err.contains(&format!("`blk.0.attn_q.weight` row 0{says}")), "{err}");
         assert!(!out.exists(), "nothing written");
     }
     let err = fails(&[
@@ -434,7 +431,10 @@ fn bake_and_merge_refuse_weights_that_overflow() {
         "-n",
         "1",
     ]);
-    assert!(err.contains("is too large for F16") && err.contains("row "), "{err}");
+    assert!(
+        err.contains("` row ") && err.contains(": W + s·B·A is too large for F16;"),
+        "{err}"
+    );
 }
 
 #[test]

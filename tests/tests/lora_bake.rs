@@ -496,3 +496,49 @@ fn baked_f16_over_text_is_at_the_f16_floor() {
         assert!(mean < 1e-3 && mean < 1.3 * floor, "{a}: mean {mean}, f16 floor {floor}");
     }
 }
+
+/// DoRA's row factors are taken of the weights in use: a DoRA adapter applied on a model with
+/// another adapter baked into the same layers gives what a freshly loaded copy of it gives,
+/// not factors kept from the base weights it was first used with.
+#[test]
+fn dora_on_a_baked_model_takes_the_baked_weights() {
+    let m = Model::load(model(QWEN)).unwrap();
+    let (dora, _) = fixture_adapter(&m, "adapters/qwen2-0.5b-dora");
+    let (pirate, _) = fixture_adapter(&m, "adapters/qwen2-0.5b-pirate");
+    let ids: &[u32] = &[785, 6722, 315, 9625, 374];
+    let on_base = logits(&m, &LoraPlan::new(&m, &[(dora.clone(), 1.0)]).unwrap(), ids);
+    let (baked, _) = bake(&m, &[(pirate, 1.0)], BakeType::F16).unwrap();
+    let reused = logits(&baked, &LoraPlan::new(&baked, &[(dora, 1.0)]).unwrap(), ids);
+    let (fresh, _) = fixture_adapter(&m, "adapters/qwen2-0.5b-dora");
+    let want = logits(&baked, &LoraPlan::new(&baked, &[(fresh, 1.0)]).unwrap(), ids);
+    assert_eq!(reused, want);
+    assert!(max_diff(&want, &on_base) > 0.1, "the bake changed the logits");
+}
+
+/// A base weight that is not finite (here a Q8_0 block scale of NaN in the file) is named by
+/// the bake, tensor and row, as the file's fault rather than the adapter's.
+#[test]
+fn bake_names_a_base_weight_that_is_not_finite() {
+    let path = fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf");
+    let f = runtime::gguf::GgufFile::open(&path).unwrap();
+    let mut w = runtime::gguf::GgufWriter::new();
+    w.metadata = f.metadata().clone();
+    for t in f.tensors() {
+        let mut data = f.view(t).data.to_vec();
+        if t.name == "blk.0.attn_q.weight" {
+            // Row 3, its first Q8_0 block (34 bytes a block): the f16 scale.
+            let row_bytes = t.shape[0] as usize / 32 * 34;
+            data[3 * row_bytes..3 * row_bytes + 2].copy_from_slice(&0x7e00u16.to_le_bytes()); // f16 NaN
+        }
+        w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, data);
+    }
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes).unwrap();
+    let m = Model::from_file(Arc::new(runtime::gguf::GgufFile::from_bytes(bytes).unwrap())).unwrap();
+    let (h, _) = fixture_adapter(&m, "adapters/tinyllama-a-lora");
+    let e = bake(&m, &[(h, 1.0)], BakeType::Same).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`blk.0.attn_q.weight` row 3: the base weight is not finite (a NaN or infinity in the file)"
+    );
+}

@@ -27,8 +27,9 @@ pub struct AdapterHandle {
     /// Unique per load: reloading a file under the same name gives a new version.
     pub version: u64,
     pub adapter: Arc<LoraAdapter>,
-    /// DoRA row factors per scale, computed on first use.
-    pub(crate) dora_cache: Arc<Mutex<HashMap<u32, DoraFactors>>>,
+    /// DoRA row factors per (model weights, scale), computed on first use: a bake changes the
+    /// weights the norms are taken of ([`Model::weights_id`]).
+    pub(crate) dora_cache: Arc<Mutex<HashMap<(u64, u32), DoraFactors>>>,
     /// Each target's B in row blocks of [`B_BLOCK`]: block `o / B_BLOCK` holds
     /// `[r][B_BLOCK]` (B transposed within the block, zero-padded), so the fused epilogue for a
     /// run of rows reads one contiguous stretch (prefetcher-friendly) and is `r` short axpy
@@ -269,9 +270,10 @@ impl LoraPlan {
 
 /// DoRA row factors of every target of `h` at generation scale `scale`: `m / ‖W + s·B·A‖₂`
 /// per output row, with W the dequantized base (PEFT `DoraLinearLayer.get_weight_norm`).
-/// Cached per scale.
+/// Cached per weights and scale.
 fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<DoraFactors, LoraError> {
-    if let Some(f) = h.dora_cache.lock().expect("dora cache").get(&scale.to_bits()) {
+    let key = (model.weights_id, scale.to_bits());
+    if let Some(f) = h.dora_cache.lock().expect("dora cache").get(&key) {
         return Ok(f.clone());
     }
     let mut out = Vec::with_capacity(h.adapter.targets.len());
@@ -303,10 +305,11 @@ fn dora_factors(model: &Model, h: &AdapterHandle, scale: f32) -> Result<DoraFact
         out.push(Arc::new(f));
     }
     let out = Arc::new(out);
-    h.dora_cache
-        .lock()
-        .expect("dora cache")
-        .insert(scale.to_bits(), out.clone());
+    let mut cache = h.dora_cache.lock().expect("dora cache");
+    // Factors of weights no longer in use are not kept around. (A bake and its base, each used
+    // again in turn, recompute theirs: a fraction of a second.)
+    cache.retain(|(id, _), _| *id == model.weights_id);
+    cache.insert(key, out.clone());
     Ok(out)
 }
 

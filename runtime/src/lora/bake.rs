@@ -146,12 +146,12 @@ fn bake_one(
     let err = |e: quant::QuantError| LoraError::Plan {
         message: format!("`{}`: {e}", w.name),
     };
-    let not_finite = |row: usize, what: &str| LoraError::Plan {
-        message: format!("`{}` row {row}: {what}; is an adapter scale too large?", w.name),
+    let at_row = |row: usize, what: &str| LoraError::Plan {
+        message: format!("`{}` row {row}: {what}", w.name),
     };
     let mut out = vec![0u8; out_rb * w.n_out];
     let n = w.n_in;
-    let (dot, norm) = out
+    let rows: Vec<Result<(f64, f64), LoraError>> = out
         .par_chunks_mut(out_rb)
         .enumerate()
         // Per worker: the dequantized row W, W + Δ, and the baked row read back.
@@ -159,6 +159,12 @@ fn bake_one(
             || (vec![0f32; n], vec![0f32; n], vec![0f32; n]),
             |(base, row, got), (o, dst)| -> Result<(f64, f64), LoraError> {
                 quant::dequantize_row(w.ty, &m.data[o * in_rb..][..in_rb], base).map_err(err)?;
+                if base.iter().any(|x| !x.is_finite()) {
+                    return Err(at_row(
+                        o,
+                        "the base weight is not finite (a NaN or infinity in the file)",
+                    ));
+                }
                 row.copy_from_slice(base);
                 let mut dora = None;
                 for e in entries {
@@ -174,16 +180,22 @@ fn bake_one(
                         dora = Some(f[o]);
                     }
                 }
-                if let Some(f) = dora {
-                    row.iter_mut().for_each(|x| *x *= f);
-                }
                 if row.iter().any(|x| !x.is_finite()) {
-                    return Err(not_finite(o, "W + s·B·A is not finite"));
+                    return Err(at_row(o, "W + s·B·A is not finite; is an adapter scale too large?"));
+                }
+                if let Some(f) = dora {
+                    if !f.is_finite() {
+                        return Err(at_row(o, &format!("the DoRA factor m / ‖W + s·B·A‖ is {f}")));
+                    }
+                    row.iter_mut().for_each(|x| *x *= f);
                 }
                 quant::quantize_row(out_ty, row, dst).map_err(err)?;
                 quant::dequantize_row(out_ty, dst, got).map_err(err)?;
                 if got.iter().any(|x| !x.is_finite()) {
-                    return Err(not_finite(o, &format!("W + s·B·A is too large for {out_ty}")));
+                    return Err(at_row(
+                        o,
+                        &format!("W + s·B·A is too large for {out_ty}; is an adapter scale too large?"),
+                    ));
                 }
                 Ok(base
                     .iter()
@@ -195,6 +207,14 @@ fn bake_one(
                     }))
             },
         )
-        .try_reduce(|| (0.0, 0.0), |a, b| Ok((a.0 + b.0, a.1 + b.1)))?;
+        .collect();
+    // In row order: the first row at fault is the one named, and the sums do not depend on
+    // how the rows were shared out.
+    let (mut dot, mut norm) = (0f64, 0f64);
+    for r in rows {
+        let (d, n) = r?;
+        dot += d;
+        norm += n;
+    }
     Ok((out, dot, norm))
 }

@@ -188,6 +188,16 @@ pub struct Model {
     pub float_reference: bool,
     /// llama3 `rope_freqs` (`[n_rot / 2]`), dividing the rope frequencies.
     pub rope_freqs: Option<Vec<f32>>,
+    /// Which weights these are: new for each loaded file and whenever the linear weights may
+    /// change ([`Model::linears_mut`], as a bake does); clones share it. What is computed from
+    /// the weights and kept (DoRA row factors) is keyed by it.
+    pub(crate) weights_id: u64,
+}
+
+/// A fresh [`Model::weights_id`].
+fn next_weights_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for Model {
@@ -309,6 +319,7 @@ impl Model {
             linear_ids,
             float_reference: false,
             rope_freqs,
+            weights_id: next_weights_id(),
         })
     }
 
@@ -359,8 +370,10 @@ impl Model {
             .chain(std::iter::once(&self.output))
     }
 
-    /// Every linear layer, mutable (to replace weights when baking).
+    /// Every linear layer, mutable (to replace weights when baking). The model counts as
+    /// having new weights from then on (a new [`Model::weights_id`]).
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.weights_id = next_weights_id();
         self.layers
             .iter_mut()
             .flat_map(|l| l.linears_mut())
