@@ -740,22 +740,15 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             "/unbake" if !engine.is_baked() => eprintln!("error: nothing is baked"),
             "/unbake" => {
                 engine.unbake();
-                // The baked set goes back on the fly, with what was active on top of it; if
-                // the two cannot run together (DoRA meeting another adapter on a layer), the
-                // ones on top are set aside, and the user is told.
-                let on_top = std::mem::take(&mut active);
-                let n_baked = baked.len();
-                let mut both = std::mem::take(&mut baked);
-                both.extend(on_top.iter().cloned());
-                match runtime::lora::LoraPlan::new(&engine.model(), &both) {
-                    Ok(_) => active = both,
-                    Err(e) => {
-                        both.truncate(n_baked);
-                        active = both;
-                        eprintln!(
-                            "note: {} no longer active: it cannot run with the unbaked adapters ({e})",
-                            adapter_list(&on_top)
-                        );
+                // The baked set goes back on the fly, then what was active on top of it, one
+                // by one; one that cannot run with those before it (DoRA meeting another
+                // adapter on a layer) is set aside, and the user is told.
+                let on_top = std::mem::replace(&mut active, std::mem::take(&mut baked));
+                for (h, s) in on_top {
+                    active.push((h, s));
+                    if let Err(e) = runtime::lora::LoraPlan::new(&engine.model(), &active) {
+                        let (h, s) = active.pop().expect("just pushed");
+                        eprintln!("note: {}:{s} set aside: {e}", h.name);
                     }
                 }
                 writeln!(out, "weights restored; active on the fly: {}", adapter_list(&active))?;

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use lora_run_tests::{GEMMA, fixtures_dir, model, reference, workspace_root};
+use lora_run_tests::{GEMMA, QWEN, fixtures_dir, model, reference, workspace_root};
 use serde_json::Value;
 
 fn lora_run(args: &[&str]) -> std::process::Output {
@@ -144,6 +144,28 @@ fn interactive_bake_and_unbake_keep_track_of_the_adapters() {
     );
     assert!(
         out.contains("weights restored; active on the fly: jargon-bf16:1 + gemma3-270m-jargon:0.3"),
+        "{out}"
+    );
+    // One that cannot run beside the unbaked set (a second adapter on a DoRA adapter's
+    // layers) is set aside, by name; the others stay.
+    let q = model(QWEN);
+    let dir = |a: &str| fixtures_dir().join("adapters").join(a).display().to_string();
+    let (out, err) = with_stdin(
+        &[
+            "-m",
+            q.to_str().unwrap(),
+            "-i",
+            "-a",
+            &dir("qwen2-0.5b-dora"),
+            "--bake",
+            "-n",
+            "1",
+        ],
+        &format!("/use {}:0.5\n/unbake\n/quit\n", dir("qwen2-0.5b-pirate")),
+    );
+    assert!(err.contains("note: qwen2-0.5b-pirate:0.5 set aside: "), "{err}");
+    assert!(
+        out.contains("weights restored; active on the fly: qwen2-0.5b-dora:1\n"),
         "{out}"
     );
 }

@@ -241,19 +241,12 @@ pub fn inspect_peft(path: &Path) -> Result<Value, crate::lora::LoraError> {
     };
     let bytes = std::fs::read(&weights).map_err(|e| io(&weights, e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        let why = match e {
-            safetensors::SafeTensorError::TensorInvalidInfo => crate::lora::peft::size_mismatch(&bytes),
-            safetensors::SafeTensorError::HeaderTooSmall
-            | safetensors::SafeTensorError::HeaderTooLarge
-            | safetensors::SafeTensorError::InvalidHeaderLength
-            | safetensors::SafeTensorError::MetadataIncompleteBuffer => {
-                Some(crate::lora::peft::header_length_note(&e, &bytes))
-            }
-            _ => None,
-        };
         io(
             &weights,
-            format!("not a valid safetensors file: {}", why.unwrap_or_else(|| e.to_string())),
+            format!(
+                "not a valid safetensors file: {}",
+                crate::lora::peft::describe_st_error(&e, &bytes)
+            ),
         )
     })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| io(&weights, e.to_string()))?;

@@ -756,6 +756,7 @@ fn bad_safetensors_bytes() {
             [u64::MAX.to_le_bytes().to_vec(), vec![b'{'; 16]].concat(),
         ),
         ("truncated", good[..good.len() / 2].to_vec()),
+        ("trailing bytes", [good.clone(), vec![0; 5]].concat()),
         (
             "bad json",
             [20u64.to_le_bytes().to_vec(), b"{\"a\": {\"dtype\": \"F3".to_vec()].concat(),
@@ -773,7 +774,12 @@ fn bad_safetensors_bytes() {
         // What the file holds, where the crate only says the header or data is short.
         let says = match what {
             "empty" | "garbage" => "(truncated, or not a safetensors file)",
-            "truncated" => "fewer than its header's tensors need (truncated)",
+            "truncated" => &format!(
+                "the file has {} bytes, its header's tensors need {} (truncated)",
+                good.len() / 2,
+                good.len()
+            ),
+            "trailing bytes" => "5 past the end of its last tensor",
             _ => "",
         };
         assert!(e.to_string().contains(says), "{what}: {e}");

@@ -946,14 +946,51 @@ pub(crate) fn peft_scale(alpha: f64, r: f64, use_rslora: bool) -> f64 {
     if use_rslora { alpha / r.sqrt() } else { alpha / r }
 }
 
+/// The `safetensors` crate's error `e` on `bytes`, with what can be said of the file: which
+/// tensor's size disagrees with its shape, a data offset out of place, or the file's length
+/// against what its header announces.
+pub(crate) fn describe_st_error(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::TensorInvalidInfo => size_mismatch(bytes).unwrap_or_else(|| e.to_string()),
+        E::InvalidOffset(_) => format!(
+            "{e} (its data does not start where the previous tensor's ends: that one's offsets may be the wrong ones)"
+        ),
+        E::HeaderTooSmall | E::HeaderTooLarge | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
+            header_length_note(e, bytes)
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// A safetensors error about the file's length, with what the file holds: its size, and the
 /// header length its first 8 bytes announce (a truncated file, or not a safetensors file).
-pub(crate) fn header_length_note(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+fn header_length_note(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
     if matches!(e, safetensors::SafeTensorError::MetadataIncompleteBuffer) {
-        return format!(
-            "{e}: the file has {} bytes, fewer than its header's tensors need (truncated)",
-            bytes.len()
-        );
+        // The size the header implies: 8 + its length + where the last tensor's data ends.
+        let need = (|| -> Option<u64> {
+            let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(bytes.get(8..8usize.checked_add(n as usize)?)?).ok()?;
+            let end = header
+                .iter()
+                .filter(|(k, _)| *k != "__metadata__")
+                .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+                .max()
+                .unwrap_or(0);
+            8u64.checked_add(n)?.checked_add(end)
+        })();
+        let have = bytes.len() as u64;
+        return match need {
+            Some(need) if need > have => {
+                format!("{e}: the file has {have} bytes, its header's tensors need {need} (truncated)")
+            }
+            Some(need) => format!(
+                "{e}: the file has {have} bytes, {} past the end of its last tensor ({need})",
+                have - need
+            ),
+            None => format!("{e}: the file has {have} bytes"),
+        };
     }
     match bytes.get(..8) {
         Some(b) => format!(
@@ -971,7 +1008,7 @@ pub(crate) fn header_length_note(e: &safetensors::SafeTensorError, bytes: &[u8])
 /// For a safetensors header the `safetensors` crate rejects as `TensorInvalidInfo`: which
 /// tensor's data size disagrees with its dtype and shape, and how. `None` when the header
 /// cannot be read here or no tensor is found wrong.
-pub(crate) fn size_mismatch(bytes: &[u8]) -> Option<String> {
+fn size_mismatch(bytes: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
@@ -1034,17 +1071,7 @@ pub fn load_safetensors(
     let bytes = std::fs::read(path).map_err(|e| io_error(path, &e))?;
     let st_err = |e: safetensors::SafeTensorError| LoraError::Safetensors {
         path: path.to_path_buf(),
-        message: match &e {
-            safetensors::SafeTensorError::TensorInvalidInfo => size_mismatch(&bytes).unwrap_or_else(|| e.to_string()),
-            safetensors::SafeTensorError::InvalidOffset(_) => format!(
-                "{e} (its data does not start where the previous tensor's ends: that one's offsets may be the wrong ones)"
-            ),
-            safetensors::SafeTensorError::HeaderTooSmall
-            | safetensors::SafeTensorError::HeaderTooLarge
-            | safetensors::SafeTensorError::InvalidHeaderLength
-            | safetensors::SafeTensorError::MetadataIncompleteBuffer => header_length_note(&e, &bytes),
-            _ => e.to_string(),
-        },
+        message: describe_st_error(&e, &bytes),
     };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(st_err)?;
     let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
