@@ -1166,12 +1166,7 @@ fn inspect(file: &std::path::Path, json: bool) -> Result<()> {
         f.read_exact(&mut magic).ok().map(|_| &magic == b"GGUF")
     });
     // As --adapter takes it: the adapter_config.json of a PEFT folder stands for the folder.
-    let folder = file.file_name().is_some_and(|n| n == "adapter_config.json").then(|| {
-        file.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."))
-    });
-    if let Some(dir) = folder.filter(|_| is_gguf != Some(true)) {
+    if let Some(dir) = runtime::lora::peft_folder_of(file).filter(|_| file.is_file() && is_gguf != Some(true)) {
         return inspect(dir, json);
     }
     if file.is_dir() || (is_gguf == Some(false) && file.extension().is_some_and(|e| e == "safetensors")) {

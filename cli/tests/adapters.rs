@@ -597,6 +597,15 @@ fn inspect_peft_folder() {
     std::fs::write(dir.join("adapter_config.json"), "{}").unwrap();
     let (text, _) = ok(&["inspect", dir.join("adapter_config.json").to_str().unwrap()]);
     assert!(text.contains("126 modules, rank 8, scale 1 (lora_alpha / r)"), "{text}");
+    // A config that is not there is named as given (not its folder inspected instead).
+    std::fs::remove_file(dir.join("adapter_config.json")).unwrap();
+    let missing = dir.join("adapter_config.json");
+    let out = lora_run(&["inspect", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.starts_with(&format!("error: cannot read {}", missing.display())),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -36,9 +36,9 @@ fn bad_head_and_rope_sizes_are_refused() {
     }
 }
 
-/// A NaN or non-positive RMS epsilon or rope base, a rope scaling this runtime does not
-/// compute, or a linear scaling factor that is not positive: refused, naming the key (with a
-/// NaN epsilon the 8-bit activations would turn every hidden state into zeros, silently).
+/// A NaN, infinite or non-positive RMS epsilon or rope base, a rope scaling this runtime does
+/// not compute, or a negative or NaN scaling factor: refused, naming the key (with a NaN
+/// epsilon the 8-bit activations would turn every hidden state into zeros, silently).
 #[test]
 fn bad_float_hyperparameters_and_rope_scaling_are_refused() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tinyllama/tinyllama-a-q8_0.gguf");
@@ -46,36 +46,31 @@ fn bad_float_hyperparameters_and_rope_scaling_are_refused() {
     let md = file.metadata();
     let eps = "llama.attention.layer_norm_rms_epsilon";
     let base = "llama.rope.freq_base";
-    let cases: [(&str, GgufValue, &str, &str); 8] = [
-        (eps, GgufValue::F32(f32::NAN), eps, "not a positive number"),
-        (eps, GgufValue::F32(-1.0), eps, "not a positive number"),
-        (eps, GgufValue::F32(0.0), eps, "not a positive number"),
-        (base, GgufValue::F32(f32::NAN), base, "not a positive number"),
-        (base, GgufValue::F32(f32::INFINITY), base, "not a positive number"),
+    let factor = "llama.rope.scaling.factor";
+    let legacy = "llama.rope.scale_linear";
+    let positive = "is not a positive number";
+    let f = GgufValue::F32;
+    let cases = [
+        (eps, f(f32::NAN), eps, positive),
+        (eps, f(f32::INFINITY), eps, positive),
+        (eps, f(-1.0), eps, positive),
+        (eps, f(0.0), eps, positive),
+        (base, f(f32::NAN), base, positive),
+        (base, f(f32::INFINITY), base, positive),
+        (base, f(-10000.0), base, positive),
+        (base, f(0.0), base, positive),
         (
             "llama.rope.scaling.type",
             GgufValue::String("yarn".into()),
             "llama.rope.scaling.type",
             "`yarn` is not supported",
         ),
-        (
-            "llama.rope.scaling.factor",
-            GgufValue::F32(0.0),
-            "llama.rope.scaling.factor",
-            "not a positive number",
-        ),
-        (
-            "llama.rope.scaling.factor",
-            GgufValue::F32(-4.0),
-            "llama.rope.scaling.factor",
-            "not a positive number",
-        ),
+        (factor, f(-4.0), factor, "-4 is not a positive number (0: no scaling)"),
+        (factor, f(f32::NAN), factor, positive),
+        (legacy, f(-2.0), legacy, positive),
     ];
     for (key, value, names, says) in cases {
         let mut m = md.clone();
-        if key == "llama.rope.scaling.factor" {
-            m.set("llama.rope.scaling.type", GgufValue::String("linear".into()));
-        }
         m.set(key, value.clone());
         let err = ModelConfig::from_metadata(Arch::Llama, &m, 151936)
             .unwrap()
@@ -86,18 +81,37 @@ fn bad_float_hyperparameters_and_rope_scaling_are_refused() {
             "{key} = {value:?}: {err}"
         );
     }
-    // Linear scaling by 4 and an explicit "none" load.
+    // A scaling type that is not a string: the reader's type error, naming the key.
     let mut m = md.clone();
-    m.set("llama.rope.scaling.type", GgufValue::String("linear".into()));
-    m.set("llama.rope.scaling.factor", GgufValue::F32(4.0));
-    let c = ModelConfig::from_metadata(Arch::Llama, &m, 151936).unwrap();
-    c.validate().unwrap();
-    assert_eq!(c.rope_freq_scale, 0.25);
-    m.set("llama.rope.scaling.type", GgufValue::String("none".into()));
-    ModelConfig::from_metadata(Arch::Llama, &m, 151936)
-        .unwrap()
-        .validate()
-        .unwrap();
+    m.set("llama.rope.scaling.type", GgufValue::U32(1));
+    let err = ModelConfig::from_metadata(Arch::Llama, &m, 151936).unwrap_err();
+    assert!(err.to_string().contains("llama.rope.scaling.type"), "{err}");
+    // As llama.cpp reads them: a factor without a type is linear, the older key counts too,
+    // 0 means no scaling, and "none" still takes the factor.
+    for (set, scale) in [
+        (vec![(factor, f(4.0))], 0.25),
+        (vec![(legacy, f(2.0))], 0.5),
+        (vec![(factor, f(0.0))], 1.0),
+        (
+            vec![
+                ("llama.rope.scaling.type", GgufValue::String("none".into())),
+                (factor, f(8.0)),
+            ],
+            0.125,
+        ),
+        (
+            vec![("llama.rope.scaling.type", GgufValue::String("linear".into()))],
+            1.0,
+        ),
+    ] {
+        let mut m = md.clone();
+        for (k, v) in &set {
+            m.set(*k, v.clone());
+        }
+        let c = ModelConfig::from_metadata(Arch::Llama, &m, 151936).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rope_freq_scale, scale, "{set:?}");
+    }
 }
 
 /// A norm weight holding NaN is refused at load, naming the tensor and the element (it would

@@ -7,6 +7,17 @@ use super::{AdapterOptions, LoraAdapter, LoraError, LoraTarget};
 use crate::gguf::GGUF_MAGIC;
 use crate::model::Model;
 
+/// The PEFT folder that a path to its `adapter_config.json` stands for (the file's folder, `.`
+/// for a bare name), as [`load_adapter`] and `lora-run inspect` take such a path; `None` for
+/// any other file name. Whether the file exists is the caller's check.
+pub fn peft_folder_of(path: &Path) -> Option<&Path> {
+    path.file_name().is_some_and(|n| n == "adapter_config.json").then(|| {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    })
+}
+
 /// Load the adapter at `path` and validate it against `model`.
 ///
 /// `path` may be
@@ -32,11 +43,7 @@ pub fn load_adapter(path: &Path, model: &Model, opts: &AdapterOptions) -> Result
         super::peft::load_dir(path, model, opts)?
     } else if starts_with_gguf_magic(path)? {
         super::gguf_lora::load(path, model, opts)?
-    } else if path.file_name().is_some_and(|n| n == "adapter_config.json") {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+    } else if let Some(dir) = peft_folder_of(path) {
         super::peft::load_dir(dir, model, opts)?
     } else if has_extension(path, "safetensors") {
         super::peft::load_file(path, model, opts)?

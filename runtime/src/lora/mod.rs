@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 pub use apply::{AdapterHandle, LoraPlan};
 pub use error::LoraError;
-pub use load::{default_adapter_name, load_adapter};
+pub use load::{default_adapter_name, load_adapter, peft_folder_of};
 
 /// How to load an adapter.
 #[derive(Clone, Debug, Default)]

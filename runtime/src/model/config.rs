@@ -82,15 +82,18 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     /// `rope.freq_base` (global layers).
     pub rope_freq_base: f32,
-    /// 1 / `rope.scaling.factor` for linear scaling, else 1.
+    /// 1 / the rope scaling factor (`rope.scaling.factor`, or the older `rope.scale_linear`),
+    /// 1 without one, as llama.cpp's `rope_freq_scale_train`.
     pub rope_freq_scale: f32,
     /// Sliding window of the local layers (gemma3), if any.
     pub sliding_window: Option<usize>,
     /// Rope base of the sliding-window layers (gemma3: 10000, llama.cpp's
     /// `rope_freq_base_train_swa`).
     pub rope_freq_base_swa: f32,
-    /// `rope.scaling.type`, if the file gives one (`none` and `linear` are supported).
-    pub rope_scaling: Option<String>,
+    /// `rope.scaling.type` (llama.cpp's default: `linear`; `none` and `linear` are supported).
+    pub rope_scaling: String,
+    /// The rope scaling factor and the key it came from, when the file gives a nonzero one.
+    pub rope_scaling_factor: Option<(String, f32)>,
 }
 
 impl ModelConfig {
@@ -118,14 +121,18 @@ impl ModelConfig {
         let n_head_kv = opt_usize("attention.head_count_kv")?.unwrap_or(n_head);
         let head_dim = opt_usize("attention.key_length")?.unwrap_or(n_embd / n_head.max(1));
         let head_dim_v = opt_usize("attention.value_length")?.unwrap_or(head_dim);
-        let rope_scaling = md
-            .get(&key("rope.scaling.type"))
-            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| format!("{v:?}")));
-        let scaling_linear = rope_scaling.as_deref() == Some("linear");
-        let rope_freq_scale = match (scaling_linear, opt_f32("rope.scaling.factor")?) {
-            (true, Some(f)) => 1.0 / f,
-            _ => 1.0,
+        // As llama.cpp reads them: the type defaults to linear; the factor comes from
+        // `rope.scaling.factor`, else the older `rope.scale_linear`, and 0 or none means 1.
+        let rope_scaling = match md.get(&key("rope.scaling.type")) {
+            Some(_) => md.get_str(&key("rope.scaling.type"))?.to_string(),
+            None => "linear".to_string(),
         };
+        let rope_scaling_factor = match opt_f32("rope.scaling.factor")? {
+            Some(f) => Some(("rope.scaling.factor", f)),
+            None => opt_f32("rope.scale_linear")?.map(|f| ("rope.scale_linear", f)),
+        }
+        .filter(|&(_, f)| f != 0.0);
+        let rope_freq_scale = rope_scaling_factor.map_or(1.0, |(_, f)| 1.0 / f);
         Ok(ModelConfig {
             arch,
             n_vocab,
@@ -148,6 +155,7 @@ impl ModelConfig {
             },
             rope_freq_base_swa: 10000.0,
             rope_scaling,
+            rope_scaling_factor: rope_scaling_factor.map(|(k, f)| (k.to_string(), f)),
         })
     }
 
@@ -202,26 +210,18 @@ impl ModelConfig {
                 return Err(bad(k, format!("{v} is not a positive number")));
             }
         }
-        if let Some(t) = self
-            .rope_scaling
-            .as_deref()
-            .filter(|t| !matches!(*t, "none" | "linear"))
-        {
+        if !matches!(self.rope_scaling.as_str(), "none" | "linear") {
             // YaRN, LongRoPE and the like change the rope in ways this runtime does not
             // compute: refused rather than run as plain rope.
             return Err(bad(
                 "rope.scaling.type",
-                format!("`{t}` is not supported (none or linear)"),
+                format!("`{}` is not supported (none or linear)", self.rope_scaling),
             ));
         }
-        if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0) {
-            return Err(bad(
-                "rope.scaling.factor",
-                format!(
-                    "gives the frequency scale {}, not a positive number",
-                    self.rope_freq_scale
-                ),
-            ));
+        if let Some((k, f)) = &self.rope_scaling_factor
+            && !(f.is_finite() && *f > 0.0)
+        {
+            return Err(bad(k, format!("{f} is not a positive number (0: no scaling)")));
         }
         if !self.n_rot.is_multiple_of(2) || self.n_rot > self.head_dim {
             return Err(bad(
