@@ -91,10 +91,8 @@ impl BakeArgs {
 }
 
 fn parse_lora_alpha(s: &str) -> std::result::Result<f32, String> {
-    match s.trim().parse::<f32>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}` is not a finite number")),
-    }
+    // As an adapter scale: finite, and not so small that an f32 makes it 0.
+    parse_scale(s)
 }
 
 fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType, String> {
@@ -172,7 +170,8 @@ struct RunArgs {
     #[command(flatten)]
     bake: BakeArgs,
     /// Compute in f32 as transformers + PEFT do on the dequantized model: dequantized weights
-    /// times unquantized activations, attention and GELU in f32. Several times slower; by default the
+    /// times unquantized activations, attention (over the f16 key/value cache) and GELU in f32.
+    /// Several times slower; by default the
     /// activations are quantized to 8 bits for the dot products, as in llama.cpp.
     #[arg(long)]
     exact: bool,
@@ -333,13 +332,13 @@ fn main() -> ExitCode {
 /// Set the thread count and load the model with its tokenizer, for computing as `--exact`
 /// says.
 fn load_run(r: &RunArgs) -> Result<std::sync::Arc<Engine>> {
-    load(&r.model, &r.threads, &r.tokenizer, r.exact)
+    load(&r.model, r.threads.threads, r.tokenizer.tokenizer.as_ref(), r.exact)
 }
 
-/// Set the thread count and load the model (with the tokenizer of `tok`, and the float
-/// reference path if `exact`).
-fn load(m: &ModelArgs, threads: &ThreadArgs, tok: &TokenizerArgs, exact: bool) -> Result<std::sync::Arc<Engine>> {
-    if let Some(n) = threads.threads {
+/// Set the thread count (if given) and load the model (with the tokenizer.json `tok`, if
+/// given, and the float reference path if `exact`).
+fn load(m: &ModelArgs, threads: Option<usize>, tok: Option<&PathBuf>, exact: bool) -> Result<std::sync::Arc<Engine>> {
+    if let Some(n) = threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
         }
@@ -351,7 +350,7 @@ fn load(m: &ModelArgs, threads: &ThreadArgs, tok: &TokenizerArgs, exact: bool) -
     let engine = Engine::load(
         path,
         &LoadOptions {
-            tokenizer_json: tok.tokenizer.clone(),
+            tokenizer_json: tok.cloned(),
             float_reference: exact,
         },
     )?;
@@ -584,7 +583,7 @@ fn merge(
         )
         .into());
     }
-    let engine = load(m, threads, &TokenizerArgs { tokenizer: None }, false)?;
+    let engine = load(m, threads.threads, None, false)?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
     let t0 = std::time::Instant::now();
     let (baked, report) = runtime::lora::bake::bake(engine.base_model(), &active, ty)?;
@@ -819,7 +818,7 @@ fn parse_n_predict(s: &str) -> std::result::Result<i64, String> {
 fn check_n_predict(n: i64) -> std::result::Result<i64, String> {
     if n < -2 {
         return Err(format!(
-            "{n}: give a number of tokens, or -1 for until the context is full"
+            "{n}: give a number of tokens, or -1 (or -2) for until the context is full"
         ));
     }
     Ok(n)
@@ -1048,7 +1047,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
 }
 
 fn tokenize(m: &ModelArgs, tok: &TokenizerArgs, text: &str, json: bool) -> Result<()> {
-    let engine = load(m, &ThreadArgs { threads: None }, tok, false)?;
+    let engine = load(m, None, tok.tokenizer.as_ref(), false)?;
     let ids = engine.tokenize(text)?;
     if json {
         write_stdout(&format!("{}\n", json!({ "tokens": ids })))
@@ -1122,7 +1121,7 @@ fn bench(
     if reps == 0 || n_prompt.checked_add(n_gen).is_none_or(|n| n == 0) {
         return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
     }
-    let engine = load(m, threads, &TokenizerArgs { tokenizer: None }, false)?;
+    let engine = load(m, threads.threads, None, false)?;
     let n_ctx_train = engine.model().config.n_ctx_train;
     // Each test runs on its own cache after the depth: the larger one must fit.
     if n_prompt.max(n_gen).checked_add(n_depth).is_none_or(|n| n > n_ctx_train) {

@@ -189,18 +189,26 @@ fn options_a_command_does_not_use_are_refused() {
         "-m {m} --prompts models/demo.jsonl -a models/jargon-bf16 --bake",
         "-m {m} -p Hi -i",
         "-m {m} -i --json",
-        "-m {m} -p Hi -n=-3",
-        "logits -m {m} -p Hi --top 0",
     ] {
         let args: Vec<&str> = args.split(' ').map(|w| if w == "{m}" { m } else { w }).collect();
         let args = &args[..];
         let out = lora_run(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success()
-                && (err.contains("unexpected argument")
-                    || err.contains("cannot be used with")
-                    || err.contains("invalid value")),
+            !out.status.success() && (err.contains("unexpected argument") || err.contains("cannot be used with")),
+            "{args:?}: {err}"
+        );
+    }
+    // Values out of range.
+    for (args, says) in [
+        ("-m {m} -p Hi -n=-3", "-3: give a number of tokens, or -1 (or -2)"),
+        ("logits -m {m} -p Hi --top 0", "0 shows nothing: give at least 1"),
+    ] {
+        let args: Vec<&str> = args.split(' ').map(|w| if w == "{m}" { m } else { w }).collect();
+        let out = lora_run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("invalid value") && err.contains(says),
             "{args:?}: {err}"
         );
     }
@@ -414,9 +422,11 @@ fn exact_follows_peft_where_the_quantized_path_does_not() {
         ids(&serde_json::from_str(&ok(&args).0).unwrap())
     };
     let want = ref_ids("gemma3-270m__jargon-bf16__1.0.json", 3);
+    // The default path's own tokens depend on the CPU's kernels (on this one it flips at step 3);
+    // they are shown, and --exact must follow the reference.
     let quantized = run(&[]);
-    assert_eq!(quantized[..3], want[..3]);
-    assert_ne!(quantized[3], want[3], "the quantized path's known flip at step 3 moved");
+    let same = quantized.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    eprintln!("default path: {same} of 8 tokens as the reference");
     assert_eq!(run(&["--exact"])[..8], want[..8]);
 }
 

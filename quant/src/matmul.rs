@@ -66,7 +66,8 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32]) -> Result<(), QuantErro
 }
 
 /// `Y = X·Wᵀ` for `n_tok` activation rows: `x` is `[n_tok, n_in]`, `y` is `[n_tok, n_out]`,
-/// both row-major.
+/// both row-major. A token whose inputs are not all finite gets NaN outputs (the 8-bit
+/// activations would otherwise turn a NaN or infinity into ordinary numbers).
 ///
 /// Errors: [`QuantError::LengthMismatch`] when `x` or `y` has the wrong length.
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result<(), QuantError> {

@@ -56,9 +56,9 @@ pub struct LoadOptions {
     /// A `tokenizer.json` that replaces the GGUF's own tokenizer.
     pub tokenizer_json: Option<PathBuf>,
     /// Compute as the float reference does ([`Model::float_reference`]): dequantized weights
-    /// times unquantized f32 activations and f32 attention, as transformers + PEFT on the
-    /// dequantized model. Several times slower; off by default (llama.cpp's quantized dot
-    /// products).
+    /// times unquantized f32 activations, f32 attention (over the f16 key/value cache) and f32
+    /// GELU, as transformers + PEFT on the dequantized model. Several times slower; off by
+    /// default (llama.cpp's quantized dot products).
     pub float_reference: bool,
 }
 

@@ -114,25 +114,51 @@ fn bad_float_hyperparameters_and_rope_scaling_are_refused() {
     }
 }
 
-/// A norm weight holding NaN is refused at load, naming the tensor and the element (it would
-/// otherwise make every activation NaN, which the 8-bit activations used to hide).
-#[test]
-fn non_finite_norm_weight_is_refused() {
+/// The tiny llama with `edit` applied to the bytes of tensor `name`, loaded from memory.
+fn tinyllama_with(name: &str, edit: impl Fn(&mut [u8])) -> Result<runtime::model::Model, ModelError> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tinyllama/tinyllama-a-q8_0.gguf");
     let f = GgufFile::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let mut w = runtime::gguf::GgufWriter::new();
     w.metadata = f.metadata().clone();
     for t in f.tensors() {
         let mut data = f.view(t).data.to_vec();
-        if t.name == "blk.1.ffn_norm.weight" {
-            data[4 * 5..4 * 6].copy_from_slice(&f32::NAN.to_le_bytes());
+        if t.name == name {
+            edit(&mut data);
         }
         w.add_tensor(t.name.clone(), t.shape.clone(), t.ty, data);
     }
     let mut bytes = Vec::new();
     w.write_to(&mut bytes).unwrap();
-    let file = std::sync::Arc::new(GgufFile::from_bytes(bytes).unwrap());
-    let err = runtime::model::Model::from_file(file).unwrap_err();
+    runtime::model::Model::from_file(std::sync::Arc::new(GgufFile::from_bytes(bytes).unwrap()))
+}
+
+/// An output head with a NaN (a Q8_0 block scale of row 5) gives a non-finite logit there,
+/// which a single position's logits name rather than hand to a sampler.
+#[test]
+fn non_finite_logit_is_named() {
+    let m = tinyllama_with("output.weight", |d| {
+        // Row 5's first block (8 blocks of 34 bytes a row): its f16 scale.
+        d[5 * 8 * 34..5 * 8 * 34 + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    })
+    .unwrap();
+    let mut kv = m.new_kv_cache(16);
+    let err = m
+        .forward(&mut kv, &[1, 2, 3], runtime::model::Logits::Last)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the logits are not finite (logit NaN of token id 5): an activation overflowed, or a weight is not finite"
+    );
+}
+
+/// A norm weight holding NaN is refused at load, naming the tensor and the element (it would
+/// otherwise make every activation NaN, which the 8-bit activations used to hide).
+#[test]
+fn non_finite_norm_weight_is_refused() {
+    let err = tinyllama_with("blk.1.ffn_norm.weight", |d| {
+        d[4 * 5..4 * 6].copy_from_slice(&f32::NAN.to_le_bytes())
+    })
+    .unwrap_err();
     assert!(
         matches!(&err, ModelError::NonFiniteTensor { name, index: 5, .. } if name == "blk.1.ffn_norm.weight"),
         "{err}"

@@ -63,8 +63,8 @@ pub enum ModelError {
     },
     #[error("quantized kernel: {0}")]
     Quant(#[from] QuantError),
-    /// The last hidden state holds NaN or ±inf (checked before the head, where ggml's Q8
-    /// quantizer would turn NaN blocks into zeros); `what` names the value and the position.
+    /// The last hidden state holds NaN or ±inf (checked before the head); `what` names the
+    /// value and the position.
     #[error(
         "the logits are not finite ({what}): an activation overflowed, or a weight is not finite{}",
         if *.with_adapters { "; is an adapter scale too large?" } else { "" }
@@ -181,7 +181,8 @@ pub struct Model {
     linear_ids: HashMap<String, usize>,
     /// Multiply with dequantized f32 weights and unquantized f32 activations instead of
     /// ggml's quantized dot products, attend in f32 at every batch size (llama.cpp's tiled
-    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum),
+    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum;
+    /// the key/value cache stays f16),
     /// and take GELU in f32 rather than through llama.cpp's f16 table: slow, for comparisons
     /// with float references (transformers on the dequantized weights) and `--exact`.
     /// Off by default.
@@ -516,8 +517,8 @@ impl Model {
             Logits::Last => (x.split_off((n_tok - 1) * n_embd), 1),
             Logits::All => (x, n_tok),
         };
-        // Non-finite hidden states would reach the head as all-zero Q8 blocks (ggml's quantizer
-        // gives NaN blocks a zero scale) and come out as plausible-looking logits.
+        // Non-finite hidden states are named here, with their position, rather than left to
+        // come out of the head as NaN logits (the matmuls give a non-finite input NaN outputs).
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(ModelError::NonFiniteLogits {
                 what: format!("hidden state {} at position {}", x[i], i / n_embd),
@@ -525,9 +526,10 @@ impl Model {
             });
         }
         let xn = ops::rms_norm_to(&x, &self.output_norm, self.config.rms_eps);
-        // The hidden state is finite and normalized here, so the head's logits are too: the
-        // check above is the only one a token needs.
-        match plan.head_replacement() {
+        // The hidden state is finite and normalized here; a head whose weights are not finite
+        // (a bad file) can still give non-finite logits. Those of a single position (what a
+        // sampler takes) are checked; a batch's (perplexity) show as NaN where they are used.
+        let out = match plan.head_replacement() {
             Some(w) => {
                 let m = QMatrix {
                     ty: quant::GgmlType::F32,
@@ -535,10 +537,19 @@ impl Model {
                     n_out: self.output.w.n_out,
                     n_in: self.output.w.n_in,
                 };
-                self.linear_of(m, &self.output, &xn, n, plan)
+                self.linear_of(m, &self.output, &xn, n, plan)?
             }
-            None => self.linear(&self.output, &xn, n, plan),
+            None => self.linear(&self.output, &xn, n, plan)?,
+        };
+        if n == 1
+            && let Some(i) = out.iter().position(|v| !v.is_finite())
+        {
+            return Err(ModelError::NonFiniteLogits {
+                what: format!("logit {} of token id {i}", out[i]),
+                with_adapters: !plan.is_empty(),
+            });
         }
+        Ok(out)
     }
 
     /// A new KV cache for `n_ctx` positions (at most the training context).

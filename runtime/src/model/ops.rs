@@ -67,13 +67,16 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// The cubic coefficient of GELU's tanh approximation (ggml's `GELU_COEF_A`, PyTorch's kKappa).
+const GELU_COEF_A: f32 = 0.044715;
+/// √(2/π) (ggml's `SQRT_2_OVER_PI`, PyTorch's kBeta = √2 · (2/√π) · ½), as an f32.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
 /// GELU with the tanh approximation (`ggml_gelu_f32`, ggml-cpu/vec.h), as GCC compiles it
 /// with FMA enabled: `1 + GELU_COEF_A·x·x` is one fused multiply-add, `(GELU_COEF_A·x)·x + 1`.
 /// With every operation rounded on its own, one entry of ggml's f16 table would differ
 /// (tested against ggml's own table, `tests/golden/gelu`).
 fn gelu_f32(x: f32) -> f32 {
-    const GELU_COEF_A: f32 = 0.044715;
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
@@ -104,10 +107,8 @@ pub fn geglu(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
 /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, no f16 table (the float reference path,
 /// [`super::Model::float_reference`]).
 pub fn geglu_f32(g: &[f32], u: &[f32], y: &mut [f32], n: usize) {
-    const KAPPA: f32 = 0.044715;
-    const BETA: f32 = 0.797_884_6; // √2 · (2/√π) · ½ = √(2/π)
     gated(g, u, y, n, |x| {
-        0.5 * x * (1.0 + (BETA * (x + KAPPA * (x * x * x))).tanh())
+        0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_COEF_A * (x * x * x))).tanh())
     });
 }
 
@@ -592,6 +593,10 @@ mod gelu_tests {
         // NaN inputs give NaN (ggml's f16 conversion drops the payload, half keeps it).
         let is_nan = |i: usize| f16::from_bits(i as u16).is_nan();
         assert!((0..t.len()).filter(|&i| is_nan(i)).all(|i| t[i].is_nan()));
+        // The whole table as glibc's tanhf makes it (another libm may round an entry apart).
+        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+            return;
+        }
         let mut h = 0xcbf2_9ce4_8422_2325u64;
         let entries = t.iter().enumerate().filter(|&(i, _)| !is_nan(i));
         for b in entries.flat_map(|(_, v)| v.to_bits().to_le_bytes()) {
