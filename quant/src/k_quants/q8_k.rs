@@ -178,8 +178,8 @@ mod tests {
     /// reference, bit for bit.
     fn act_matches_ref(x: &[f32]) {
         let want = quantize(x);
-        #[allow(unused_mut)] // nothing is added on other architectures
         type Body = fn(&[f32], &mut [BlockQ8_K]);
+        #[allow(unused_mut)] // nothing is added on other architectures
         let mut bodies: Vec<(&str, Body)> = vec![("portable", quantize_row_act_body)];
         #[cfg(target_arch = "x86_64")]
         if crate::SimdLevel::Avx2.is_available() {
