@@ -170,7 +170,7 @@ struct RunArgs {
     #[command(flatten)]
     bake: BakeArgs,
     /// Compute in f32 as transformers + PEFT do on the dequantized model: dequantized weights
-    /// times unquantized activations, attention (over the f16 key/value cache) and GELU in f32.
+    /// times unquantized activations, attention (with an f32 key/value cache) and GELU in f32.
     /// Several times slower; by default the
     /// activations are quantized to 8 bits for the dot products, as in llama.cpp.
     #[arg(long)]

@@ -62,13 +62,40 @@ impl Kernels {
     }
 }
 
+/// An element of a key/value cache: f16 (llama.cpp's), or f32 (the float reference path's).
+pub(crate) trait KvElem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// `dst[i] = src[i]` widened to f32.
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl KvElem for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        super::ops::f16_to_f32_slice(src, dst)
+    }
+}
+
+impl KvElem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+}
+
 /// `[n_tok, n_head, head_dim_v]`: [`super::ops::attention`] in the tiled form, for a batch of
-/// any size (llama.cpp takes it from [`TILE_Q`] queries; the float reference path always).
-pub(crate) fn attention_tiled(
+/// any size (llama.cpp takes it from [`TILE_Q`] queries; the float reference path always), over
+/// an f16 cache or, on the float reference path, an f32 one (the keys and values are widened
+/// to f32 first either way).
+pub(crate) fn attention_tiled<T: KvElem>(
     kernels: Kernels,
     q: &[f32],
-    k_cache: &[f16],
-    v_cache: &[f16],
+    k_cache: &[T],
+    v_cache: &[T],
     shape: &super::ops::AttnShape,
 ) -> Vec<f32> {
     shape.check(q, k_cache, v_cache);
@@ -115,7 +142,7 @@ pub(crate) fn attention_tiled(
     let mut v = vec![0f32; v_src.len()];
     v.par_chunks_mut(4096)
         .zip(v_src.par_chunks(4096))
-        .for_each(|(d, s)| super::ops::f16_to_f32_slice(s, d));
+        .for_each(|(d, s)| T::widen(s, d));
     let v_stride = n_head_kv * dv;
 
     // One task per head and tile of query rows.

@@ -24,6 +24,7 @@ use crate::gguf::{GgufError, GgufFile, TensorInfo};
 pub use crate::lora::LoraPlan;
 pub use config::{Arch, ModelConfig, RopeType, SUPPORTED_ARCHITECTURES};
 pub use kv_cache::KvCache;
+use kv_cache::KvLayer;
 use std::collections::HashMap;
 
 /// Errors loading or running a model.
@@ -181,8 +182,8 @@ pub struct Model {
     linear_ids: HashMap<String, usize>,
     /// Multiply with dequantized f32 weights and unquantized f32 activations instead of
     /// ggml's quantized dot products, attend in f32 at every batch size (llama.cpp's tiled
-    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum;
-    /// the key/value cache stays f16),
+    /// flash attention, without the one-row path's f16 rounding of q and of the weighted sum,
+    /// over an f32 key/value cache from [`Model::new_kv_cache`]),
     /// and take GELU in f32 rather than through llama.cpp's f16 table: slow, for comparisons
     /// with float references (transformers on the dequantized weights) and `--exact`.
     /// Off by default.
@@ -552,10 +553,16 @@ impl Model {
         Ok(out)
     }
 
-    /// A new KV cache for `n_ctx` positions (at most the training context).
+    /// A new KV cache for `n_ctx` positions (at most the training context): f16 as llama.cpp's,
+    /// f32 on the float reference path.
     pub fn new_kv_cache(&self, n_ctx: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(
+        let new = if self.float_reference {
+            KvCache::new_f32
+        } else {
+            KvCache::new
+        };
+        new(
             c.n_layer,
             n_ctx.min(c.n_ctx_train),
             c.n_head_kv * c.head_dim,
@@ -701,7 +708,7 @@ impl Model {
                 .enumerate()
                 .for_each(|(t, (qt, kt))| rotate(t, qt, kt));
         }
-        let (k_cache, v_cache) = kv.append(il, &k, &v);
+        let layer_cache = kv.append(il, &k, &v);
         let shape = ops::AttnShape {
             n_tok,
             pos0,
@@ -712,10 +719,12 @@ impl Model {
             scale: p.kq_scale,
             window: p.window,
         };
-        let attn = if self.float_reference {
-            flash_tiled::attention_tiled(flash_tiled::Kernels::detect(), &q, k_cache, v_cache, &shape)
-        } else {
-            ops::attention(&q, k_cache, v_cache, &shape)
+        let tiled = flash_tiled::Kernels::detect();
+        let attn = match layer_cache {
+            // The float reference path (f32 cache from new_kv_cache; an f16 one given by hand).
+            KvLayer::F32(kc, vc) => flash_tiled::attention_tiled(tiled, &q, kc, vc, &shape),
+            KvLayer::F16(kc, vc) if self.float_reference => flash_tiled::attention_tiled(tiled, &q, kc, vc, &shape),
+            KvLayer::F16(kc, vc) => ops::attention(&q, kc, vc, &shape),
         }; // [n_tok, n_head, head_dim_v]
         self.linear(&layer.wo, &attn, n_tok, plan)
     }

@@ -336,7 +336,7 @@ impl AttnShape {
     }
 
     /// Checks the sizes against the inputs (panics on a mismatch, before any unchecked read).
-    pub(crate) fn check(&self, q: &[f32], k_cache: &[f16], v_cache: &[f16]) {
+    pub(crate) fn check<T>(&self, q: &[f32], k_cache: &[T], v_cache: &[T]) {
         let n_kv = self.pos0 + self.n_tok;
         assert!(self.head_dim > 0 && self.head_dim_v > 0, "empty heads");
         assert!(
