@@ -66,7 +66,8 @@ struct AdapterArgs {
     adapters: Vec<String>,
     /// lora_alpha for an adapter whose config does not give one (no adapter_config.json or
     /// safetensors metadata with it); an adapter's own lora_alpha wins (with a warning).
-    #[arg(long, value_parser = parse_lora_alpha, allow_negative_numbers = true)]
+    // Read as an adapter scale is: finite, and not so small that an f32 makes it 0.
+    #[arg(long, value_parser = parse_scale, allow_negative_numbers = true)]
     lora_alpha: Option<f32>,
 }
 
@@ -88,11 +89,6 @@ impl BakeArgs {
     fn bake_type(&self) -> runtime::lora::bake::BakeType {
         self.bake_type.unwrap_or(runtime::lora::bake::BakeType::Same)
     }
-}
-
-fn parse_lora_alpha(s: &str) -> std::result::Result<f32, String> {
-    // As an adapter scale: finite, and not so small that an f32 makes it 0.
-    parse_scale(s)
 }
 
 fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType, String> {

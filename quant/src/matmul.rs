@@ -148,15 +148,28 @@ fn check_matmul_shapes(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &[f32]) -> R
 /// Quantize `n_tok` rows of `n_in` activations into `A` blocks, row after row, with ggml-cpu's
 /// activation quantizer ([`QuantizeRef::quantize_row_act`]).
 pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
+    quantize_rows(x, n_in).0
+}
+
+/// [`quantize_activations`], and the rows whose inputs are not all finite (found in the same
+/// parallel pass over each row).
+fn quantize_rows<A: QuantizeRef>(x: &[f32], n_in: usize) -> (Vec<A>, Vec<usize>) {
     let per_row = n_in / A::QK;
     let n_tok = x.len() / n_in.max(1);
     let mut act = vec![A::zeroed(); per_row * n_tok];
-    if per_row > 0 {
-        act.par_chunks_mut(per_row)
-            .zip(x.par_chunks(n_in))
-            .for_each(|(a, xr)| A::quantize_row_act(xr, a));
+    if per_row == 0 {
+        return (act, Vec::new());
     }
-    act
+    let finite: Vec<bool> = act
+        .par_chunks_mut(per_row)
+        .zip(x.par_chunks(n_in))
+        .map(|(a, xr)| {
+            A::quantize_row_act(xr, a);
+            all_finite(xr)
+        })
+        .collect();
+    let not_finite = (0..n_tok).filter(|&t| !finite[t]).collect();
+    (act, not_finite)
 }
 
 fn matmul_typed<B: VecDot>(
@@ -174,11 +187,10 @@ fn matmul_typed<B: VecDot>(
     let wb = cast_blocks::<B>(w.data);
     let w_per_row = n_in / B::QK;
     let a_per_row = n_in / <B::Act as Block>::QK;
-    let act = quantize_activations::<B::Act>(x, n_in);
     // The 8-bit activations would turn a NaN or infinity into ordinary numbers: a token whose
     // inputs are not all finite gets NaN outputs instead, so that it shows (ggml's kernels give
     // it garbage).
-    let not_finite: Vec<usize> = (0..n_tok).filter(|&t| !all_finite(&x[t * n_in..][..n_in])).collect();
+    let (act, not_finite) = quantize_rows::<B::Act>(x, n_in);
     let poison = |y: &mut [f32]| {
         for &t in &not_finite {
             y[t * n_out..][..n_out].fill(f32::NAN);

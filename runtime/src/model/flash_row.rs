@@ -290,15 +290,8 @@ mod x86 {
             _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
         }
 
-        /// By halves, as `_mm512_reduce_add_ps`.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-        fn reduce(t: __m512) -> f32 {
-            let h8 = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps::<1>(t));
-            let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
-            let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-            _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)))
-        }
+        // By halves, as `_mm512_reduce_add_ps` (the tiled form's sum).
+        use crate::model::flash_tiled::x86::halves_512 as reduce;
 
         row_kernel!(
             "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni",

@@ -379,7 +379,7 @@ fn halves_sum(x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     /// The tile GEMM kernels for one vector width: `kq_tile_$sfx` ([`super::kq_tile`]: four
@@ -572,7 +572,7 @@ mod x86 {
     /// The sum of 16 lanes by halves (`_mm512_reduce_add_ps`'s order).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    fn halves_512(v: __m512) -> f32 {
+    pub(in crate::model) fn halves_512(v: __m512) -> f32 {
         halves_256(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v)))
     }
 
