@@ -82,6 +82,12 @@ struct BakeArgs {
     /// type; the default), f16 or q8_0.
     #[arg(long, value_parser = parse_bake_type)]
     bake_type: Option<runtime::lora::bake::BakeType>,
+    /// A text file to calibrate a bake into the tensors' own types: the model runs over it with
+    /// the adapters on the fly, and each tensor is requantized on its own grid so that its
+    /// outputs on those inputs move least (GPTQ). Slower; the baked model stays closer to the
+    /// on-the-fly one.
+    #[arg(long, value_name = "TEXT")]
+    bake_calibration: Option<PathBuf>,
 }
 
 impl BakeArgs {
@@ -226,6 +232,10 @@ enum Command {
         /// Type of the merged tensors: same, f16 or q8_0.
         #[arg(long = "type", default_value = "same", value_parser = parse_bake_type)]
         ty: runtime::lora::bake::BakeType,
+        /// A text file to calibrate the merge into the tensors' own types (`--type same`), as
+        /// --bake-calibration does.
+        #[arg(long, value_name = "TEXT")]
+        calibration: Option<PathBuf>,
     },
     /// Measure prompt processing and decode speed as llama-bench does (pp: one batch of
     /// n-prompt tokens; tg: n-gen tokens one at a time; each after n-depth tokens of
@@ -306,7 +316,8 @@ fn main() -> ExitCode {
             lora,
             output,
             ty,
-        }) => merge(&model, &threads, &lora, &output, ty),
+            calibration,
+        }) => merge(&model, &threads, &lora, &output, ty, calibration.as_deref()),
         None => generate(&cli.generate),
     };
     match result {
@@ -534,12 +545,9 @@ fn load_adapters_baked(
         }
         out.push((h, scale));
     }
-    if baking && !out.is_empty() {
+    if let Some(b) = bake.filter(|_| baking && !out.is_empty()) {
         let t0 = std::time::Instant::now();
-        let r = engine.bake(
-            &out,
-            bake.map_or(runtime::lora::bake::BakeType::Same, BakeArgs::bake_type),
-        )?;
+        let r = bake_as_asked(engine, &out, b)?;
         eprintln!(
             "baked {} tensors ({} bytes) in {:.0} ms; {}",
             r.tensors.len(),
@@ -552,10 +560,56 @@ fn load_adapters_baked(
     Ok((out, Vec::new()))
 }
 
+/// Bake `active` as `b` asks: its type, calibrated over its text file when it names one.
+fn bake_as_asked(
+    engine: &Engine,
+    active: &[(runtime::lora::AdapterHandle, f32)],
+    b: &BakeArgs,
+) -> Result<runtime::lora::bake::BakeReport> {
+    Ok(match &b.bake_calibration {
+        Some(path) => {
+            let cal = calibration(engine, active, path)?;
+            engine.bake_calibrated(active, b.bake_type(), &cal)?
+        }
+        None => engine.bake(active, b.bake_type())?,
+    })
+}
+
+/// The inputs of the layers `active` changes, over the text file at `path` (printing what it
+/// took).
+fn calibration(
+    engine: &Engine,
+    active: &[(runtime::lora::AdapterHandle, f32)],
+    path: &std::path::Path,
+) -> Result<runtime::lora::calibrate::Calibration> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("calibration text {}: {e}", path.display()))?;
+    let t0 = std::time::Instant::now();
+    let cal = engine
+        .calibrate(active, &text)
+        .map_err(|e| format!("calibration text {}: {e}", path.display()))?;
+    eprintln!(
+        "calibrated over {} tokens of {} in {:.0} ms",
+        cal.tokens(),
+        path.display(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(cal)
+}
+
 /// `--bake-type` without `--bake` is a mistake, except in `-i` (for a later `/bake`).
 fn check_bake_type(b: &BakeArgs, interactive: bool) -> Result<()> {
     if b.bake_type.is_some() && !b.bake && !interactive {
         return Err("--bake-type needs --bake (or, with -i, /bake)".into());
+    }
+    if b.bake_calibration.is_some() && !b.bake && !interactive {
+        return Err("--bake-calibration needs --bake (or, with -i, /bake)".into());
+    }
+    if b.bake_calibration.is_some() && b.bake_type() != runtime::lora::bake::BakeType::Same {
+        return Err(format!(
+            "--bake-calibration is for a bake into the tensors' own types (--bake-type same); {:?} keeps the adapters' change without it",
+            b.bake_type()
+        )
+        .into());
     }
     Ok(())
 }
@@ -566,9 +620,16 @@ fn merge(
     lora: &AdapterArgs,
     output: &std::path::Path,
     ty: runtime::lora::bake::BakeType,
+    calibration_text: Option<&std::path::Path>,
 ) -> Result<()> {
     if lora.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
+    }
+    if calibration_text.is_some() && ty != runtime::lora::bake::BakeType::Same {
+        return Err(format!(
+            "--calibration is for a merge into the tensors' own types (--type same); {ty:?} keeps the adapters' change without it"
+        )
+        .into());
     }
     if let (Some(input), Ok(out)) = (&m.model, std::fs::canonicalize(output))
         && std::fs::canonicalize(input).is_ok_and(|i| i == out)
@@ -581,15 +642,21 @@ fn merge(
     }
     let engine = load(m, threads.threads, None, false)?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
+    let cal = calibration_text
+        .map(|p| calibration(engine.as_ref(), &active, p))
+        .transpose()?;
     let t0 = std::time::Instant::now();
-    let (baked, report) = runtime::lora::bake::bake(engine.base_model(), &active, ty)?;
+    let (baked, report) = match &cal {
+        Some(c) => runtime::lora::bake::bake_calibrated(engine.base_model(), &active, ty, c)?,
+        None => runtime::lora::bake::bake(engine.base_model(), &active, ty)?,
+    };
     let note: Vec<String> = active.iter().map(|(h, s)| format!("{}:{s}", h.name)).collect();
     let n = runtime::lora::merge::write_merged(&baked, &format!("+ LoRA {}", note.join(" + ")), output)?;
     eprintln!(
         "merged {} tensors in {:.0} ms; {}; wrote {} ({n} bytes)",
         report.tensors.len(),
         t0.elapsed().as_secs_f64() * 1e3,
-        kept_note_for(&report, "--type q8_0 or f16"),
+        kept_note_for(&report, "--calibration TEXT, or --type q8_0 or f16"),
         output.display()
     );
     Ok(())
@@ -598,7 +665,7 @@ fn merge(
 /// "kept N% of the adapters' change", after printing the bake's warning (if it has one) with
 /// the options that avoid the loss.
 fn kept_note(r: &runtime::lora::bake::BakeReport) -> String {
-    kept_note_for(r, "--bake-type q8_0 or f16, or no --bake")
+    kept_note_for(r, "--bake-calibration TEXT, --bake-type q8_0 or f16, or no --bake")
 }
 
 /// [`kept_note`] with the command's own advice (`--bake-type ...`, or merge's `--type ...`).
@@ -607,11 +674,37 @@ fn kept_note_for(r: &runtime::lora::bake::BakeReport, advice: &str) -> String {
         eprintln!("warning: {w} ({advice})");
     }
     // Adapters that cancel out leave almost no change to keep: the ratio says nothing then.
-    if (0.0..=1.5).contains(&r.kept) {
+    let kept = if (0.0..=1.5).contains(&r.kept) {
         format!("kept {:.1}% of the adapters' change", 100.0 * r.kept)
     } else {
         "the adapters' net change is about zero".into()
+    };
+    if r.calibrated == 0 {
+        return kept;
     }
+    let others: Vec<String> = r
+        .tensors
+        .iter()
+        .filter(|(_, ty)| {
+            use quant::GgmlType::{BF16, F16, F32};
+            // Floats are baked exactly; only other grids go without calibration.
+            !runtime::lora::bake::calibrates(*ty) && !matches!(ty, F32 | F16 | BF16)
+        })
+        .map(|(name, ty)| format!("{name} ({ty})"))
+        .collect();
+    let rest = if others.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; requantized without calibration (no fixed grid for their types here): {}",
+            others.join(", ")
+        )
+    };
+    format!(
+        "{kept}; {} of {} tensors requantized on their own grids over the calibration text{rest}",
+        r.calibrated,
+        r.tensors.len()
+    )
 }
 
 /// `name:scale + name:scale`, or `none`.
@@ -719,7 +812,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             }
             "/bake" if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
             "/bake" if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
-            "/bake" => match engine.bake(&active, a.run.bake.bake_type()) {
+            "/bake" => match bake_as_asked(&engine, &active, &a.run.bake) {
                 Ok(r) => {
                     writeln!(
                         out,

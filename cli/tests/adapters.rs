@@ -696,3 +696,133 @@ fn adapter_names_warnings_and_misuse() {
     ]);
     assert!(err.contains("not finite") && err.contains("adapter scale"), "{err}");
 }
+
+#[test]
+fn calibrated_bake_and_merge() {
+    // The tiny llama's Q8_0 weights are calibrated over a text file; its F16 ffn_down is baked
+    // as a float.
+    let fx = fixtures_dir();
+    let m = fx.join("tinyllama/tinyllama-a-q8_0.gguf");
+    let a = fx.join("adapters/tinyllama-a-lora");
+    let (m, a) = (m.to_str().unwrap(), a.to_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("calibration.txt");
+    std::fs::write(
+        &text,
+        "The engine room reported that the pressure dropped when the valves were opened, \
+         and the crew checked every gauge twice before the ship left the harbour at dawn.",
+    )
+    .unwrap();
+    let text = text.to_str().unwrap();
+    let (_, err) = ok(&[
+        "-m",
+        m,
+        "-a",
+        a,
+        "--bake",
+        "--bake-calibration",
+        text,
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+    ]);
+    assert!(err.contains("calibrated over ") && err.contains(" tokens of "), "{err}");
+    assert!(
+        err.contains("baked 28 tensors") && err.contains("24 of 28 tensors requantized on their own grids"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("without calibration") && !err.contains("warning"),
+        "{err}"
+    );
+    let out = dir.path().join("merged.gguf");
+    let (_, err) = ok(&[
+        "merge",
+        "-m",
+        m,
+        "-a",
+        a,
+        "--calibration",
+        text,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("24 of 28 tensors requantized on their own grids"), "{err}");
+    // The merged file loads and runs.
+    ok(&["-m", out.to_str().unwrap(), "-p", "Hi", "-n", "2"]);
+
+    // What cannot be honoured is refused, naming the option.
+    let err = fails(&["-m", m, "-a", a, "--bake-calibration", text, "-p", "Hi", "-n", "1"]);
+    assert!(err.contains("--bake-calibration needs --bake"), "{err}");
+    let err = fails(&[
+        "-m",
+        m,
+        "-a",
+        a,
+        "--bake",
+        "--bake-type",
+        "f16",
+        "--bake-calibration",
+        text,
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    assert!(
+        err.contains("--bake-calibration is for a bake into the tensors' own types"),
+        "{err}"
+    );
+    let err = fails(&[
+        "merge",
+        "-m",
+        m,
+        "-a",
+        a,
+        "--type",
+        "q8_0",
+        "--calibration",
+        text,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--calibration is for a merge into the tensors' own types"),
+        "{err}"
+    );
+    let missing = dir.path().join("missing.txt");
+    let err = fails(&[
+        "-m",
+        m,
+        "-a",
+        a,
+        "--bake",
+        "--bake-calibration",
+        missing.to_str().unwrap(),
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    assert!(
+        err.contains(&format!("calibration text {}", missing.display())),
+        "{err}"
+    );
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let err = fails(&[
+        "-m",
+        m,
+        "-a",
+        a,
+        "--bake",
+        "--bake-calibration",
+        empty.to_str().unwrap(),
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    assert!(err.contains("the calibration text has no tokens"), "{err}");
+}

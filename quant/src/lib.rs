@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod float;
+pub mod grid;
 pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod k_quants;

@@ -50,6 +50,10 @@ pub enum Error {
     },
 }
 
+/// The longest calibration sequence [`Engine::calibrate`] runs at once, in tokens
+/// (llama-imatrix's default context).
+pub const CALIBRATION_CHUNK: usize = 512;
+
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -176,6 +180,49 @@ impl Engine {
         ty: crate::lora::bake::BakeType,
     ) -> Result<crate::lora::bake::BakeReport, Error> {
         let (m, report) = crate::lora::bake::bake(&self.base, active, ty)?;
+        self.set_model(Arc::new(m));
+        Ok(report)
+    }
+
+    /// Run the file's model with `active` on the fly over `text` (in chunks of up to
+    /// [`CALIBRATION_CHUNK`] tokens, each led by the BOS when the model adds one) and collect
+    /// what [`Engine::bake_calibrated`] needs: the inputs of the layers the adapters change.
+    ///
+    /// Errors: [`Error::InvalidOption`] when `text` has no tokens, [`Error::Lora`] for an
+    /// invalid active set, [`Error::Model`] from the forward pass.
+    pub fn calibrate(
+        &self,
+        active: &[(AdapterHandle, f32)],
+        text: &str,
+    ) -> Result<crate::lora::calibrate::Calibration, Error> {
+        let bos = self.tokenize("")?;
+        let ids = self.tokenize(text)?;
+        let body = &ids[bos.len()..];
+        if body.is_empty() {
+            return Err(Error::InvalidOption("the calibration text has no tokens".into()));
+        }
+        let len = CALIBRATION_CHUNK.min(self.base.config.n_ctx_train.saturating_sub(bos.len()).max(1));
+        let chunks: Vec<Vec<u32>> = body
+            .chunks(len)
+            .map(|c| bos.iter().chain(c).copied().collect())
+            .collect();
+        let plan = LoraPlan::new(&self.base, active)?;
+        Ok(crate::lora::calibrate::Calibration::collect(
+            &self.base, &plan, &chunks,
+        )?)
+    }
+
+    /// [`Engine::bake`] requantizing on the tensors' own grids over `calibration`'s inputs
+    /// (see [`crate::lora::bake::bake_calibrated`]).
+    ///
+    /// Errors: as for [`Engine::bake`], and [`Error::Lora`] for a type other than `Same`.
+    pub fn bake_calibrated(
+        &self,
+        active: &[(AdapterHandle, f32)],
+        ty: crate::lora::bake::BakeType,
+        calibration: &crate::lora::calibrate::Calibration,
+    ) -> Result<crate::lora::bake::BakeReport, Error> {
+        let (m, report) = crate::lora::bake::bake_calibrated(&self.base, active, ty, calibration)?;
         self.set_model(Arc::new(m));
         Ok(report)
     }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use lora_run_tests::{GEMMA, QWEN, fixtures_dir, llamacpp_reference, max_diff, model};
-use runtime::lora::bake::{BakeType, KEPT_WARN, bake};
+use runtime::lora::bake::{BakeType, KEPT_WARN, bake, bake_calibrated, calibrates};
+use runtime::lora::calibrate::Calibration;
 use runtime::lora::{AdapterHandle, AdapterOptions, LoraPlan, load_adapter};
 use runtime::model::{Logits, Model};
 
@@ -323,6 +324,11 @@ fn weight_noise_estimate_against_a_known_original() {
 /// The perplexity test's text (llama.cpp's perplexity fixture file), tokenized by `model_path`'s
 /// tokenizer, as `n` chunks of `len` tokens, each led by the BOS when the model adds one.
 fn text_chunks(model_path: &std::path::Path, n: usize, len: usize) -> Vec<Vec<u32>> {
+    text_chunks_from(model_path, 0, n, len)
+}
+
+/// [`text_chunks`] from token `start` of the text on.
+fn text_chunks_from(model_path: &std::path::Path, start: usize, n: usize, len: usize) -> Vec<Vec<u32>> {
     let file = llamacpp_reference()["gemma"]["perplexity"]["file"]
         .as_str()
         .unwrap()
@@ -331,7 +337,7 @@ fn text_chunks(model_path: &std::path::Path, n: usize, len: usize) -> Vec<Vec<u3
     let e = runtime::Engine::load(model_path, &Default::default()).unwrap();
     let bos = e.tokenize("").unwrap();
     let ids = e.tokenize(&text).unwrap();
-    let body = &ids[bos.len()..];
+    let body = &ids[bos.len() + start..];
     assert!(body.len() >= len * n, "{file}: {} tokens", body.len());
     body.chunks(len)
         .take(n)
@@ -372,8 +378,9 @@ fn kl_divergence(p: &[f32], q: &[f32], n_vocab: usize) -> (f64, f64) {
 /// exact on-the-fly model, as multiples of the base's own weight-quantization noise in the same
 /// statistic (the [`dithered`] estimate of the adapter's target tensors against the file). All
 /// on the float path, so that only the weights differ. Returns, per scale, the ratio for each
-/// of `types`.
-fn bake_kl_ratios(name: &str, adapter_dir: &str, scales: &[f32], types: &[BakeType]) -> Vec<Vec<f64>> {
+/// of `types`, then with `calibrate` for the same-type bake calibrated over 1024 tokens of
+/// other text ([`bake_calibrated`]).
+fn bake_kl_ratios(name: &str, adapter_dir: &str, scales: &[f32], types: &[BakeType], calibrate: bool) -> Vec<Vec<f64>> {
     let path = model(name);
     let chunks = text_chunks(&path, 2, 64);
     let m = Model::load(&path).unwrap();
@@ -401,8 +408,30 @@ fn bake_kl_ratios(name: &str, adapter_dir: &str, scales: &[f32], types: &[BakeTy
             "scale {scale}: adapter effect {effect} vs noise {noise}"
         );
         let mut row = vec![];
-        for &ty in types {
-            let (mut b, report) = bake(&m, &active, ty).unwrap();
+        let cal = calibrate.then(|| {
+            let plan = LoraPlan::new(&m, &active).unwrap();
+            let t0 = std::time::Instant::now();
+            let c = Calibration::collect(&m, &plan, &text_chunks_from(&path, 2 * 64, 8, 128)).unwrap();
+            eprintln!(
+                "  calibration over {} tokens: {:.1} s",
+                c.tokens(),
+                t0.elapsed().as_secs_f64()
+            );
+            c
+        });
+        for &ty in types.iter().chain(cal.iter().map(|_| &BakeType::Same)) {
+            let t0 = std::time::Instant::now();
+            let (mut b, report) = match (&cal, row.len() == types.len()) {
+                (Some(c), true) => {
+                    let (b, report) = bake_calibrated(&m, &active, ty, c).unwrap();
+                    // Every target is of a type with a grid (Q5_0, Q4_K, Q6_K, Q8_0).
+                    assert_eq!(report.calibrated, report.tensors.len());
+                    assert!(report.warning().is_none());
+                    (b, report)
+                }
+                _ => bake(&m, &active, ty).unwrap(),
+            };
+            eprintln!("  {ty:?} bake: {:.1} s", t0.elapsed().as_secs_f64());
             b.float_reference = true;
             let (kl, flips) = kl_divergence(&exact, &all_logits(&b, &none, &chunks), n_vocab);
             eprintln!(
@@ -424,7 +453,13 @@ fn baked_same_types_within_the_noise_qwen_pirate() {
     // The pirate adapter (rsLoRA, q/v/o/down) changes the weights by more than a grid step
     // where it matters: baked into the tensors' own types it stays well within the base's
     // noise. Measured 0.16× (scale 1) and 0.11× (scale 0.5); the DoRA adapter 0.30× / 0.19×.
-    let r = bake_kl_ratios(QWEN, "adapters/qwen2-0.5b-pirate", &[1.0, 0.5], &[BakeType::Same]);
+    let r = bake_kl_ratios(
+        QWEN,
+        "adapters/qwen2-0.5b-pirate",
+        &[1.0, 0.5],
+        &[BakeType::Same],
+        false,
+    );
     for (scale, row) in [1.0, 0.5].iter().zip(&r) {
         assert!(row[0] < 0.5, "scale {scale}: same-type bake {}× the noise", row[0]);
     }
@@ -433,18 +468,52 @@ fn baked_same_types_within_the_noise_qwen_pirate() {
 #[test]
 fn baked_gemma_jargon_against_the_noise() {
     // The jargon adapter's change is mostly under a Q5_0/Q4_K grid step: requantizing it into
-    // the tensors' own types costs a second rounding about as large as the first. Measured 1.62×
-    // the base's noise at scale 1 (1.79× over 512 positions; the bake warns, see
-    // `baked_same_types_within_quantization_noise`); Q8_0 keeps it at 0.02×. A bake that dropped
-    // the adapter would sit at the adapter's effect, 25×.
+    // the tensors' own types weight by weight costs a second rounding about as large as the
+    // first. Measured 1.62× the base's noise at scale 1 (1.79× over 512 positions; the bake
+    // warns, see `baked_same_types_within_quantization_noise`); Q8_0 keeps it at 0.02×. A bake
+    // that dropped the adapter would sit at the adapter's effect, 25×. Calibrated (GPTQ on the
+    // tensors' own grids over 1024 tokens of other text) it is within the noise: 0.84×.
     let r = bake_kl_ratios(
         GEMMA,
         "adapters/gemma3-270m-jargon",
         &[1.0],
         &[BakeType::Same, BakeType::Q8_0],
+        true,
     );
     assert!(r[0][0] > 1.0 && r[0][0] < 3.0, "same types: {}× the noise", r[0][0]);
     assert!(r[0][1] < 0.1, "q8_0: {}× the noise", r[0][1]);
+    assert!(r[0][2] < 1.0, "calibrated, same types: {}× the noise", r[0][2]);
+}
+
+#[test]
+fn calibrated_bake_of_no_change_is_the_original() {
+    // At scale 0 the target is the original weight, on its own grid: a calibrated bake writes
+    // the file's bytes back unchanged.
+    let m = Model::load(fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf")).unwrap();
+    let (h, names) = fixture_adapter(&m, "adapters/tinyllama-a-lora");
+    let active = [(h, 0.0)];
+    let plan = LoraPlan::new(&m, &active).unwrap();
+    let chunks = text_chunks(&fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf"), 2, 64);
+    let cal = Calibration::collect(&m, &plan, &chunks).unwrap();
+    assert_eq!(cal.tokens(), chunks.iter().map(Vec::len).sum::<usize>());
+    let (baked, report) = bake_calibrated(&m, &active, BakeType::Same, &cal).unwrap();
+    // The Q8_0 weights are calibrated; the F16 ffn_down (688 inputs, not a whole number of
+    // blocks) is baked as a float.
+    assert_eq!(report.calibrated, 24);
+    assert_eq!(
+        report.calibrated,
+        report.tensors.iter().filter(|(_, ty)| calibrates(*ty)).count()
+    );
+    for (a, b) in m.linears().zip(baked.linears()) {
+        if names.contains(&a.w.name) {
+            assert_eq!(m.matrix(&a.w).data, baked.matrix(&b.w).data, "{}", a.w.name);
+        }
+    }
+    // A calibration is for same-type bakes only.
+    let e = bake_calibrated(&m, &active, BakeType::F16, &cal)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("own types"), "{e}");
 }
 
 /// On the float path, at every position of text: ‖baked F16 − on the fly‖ / ‖on the fly‖ per

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use quant::GgmlType;
 
 use super::apply::PlanEntry;
+use super::calibrate::{Calibration, GptqFactor};
 use super::{AdapterHandle, LoraError, LoraPlan};
 use crate::model::Model;
 
@@ -53,17 +54,22 @@ pub struct BakeReport {
     /// grid step (measured on gemma-3-270m + jargon: 0.87 at scale 1 and 0.53 at scale 0.5
     /// requantized to its own Q5_0/Q4_K/Q6_K/Q8_0 types; above 0.999 baked as Q8_0).
     pub kept: f64,
+    /// Tensors requantized on their own grids over the calibration's inputs
+    /// ([`bake_calibrated`]); the others in `tensors` were requantized as [`bake`] does.
+    pub calibrated: usize,
 }
 
 impl BakeReport {
-    /// A warning for the user when less than [`KEPT_WARN`] of the change was kept.
+    /// A warning for the user when less than [`KEPT_WARN`] of the change was kept by a bake
+    /// without calibration.
     pub fn warning(&self) -> Option<String> {
-        (self.kept < KEPT_WARN).then(|| {
+        (self.kept < KEPT_WARN && self.calibrated == 0).then(|| {
             format!(
                 "the baked weights keep {:.0}% of the adapters' change: requantizing to the tensors' own types \
                  rounds away what is small against their quantization step, so the baked model's logits can differ \
-                 from the on-the-fly ones by more than the base's quantization noise; baking to Q8_0 or F16 keeps \
-                 all of it (more memory), and applying the adapters on the fly loses nothing",
+                 from the on-the-fly ones by more than the base's quantization noise; a calibrated bake keeps them \
+                 closer, baking to Q8_0 or F16 keeps all of it (more memory), and applying the adapters on the fly \
+                 loses nothing",
                 100.0 * self.kept
             )
         })
@@ -77,6 +83,31 @@ impl BakeReport {
 /// cannot requantize (use [`BakeType::F16`]), or a baked row that is not finite or does not
 /// fit the baked type (naming the tensor and row: a huge adapter scale).
 pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Result<(Model, BakeReport), LoraError> {
+    bake_with(model, active, ty, None)
+}
+
+/// [`bake`], requantizing the tensors kept in their own type ([`BakeType::Same`]) on their
+/// original grids with GPTQ's column-by-column update over the inputs `calibration` saw
+/// ([`Calibration`]): slower, and the baked outputs stay closer to the on-the-fly ones.
+/// Tensors whose type has no fixed grid here ([`quant::grid::has_fixed_grid`]), or whose
+/// inputs the calibration did not see, are requantized as [`bake`] does.
+///
+/// Errors: as for [`bake`].
+pub fn bake_calibrated(
+    model: &Model,
+    active: &[(AdapterHandle, f32)],
+    ty: BakeType,
+    calibration: &Calibration,
+) -> Result<(Model, BakeReport), LoraError> {
+    bake_with(model, active, ty, Some(calibration))
+}
+
+fn bake_with(
+    model: &Model,
+    active: &[(AdapterHandle, f32)],
+    ty: BakeType,
+    calibration: Option<&Calibration>,
+) -> Result<(Model, BakeReport), LoraError> {
     for (h, _) in active {
         if h.adapter.embedding.is_some()
             || h.adapter.embedding_replacement.is_some()
@@ -96,6 +127,8 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
     let mut baked = model.clone();
     let mut report = BakeReport::default();
     let (mut kept, mut total) = (0f64, 0f64);
+    // The last GPTQ factor, shared by the projections that read the same input.
+    let mut factor: Option<(usize, Option<GptqFactor>)> = None;
     for lin in baked.linears_mut() {
         let entries = plan.entries(lin.id);
         if entries.is_empty() {
@@ -108,7 +141,25 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
             BakeType::Q8_0 if GgmlType::Q8_0.row_bytes(lin.w.n_in).is_none() => GgmlType::F16,
             BakeType::Q8_0 => GgmlType::Q8_0,
         };
-        let (bytes, dot, norm) = bake_one(model, &lin.w, entries, out_ty)?;
+        let gptq = match calibration {
+            Some(_) if ty != BakeType::Same => {
+                return Err(LoraError::Plan {
+                    message: format!(
+                        "a calibration is for a bake into the tensors' own types, not {ty:?} (which keeps the adapters' change without it)"
+                    ),
+                });
+            }
+            Some(c) if calibrates(out_ty) => {
+                let key = c.input_of(lin.id);
+                if factor.as_ref().map(|f| f.0) != key {
+                    factor = key.map(|k| (k, c.inverse_factor(lin.id)));
+                }
+                factor.as_ref().and_then(|f| f.1.as_ref())
+            }
+            _ => None,
+        };
+        report.calibrated += usize::from(gptq.is_some());
+        let (bytes, dot, norm) = bake_one(model, &lin.w, entries, out_ty, gptq)?;
         kept += dot;
         total += norm;
         report.bytes += bytes.len();
@@ -119,13 +170,24 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
     Ok((baked, report))
 }
 
+/// Whether [`bake_calibrated`] requantizes a tensor of type `ty` on its own grid (Q4_0, Q5_0,
+/// Q8_0, Q4_K, Q6_K); others are requantized as [`bake`] does.
+pub fn calibrates(ty: GgmlType) -> bool {
+    quant::grid::has_fixed_grid(ty)
+}
+
+/// Rows baked together: GPTQ updates them side by side, reading its factor once per group.
+const GROUP: usize = 16;
+
 /// The baked bytes of one weight, with Σ⟨W_baked − W, Δ⟩ and Σ‖Δ‖² over its rows (see
-/// [`BakeReport::kept`]).
+/// [`BakeReport::kept`]). With `gptq` (the factor of [`Calibration::inverse_factor`]), `out_ty` is the weight's own type and the rows are
+/// requantized on their own grids.
 fn bake_one(
     model: &Model,
     w: &crate::model::WeightRef,
     entries: &[PlanEntry],
     out_ty: GgmlType,
+    gptq: Option<&GptqFactor>,
 ) -> Result<(Vec<u8>, f64, f64), LoraError> {
     let m = model.matrix(w);
     let in_rb = m.row_bytes();
@@ -135,7 +197,7 @@ fn bake_one(
             w.name, w.n_in
         ),
     })?;
-    if !quant::can_quantize(out_ty) {
+    if !quant::can_quantize(out_ty) && gptq.is_none() {
         return Err(LoraError::Plan {
             message: format!(
                 "`{}`: cannot requantize to {out_ty}; bake with --bake-type f16 (or q8_0)",
@@ -151,13 +213,15 @@ fn bake_one(
     };
     let mut out = vec![0u8; out_rb * w.n_out];
     let n = w.n_in;
-    let rows: Vec<Result<(f64, f64), LoraError>> = out
-        .par_chunks_mut(out_rb)
+    let groups: Vec<Result<(f64, f64), LoraError>> = out
+        .par_chunks_mut(out_rb * GROUP)
         .enumerate()
-        // Per worker: the dequantized row W, W + Δ, and the baked row read back.
-        .map_init(
-            || (vec![0f32; n], vec![0f32; n], vec![0f32; n]),
-            |(base, row, got), (o, dst)| -> Result<(f64, f64), LoraError> {
+        .map(|(gi, dst)| -> Result<(f64, f64), LoraError> {
+            let g = dst.len() / out_rb;
+            // The dequantized rows W and their targets W + Δ, `[g, n]`.
+            let (mut base, mut target) = (vec![0f32; g * n], vec![0f32; g * n]);
+            for (r, (base, row)) in base.chunks_exact_mut(n).zip(target.chunks_exact_mut(n)).enumerate() {
+                let o = gi * GROUP + r;
                 quant::dequantize_row(w.ty, &m.data[o * in_rb..][..in_rb], base).map_err(err)?;
                 if base.iter().any(|x| !x.is_finite()) {
                     return Err(at_row(
@@ -189,29 +253,64 @@ fn bake_one(
                     }
                     row.iter_mut().for_each(|x| *x *= f);
                 }
-                quant::quantize_row(out_ty, row, dst).map_err(err)?;
-                quant::dequantize_row(out_ty, dst, got).map_err(err)?;
+            }
+            match gptq {
+                Some(f) => {
+                    // The rows side by side (`[n, g]`) on the original grids.
+                    let original = &m.data[gi * GROUP * in_rb..][..g * in_rb];
+                    dst.copy_from_slice(original);
+                    let (mut scale, mut offset) = (vec![0f32; g * n], vec![0f32; g * n]);
+                    let (mut s_row, mut o_row) = (vec![0f32; n], vec![0f32; n]);
+                    let mut range = (0, 0);
+                    let mut wt = vec![0f32; g * n];
+                    for r in 0..g {
+                        range = quant::grid::row_grid(w.ty, &original[r * in_rb..][..in_rb], &mut s_row, &mut o_row)
+                            .map_err(err)?;
+                        for (k, &c) in f.perm.iter().enumerate() {
+                            scale[k * g + r] = s_row[c];
+                            offset[k * g + r] = o_row[c];
+                            wt[k * g + r] = target[r * n + c];
+                        }
+                    }
+                    let mut q = vec![0i32; g * n];
+                    super::calibrate::gptq_rows(&mut wt, &scale, &offset, range, &f.u, n, g, &mut q);
+                    let mut q_row = vec![0i32; n];
+                    for (r, dst) in dst.chunks_exact_mut(out_rb).enumerate() {
+                        for (k, &c) in f.perm.iter().enumerate() {
+                            q_row[c] = q[k * g + r];
+                        }
+                        quant::grid::set_row_quants(w.ty, dst, &q_row).map_err(err)?;
+                    }
+                }
+                None => {
+                    for (row, dst) in target.chunks_exact(n).zip(dst.chunks_exact_mut(out_rb)) {
+                        quant::quantize_row(out_ty, row, dst).map_err(err)?;
+                    }
+                }
+            }
+            let (mut dot, mut norm) = (0f64, 0f64);
+            let mut got = vec![0f32; n];
+            for (r, dst) in dst.chunks_exact(out_rb).enumerate() {
+                quant::dequantize_row(out_ty, dst, &mut got).map_err(err)?;
                 if got.iter().any(|x| !x.is_finite()) {
                     return Err(at_row(
-                        o,
+                        gi * GROUP + r,
                         &format!("W + s·B·A is too large for {out_ty}; is an adapter scale too large?"),
                     ));
                 }
-                Ok(base
-                    .iter()
-                    .zip(row.iter())
-                    .zip(got.iter())
-                    .fold((0f64, 0f64), |(dot, norm), ((&b, &x), &g)| {
-                        let d = (x - b) as f64;
-                        (dot + (g - b) as f64 * d, norm + d * d)
-                    }))
-            },
-        )
+                for ((&b, &x), &g) in base[r * n..][..n].iter().zip(&target[r * n..][..n]).zip(&got) {
+                    let d = (x - b) as f64;
+                    dot += (g - b) as f64 * d;
+                    norm += d * d;
+                }
+            }
+            Ok((dot, norm))
+        })
         .collect();
     // In row order: the first row at fault is the one named, and the sums do not depend on
     // how the rows were shared out.
     let (mut dot, mut norm) = (0f64, 0f64);
-    for r in rows {
+    for r in groups {
         let (d, n) = r?;
         dot += d;
         norm += n;

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod bake;
+pub mod calibrate;
 mod error;
 pub mod gguf_lora;
 mod load;

@@ -194,6 +194,9 @@ pub struct Model {
     /// change ([`Model::linears_mut`], as a bake does); clones share it. What is computed from
     /// the weights and kept (DoRA row factors) is keyed by it.
     pub(crate) weights_id: u64,
+    /// Collects the linear layers' inputs while set (a calibrated bake,
+    /// [`crate::lora::calibrate::Calibration::collect`]).
+    pub(crate) calibration: Option<Arc<crate::lora::calibrate::Calibration>>,
 }
 
 /// A fresh [`Model::weights_id`].
@@ -322,6 +325,7 @@ impl Model {
             float_reference: false,
             rope_freqs,
             weights_id: next_weights_id(),
+            calibration: None,
         })
     }
 
@@ -398,6 +402,9 @@ impl Model {
         n_tok: usize,
         plan: &LoraPlan,
     ) -> Result<Vec<f32>, ModelError> {
+        if let Some(c) = &self.calibration {
+            c.observe(lin.id, x, n_tok);
+        }
         let mut y = vec![0f32; n_tok * m.n_out];
         let entries = plan.entries(lin.id);
         let prepared = crate::lora::apply::prepare(entries, x, n_tok);
