@@ -546,13 +546,11 @@ fn load_adapters_baked(
         out.push((h, scale));
     }
     if let Some(b) = bake.filter(|_| baking && !out.is_empty()) {
-        let t0 = std::time::Instant::now();
-        let r = bake_as_asked(engine, &out, b)?;
+        let (r, ms) = bake_as_asked(engine, &out, b)?;
         eprintln!(
-            "baked {} tensors ({} bytes) in {:.0} ms; {}",
+            "baked {} tensors ({} bytes) in {ms:.0} ms; {}",
             r.tensors.len(),
             r.bytes,
-            t0.elapsed().as_secs_f64() * 1e3,
             kept_note(&r)
         );
         return Ok((Vec::new(), out));
@@ -561,18 +559,24 @@ fn load_adapters_baked(
 }
 
 /// Bake `active` as `b` asks: its type, calibrated over its text file when it names one.
+/// Returns the report and the bake's own time in ms (after the calibration run, which prints
+/// its own).
 fn bake_as_asked(
     engine: &Engine,
     active: &[(runtime::lora::AdapterHandle, f32)],
     b: &BakeArgs,
-) -> Result<runtime::lora::bake::BakeReport> {
-    Ok(match &b.bake_calibration {
-        Some(path) => {
-            let cal = calibration(engine, active, path)?;
-            engine.bake_calibrated(active, b.bake_type(), &cal)?
-        }
+) -> Result<(runtime::lora::bake::BakeReport, f64)> {
+    let cal = b
+        .bake_calibration
+        .as_ref()
+        .map(|path| calibration(engine, active, path))
+        .transpose()?;
+    let t0 = std::time::Instant::now();
+    let r = match &cal {
+        Some(c) => engine.bake_calibrated(active, b.bake_type(), c)?,
         None => engine.bake(active, b.bake_type())?,
-    })
+    };
+    Ok((r, t0.elapsed().as_secs_f64() * 1e3))
 }
 
 /// The inputs of the layers `active` changes, over the text file at `path` (printing what it
@@ -813,7 +817,7 @@ fn interactive(a: &GenerateArgs) -> Result<()> {
             "/bake" if engine.is_baked() => eprintln!("error: weights are already baked; /unbake first"),
             "/bake" if active.is_empty() => eprintln!("error: no active adapters to bake; /use some first"),
             "/bake" => match bake_as_asked(&engine, &active, &a.run.bake) {
-                Ok(r) => {
+                Ok((r, _)) => {
                     writeln!(
                         out,
                         "baked {} tensors ({}); {} now live in the weights (/unbake restores the base and makes them active again)",

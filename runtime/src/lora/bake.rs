@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use quant::GgmlType;
 
 use super::apply::PlanEntry;
-use super::calibrate::{Calibration, GptqFactor};
+use super::calibrate::{Calibration, GptqFactor, GroupGrid};
 use super::{AdapterHandle, LoraError, LoraPlan};
 use crate::model::Model;
 
@@ -152,7 +152,7 @@ fn bake_with(
             Some(c) if calibrates(out_ty) => {
                 let key = c.input_of(lin.id);
                 if factor.as_ref().map(|f| f.0) != key {
-                    factor = key.map(|k| (k, c.inverse_factor(lin.id)));
+                    factor = key.map(|k| (k, c.factor(lin.id, quant::SimdLevel::detect())));
                 }
                 factor.as_ref().and_then(|f| f.1.as_ref())
             }
@@ -180,7 +180,7 @@ pub fn calibrates(ty: GgmlType) -> bool {
 const GROUP: usize = 16;
 
 /// The baked bytes of one weight, with Σ⟨W_baked − W, Δ⟩ and Σ‖Δ‖² over its rows (see
-/// [`BakeReport::kept`]). With `gptq` (the factor of [`Calibration::inverse_factor`]), `out_ty` is the weight's own type and the rows are
+/// [`BakeReport::kept`]). With `gptq` (the factor of [`Calibration::factor`]), `out_ty` is the weight's own type and the rows are
 /// requantized on their own grids.
 fn bake_one(
     model: &Model,
@@ -259,21 +259,25 @@ fn bake_one(
                     // The rows side by side (`[n, g]`) on the original grids.
                     let original = &m.data[gi * GROUP * in_rb..][..g * in_rb];
                     dst.copy_from_slice(original);
-                    let (mut scale, mut offset) = (vec![0f32; g * n], vec![0f32; g * n]);
+                    let mut grid = GroupGrid {
+                        scale: vec![0f32; g * n],
+                        offset: vec![0f32; g * n],
+                        range: (0, 0),
+                    };
                     let (mut s_row, mut o_row) = (vec![0f32; n], vec![0f32; n]);
-                    let mut range = (0, 0);
                     let mut wt = vec![0f32; g * n];
                     for r in 0..g {
-                        range = quant::grid::row_grid(w.ty, &original[r * in_rb..][..in_rb], &mut s_row, &mut o_row)
-                            .map_err(err)?;
+                        grid.range =
+                            quant::grid::row_grid(w.ty, &original[r * in_rb..][..in_rb], &mut s_row, &mut o_row)
+                                .map_err(err)?;
                         for (k, &c) in f.perm.iter().enumerate() {
-                            scale[k * g + r] = s_row[c];
-                            offset[k * g + r] = o_row[c];
+                            grid.scale[k * g + r] = s_row[c];
+                            grid.offset[k * g + r] = o_row[c];
                             wt[k * g + r] = target[r * n + c];
                         }
                     }
                     let mut q = vec![0i32; g * n];
-                    super::calibrate::gptq_rows(&mut wt, &scale, &offset, range, &f.u, n, g, &mut q);
+                    super::calibrate::gptq_rows(&wt, &grid, f, g, &mut q, quant::SimdLevel::detect());
                     let mut q_row = vec![0i32; n];
                     for (r, dst) in dst.chunks_exact_mut(out_rb).enumerate() {
                         for (k, &c) in f.perm.iter().enumerate() {

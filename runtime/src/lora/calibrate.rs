@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use quant::SimdLevel;
+
 use super::LoraPlan;
 use crate::model::{Logits, Model, ModelError};
 
@@ -34,8 +36,8 @@ const DAMP: f32 = 0.1;
 pub struct Calibration {
     /// Linear id → index of its input's Gram matrix in `grams`.
     group_of: HashMap<usize, usize>,
-    /// Per input: `n_in` and `H` (upper triangle, row-major `[n_in, n_in]`, in f64 across
-    /// calls).
+    /// Per input: `n_in` and `H` (upper triangle, row-major `[n_in, n_in]`, f32 as in GPTQ:
+    /// `n_in²` · 4 bytes, 16 MB for a 2048-wide input).
     grams: Vec<Mutex<Gram>>,
     /// Linear id whose calls are observed → its input's index.
     observed: HashMap<usize, usize>,
@@ -45,7 +47,7 @@ pub struct Calibration {
 
 struct Gram {
     n: usize,
-    h: Vec<f64>,
+    h: Vec<f32>,
 }
 
 impl Calibration {
@@ -81,7 +83,7 @@ impl Calibration {
             let n = set[0].w.n_in;
             grams.push(Mutex::new(Gram {
                 n,
-                h: vec![0f64; n * n],
+                h: vec![0f32; n * n],
             }));
             observed.insert(set[0].id, g);
             for lin in set {
@@ -120,30 +122,30 @@ impl Calibration {
         };
         let mut gram = self.grams[g].lock().unwrap_or_else(|e| e.into_inner());
         let n = gram.n;
+        let level = SimdLevel::detect();
         gram.h.par_chunks_mut(n).enumerate().for_each(|(a, h_row)| {
-            // Upper triangle only, summed in f32 for this call's rows.
-            let mut acc = vec![0f32; n - a];
-            for t in 0..n_tok {
-                let xt = &x[t * n..][..n];
-                let xa = xt[a];
-                if xa != 0.0 {
-                    acc.iter_mut().zip(&xt[a..]).for_each(|(s, &xb)| *s += xa * xb);
+            // Upper triangle only.
+            let h_row = &mut h_row[a..];
+            on_level(level, || {
+                for xt in x.chunks_exact(n).take(n_tok) {
+                    let xa = xt[a];
+                    if xa != 0.0 {
+                        h_row.iter_mut().zip(&xt[a..]).for_each(|(s, &xb)| *s += xa * xb);
+                    }
                 }
-            }
-            h_row[a..].iter_mut().zip(&acc).for_each(|(h, &s)| *h += s as f64);
+            })
         });
     }
 
     /// GPTQ's factor for `id`'s input, with GPTQ's column order ("act order": the inputs by
     /// decreasing `H_jj`, so the columns that matter most are rounded first and the rest can
-    /// make up for them): the order `perm` (`perm[k]` is the k-th column rounded) and the
-    /// upper Cholesky factor `U` of `(P·H·Pᵀ + λ·I)⁻¹` (`[n_in, n_in]` row-major, zero below
-    /// the diagonal). `None` when `id`'s input was not observed or was all zero.
-    pub(crate) fn inverse_factor(&self, id: usize) -> Option<GptqFactor> {
+    /// make up for them). `None` when `id`'s input was not observed, was all zero, or its
+    /// damped Gram matrix is not positive definite (not finite).
+    pub(crate) fn factor(&self, id: usize, level: SimdLevel) -> Option<GptqFactor> {
         let &g = self.group_of.get(&id)?;
         let gram = self.grams[g].lock().unwrap_or_else(|e| e.into_inner());
         let n = gram.n;
-        let diag = |i: usize| gram.h[i * n + i];
+        let diag = |i: usize| gram.h[i * n + i] as f64;
         let mut perm: Vec<usize> = (0..n).collect();
         perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
         let mean_diag = (0..n).map(diag).sum::<f64>() / n as f64;
@@ -154,15 +156,19 @@ impl Calibration {
         for a in 0..n {
             for b in 0..n {
                 let (i, j) = (perm[a].min(perm[b]), perm[a].max(perm[b]));
-                h[a * n + b] = gram.h[i * n + j] as f32;
+                h[a * n + b] = gram.h[i * n + j];
             }
             h[a * n + a] += DAMP * mean_diag as f32;
         }
-        let v = reverse_cholesky(h, n)?;
-        Some(GptqFactor {
-            perm,
-            u: upper_inverse(&v, n),
-        })
+        let v = reverse_cholesky(h, n, level)?;
+        // Column j of V as row j.
+        let mut vt = vec![0f32; n * n];
+        for i in 0..n {
+            for j in i..n {
+                vt[j * n + i] = v[i * n + j];
+            }
+        }
+        Some(GptqFactor { perm, vt })
     }
 
     /// Which observed input `id` reads (the same for projections that share one), if any.
@@ -171,46 +177,105 @@ impl Calibration {
     }
 }
 
-/// What GPTQ needs of one layer input ([`Calibration::inverse_factor`]).
+/// What GPTQ needs of one layer input ([`Calibration::factor`]).
 pub(crate) struct GptqFactor {
-    /// The column order.
+    /// The column order: `perm[k]` is the k-th input column rounded.
     pub perm: Vec<usize>,
-    /// `[n, n]`, upper triangular, for the permuted columns.
-    pub u: Vec<f32>,
+    /// `Vᵀ` (`[n, n]` row-major, lower triangular) for the upper triangular `V` with
+    /// `P·H·Pᵀ + λ·I = V·Vᵀ`: row `j` holds column `j` of `V`. GPTQ's factor, the upper
+    /// Cholesky factor of `(P·H·Pᵀ + λ·I)⁻¹`, is `V⁻¹`; [`gptq_rows`] uses `V` itself.
+    pub vt: Vec<f32>,
 }
 
-/// `Σ a·b` in eight lanes.
+/// Run `f` compiled for `level`'s instruction set (AVX2 with FMA, or AVX-512), so that the
+/// loops it inlines are vectorized for it; plain code for the others. Nothing else changes:
+/// the float operations are the same, except that `mul_add` is one rounding with FMA.
+#[inline(always)]
+fn on_level<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match level {
+            // SAFETY: the CPU has the features (`is_available`).
+            SimdLevel::Avx512 if level.is_available() => return unsafe { avx512(f) },
+            SimdLevel::Avx2 if level.is_available() => return unsafe { avx2(f) },
+            _ => {}
+        }
+    }
+    let _ = level;
+    f()
+}
+
+/// `Σ a·b` in 32 lanes (independent chains for the vector units).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 32];
+    let (ac, bc) = (a.chunks_exact(32), b.chunks_exact(32));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
+        for l in 0..32 {
             acc[l] += x[l] * y[l];
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// The upper triangular `V` with `H = V·Vᵀ` (a Cholesky factorisation from the last row up;
-/// `h` symmetric positive definite, `[n, n]`), row-major with zeros below the diagonal; `None`
-/// when `h` is not positive definite.
-fn reverse_cholesky(mut h: Vec<f32>, n: usize) -> Option<Vec<f32>> {
-    // Column j of V from the bottom: V_jj = √(H_jj − Σ_{k>j} V_jk²), then
-    // V_ij = (H_ij − Σ_{k>j} V_ik·V_jk) / V_jj for i < j, overwriting H's upper triangle.
-    for j in (0..n).rev() {
-        let (top, rest) = h.split_at_mut(j * n);
-        let row_j = &mut rest[..n];
-        let d = row_j[j] - dot(&row_j[j + 1..], &row_j[j + 1..]);
-        if d <= 0.0 || !d.is_finite() {
-            return None;
-        }
-        let vjj = d.sqrt();
-        row_j[j] = vjj;
-        let row_j = &*row_j;
-        top.par_chunks_mut(n).for_each(|row_i| {
-            row_i[j] = (row_i[j] - dot(&row_i[j + 1..], &row_j[j + 1..])) / vjj;
+/// Columns factored together by [`reverse_cholesky`]: the rows above read once per block.
+const BLOCK: usize = 32;
+
+/// The upper triangular `V` with `H = V·Vᵀ` (a Cholesky factorisation from the last column
+/// to the first; `h` symmetric positive definite, `[n, n]`), row-major with zeros below the
+/// diagonal; `None` when `h` is not positive definite.
+///
+/// `V_jj = √(H_jj − Σ_{k>j} V_jk²)` and `V_ij = (H_ij − Σ_{k>j} V_ik·V_jk) / V_jj` for `i < j`,
+/// by blocks of [`BLOCK`] columns from the right: first the sums over the columns already
+/// done (each row read once per block, in parallel), then the block's own columns.
+fn reverse_cholesky(mut h: Vec<f32>, n: usize, level: SimdLevel) -> Option<Vec<f32>> {
+    let mut j1 = n;
+    while j1 > 0 {
+        let j0 = j1.saturating_sub(BLOCK);
+        // The block's rows from column j1 on (done), read by every row above.
+        let done: Vec<f32> = (j0..j1).flat_map(|j| h[j * n + j1..(j + 1) * n].to_vec()).collect();
+        let w = n - j1;
+        h[..j1 * n].par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            on_level(level, || {
+                let (head, tail) = row.split_at_mut(j1);
+                for j in j0.max(i)..j1 {
+                    head[j] -= dot(tail, &done[(j - j0) * w..][..w]);
+                }
+            })
         });
+        // The block's columns, last first: the diagonal block, then every row above it.
+        for j in (j0..j1).rev() {
+            let row_j = &h[j * n..(j + 1) * n];
+            let d = row_j[j] - row_j[j + 1..j1].iter().map(|v| v * v).sum::<f32>();
+            if !(d > 0.0 && d.is_finite()) {
+                return None;
+            }
+            let vjj = d.sqrt();
+            h[j * n + j] = vjj;
+            for i in j0..j {
+                let s: f32 = (j + 1..j1).map(|k| h[i * n + k] * h[j * n + k]).sum();
+                h[i * n + j] = (h[i * n + j] - s) / vjj;
+            }
+        }
+        let diag: Vec<f32> = (j0..j1).flat_map(|j| h[j * n + j0..j * n + j1].to_vec()).collect();
+        let b = j1 - j0;
+        h[..j0 * n].par_chunks_mut(n).for_each(|row| {
+            for j in (j0..j1).rev() {
+                let vj = &diag[(j - j0) * b..][..b];
+                let s: f32 = (j + 1..j1).map(|k| row[k] * vj[k - j0]).sum();
+                row[j] = (row[j] - s) / vj[j - j0];
+            }
+        });
+        j1 = j0;
     }
     for i in 0..n {
         h[i * n..i * n + i].fill(0.0);
@@ -218,64 +283,51 @@ fn reverse_cholesky(mut h: Vec<f32>, n: usize) -> Option<Vec<f32>> {
     Some(h)
 }
 
-/// `V⁻¹` for an upper triangular `v` (`[n, n]`, non-zero diagonal), row-major upper
-/// triangular: column by column, `V·u = e_c` by back substitution.
-fn upper_inverse(v: &[f32], n: usize) -> Vec<f32> {
-    // Columns of U = V⁻¹, each stored as a row of `ut` (U transposed).
-    let mut ut = vec![0f32; n * n];
-    ut.par_chunks_mut(n).enumerate().for_each(|(c, u)| {
-        // u_i = (δ_ic − Σ_{k=i+1..=c} V_ik·u_k) / V_ii for i = c down to 0.
-        for i in (0..=c).rev() {
-            let s = dot(&v[i * n + i + 1..i * n + c + 1], &u[i + 1..c + 1]);
-            u[i] = (f32::from(i == c) - s) / v[i * n + i];
-        }
-    });
-    let mut u = vec![0f32; n * n];
-    for c in 0..n {
-        for i in 0..=c {
-            u[i * n + c] = ut[c * n + i];
-        }
-    }
-    u
+/// The grid of a group of rows, interleaved as [`gptq_rows`] takes them: element value
+/// `scale·q + offset` for an integer q in `range`.
+pub(crate) struct GroupGrid {
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+    pub range: (i32, i32),
 }
 
 /// GPTQ on a fixed grid for a group of `g` rows: `w` holds the rows' targets interleaved
-/// (`w[k·g + r]` is row `r`, column `k`), `scale` / `offset` their grids in the same layout
-/// (element value `scale·q + offset`, q in `lo..=hi`), `u` the factor from
-/// [`Calibration::inverse_factor`]. Writes the chosen quants to `q` (same layout); `w` is
-/// consumed.
-pub(crate) fn gptq_rows(
-    w: &mut [f32],
-    scale: &[f32],
-    offset: &[f32],
-    (lo, hi): (i32, i32),
-    u: &[f32],
-    n: usize,
-    g: usize,
-    q: &mut [i32],
-) {
-    let mut e = vec![0f32; g];
-    for j in 0..n {
-        let ujj = u[j * n + j];
-        for r in 0..g {
-            let i = j * g + r;
-            let (s, o) = (scale[i], offset[i]);
-            let qi = if s != 0.0 {
-                ((w[i] - o) / s).round().clamp(lo as f32, hi as f32) as i32
-            } else {
-                lo
-            };
-            q[i] = qi;
-            e[r] = (w[i] - (s * qi as f32 + o)) / ujj;
-        }
-        let u_row = &u[j * n..][..n];
-        for k in j + 1..n {
-            let c = u_row[k];
-            for (x, &er) in w[k * g..][..g].iter_mut().zip(&e) {
-                *x -= er * c;
+/// (`w[k·g + r]` is row `r`, input column `perm[k]`), `grid` their grids in the same layout,
+/// `f` the factor. Writes the chosen quants to `q` (same layout).
+///
+/// GPTQ's update (round column j, spread its error `e_j = (w̃_j − q_j) / U_jj` onto the later
+/// columns by row j of `U = V⁻¹`) in closed form: the column-j target after the updates is
+/// `w̃_j = w_j + Σ_{i<j} (w_i − q_i)·V_ij / V_jj`, so `V` serves without an inverse.
+pub(crate) fn gptq_rows(w: &[f32], grid: &GroupGrid, f: &GptqFactor, g: usize, q: &mut [i32], level: SimdLevel) {
+    let n = f.perm.len();
+    let (lo, hi) = grid.range;
+    // `w − q` (in value) for the columns done, same layout.
+    let mut err = vec![0f32; n * g];
+    let mut acc = vec![0f32; g];
+    on_level(level, || {
+        for j in 0..n {
+            let vj = &f.vt[j * n..][..n];
+            acc.fill(0.0);
+            for (i, &c) in vj[..j].iter().enumerate() {
+                for (a, &e) in acc.iter_mut().zip(&err[i * g..][..g]) {
+                    *a += e * c;
+                }
+            }
+            let inv = 1.0 / vj[j];
+            for (r, &a) in acc.iter().enumerate() {
+                let k = j * g + r;
+                let (s, o) = (grid.scale[k], grid.offset[k]);
+                let target = w[k] + a * inv;
+                let qk = if s != 0.0 {
+                    ((target - o) / s).round().clamp(lo as f32, hi as f32) as i32
+                } else {
+                    lo
+                };
+                q[k] = qk;
+                err[k] = w[k] - (s * qk as f32 + o);
             }
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -294,9 +346,10 @@ mod tests {
     }
 
     #[test]
-    fn factor_inverts_h() {
-        // A random symmetric positive definite H: check (Uᵀ·U)·H = I.
-        let n = 37;
+    fn factor_reproduces_h_at_every_level() {
+        // A random symmetric positive definite H over several blocks and a partial one:
+        // V·Vᵀ = H, V upper triangular, the same at every SIMD level as in plain code.
+        let n = 2 * BLOCK + 13;
         let mut rnd = rng(12345);
         let x: Vec<f32> = (0..n * 3 * n).map(|_| rnd()).collect();
         let mut h = vec![0f32; n * n];
@@ -307,20 +360,29 @@ mod tests {
                 }
             }
         }
-        let v = reverse_cholesky(h.clone(), n).unwrap();
-        let u = upper_inverse(&v, n);
-        // (UᵀU)·H = I.
-        for a in 0..n {
-            for b in 0..n {
-                let mut s = 0f64;
-                for k in 0..n {
-                    let hinv_ak: f64 = (0..n).map(|m| u[m * n + a] as f64 * u[m * n + k] as f64).sum();
-                    s += hinv_ak * h[k * n + b] as f64;
+        let plain = reverse_cholesky(h.clone(), n, SimdLevel::Scalar).unwrap();
+        for level in SimdLevel::available() {
+            let v = reverse_cholesky(h.clone(), n, level).unwrap();
+            for a in 0..n {
+                for b in 0..n {
+                    let s: f64 = (0..n).map(|k| v[a * n + k] as f64 * v[b * n + k] as f64).sum();
+                    assert!(
+                        (s - h[a * n + b] as f64).abs() < 1e-3,
+                        "{level:?} ({a},{b}): {s} vs {}",
+                        h[a * n + b]
+                    );
+                    if b < a {
+                        assert_eq!(v[a * n + b], 0.0);
+                    }
+                    let d = (v[a * n + b] - plain[a * n + b]).abs();
+                    assert!(d < 1e-4 * plain[a * n + b].abs().max(1.0), "{level:?} ({a},{b})");
                 }
-                let want = if a == b { 1.0 } else { 0.0 };
-                assert!((s - want).abs() < 1e-3, "({a},{b}): {s}");
             }
         }
+        // Not positive definite.
+        let mut bad = h.clone();
+        bad[5 * n + 5] = -1.0;
+        assert!(reverse_cholesky(bad, n, SimdLevel::Scalar).is_none());
     }
 
     /// `Σ_t ((q − t)·x_t)²` for one row: the layer-output error GPTQ minimises.
@@ -359,11 +421,11 @@ mod tests {
             x
         };
         let (x, fresh) = (inputs(n_tok), inputs(n_tok));
-        let mut h = vec![0f64; n * n];
+        let mut h = vec![0f32; n * n];
         for xt in x.chunks_exact(n) {
             for a in 0..n {
                 for b in a..n {
-                    h[a * n + b] += (xt[a] * xt[b]) as f64;
+                    h[a * n + b] += xt[a] * xt[b];
                 }
             }
         }
@@ -373,7 +435,7 @@ mod tests {
             observed: HashMap::new(),
             tokens: n_tok,
         };
-        let f = cal.inverse_factor(0).unwrap();
+        let f = cal.factor(0, SimdLevel::Scalar).unwrap();
         let step = 0.1f32;
         // Targets `[g, n]`: grid values plus a change under half a step.
         let target: Vec<f32> = (0..g * n)
@@ -385,9 +447,20 @@ mod tests {
                 wt[k * g + r] = target[r * n + c];
             }
         }
-        let (scale, offset) = (vec![step; g * n], vec![-16.0 * step; g * n]);
+        let grid = GroupGrid {
+            scale: vec![step; g * n],
+            offset: vec![-16.0 * step; g * n],
+            range: (0, 31),
+        };
         let mut q = vec![0i32; g * n];
-        gptq_rows(&mut wt, &scale, &offset, (0, 31), &f.u, n, g, &mut q);
+        gptq_rows(&wt, &grid, &f, g, &mut q, SimdLevel::Scalar);
+        // The same choices at every SIMD level.
+        for level in SimdLevel::available() {
+            let f = cal.factor(0, level).unwrap();
+            let mut ql = vec![0i32; g * n];
+            gptq_rows(&wt, &grid, &f, g, &mut ql, level);
+            assert_eq!(ql, q, "{level:?}");
+        }
         for r in 0..g {
             let t = &target[r * n..][..n];
             let mut gptq = vec![0f32; n];
@@ -408,12 +481,12 @@ mod tests {
         // Nothing to move: the quants are the grid's own.
         let n = 40;
         let mut rnd = rng(7);
-        let mut h = vec![0f64; n * n];
+        let mut h = vec![0f32; n * n];
         for _ in 0..100 {
             let xt: Vec<f32> = (0..n).map(|_| rnd()).collect();
             for a in 0..n {
                 for b in a..n {
-                    h[a * n + b] += (xt[a] * xt[b]) as f64;
+                    h[a * n + b] += xt[a] * xt[b];
                 }
             }
         }
@@ -423,12 +496,17 @@ mod tests {
             observed: HashMap::new(),
             tokens: 100,
         };
-        let f = cal.inverse_factor(3).unwrap();
-        assert!(cal.inverse_factor(4).is_none());
+        let f = cal.factor(3, SimdLevel::detect()).unwrap();
+        assert!(cal.factor(4, SimdLevel::detect()).is_none());
         let want: Vec<i32> = (0..n as i32).map(|i| (i * 5) % 16).collect();
-        let mut wt: Vec<f32> = f.perm.iter().map(|&c| 0.3 * want[c] as f32 - 1.2).collect();
+        let wt: Vec<f32> = f.perm.iter().map(|&c| 0.3 * want[c] as f32 - 1.2).collect();
         let mut q = vec![0i32; n];
-        gptq_rows(&mut wt, &vec![0.3; n], &vec![-1.2; n], (0, 15), &f.u, n, 1, &mut q);
+        let grid = GroupGrid {
+            scale: vec![0.3; n],
+            offset: vec![-1.2; n],
+            range: (0, 15),
+        };
+        gptq_rows(&wt, &grid, &f, 1, &mut q, SimdLevel::detect());
         let got: Vec<i32> = (0..n)
             .map(|c| q[f.perm.iter().position(|&p| p == c).unwrap()])
             .collect();
