@@ -592,12 +592,22 @@ fn calibration(
         .calibrate(active, &text)
         .map_err(|e| format!("calibration text {}: {e}", path.display()))?;
     eprintln!(
-        "calibrated over {} tokens of {} in {:.0} ms",
+        "calibrated over {} tokens of {} in {:.0} ms ({:.0} MB of input statistics)",
         cal.tokens(),
         path.display(),
-        t0.elapsed().as_secs_f64() * 1e3
+        t0.elapsed().as_secs_f64() * 1e3,
+        cal.bytes() as f64 / 1e6
     );
     Ok(cal)
+}
+
+/// A calibration text that cannot be read is reported before the model loads.
+fn check_text_file(p: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("calibration text {}: not a file", p.display()).into()),
+        Err(e) => Err(format!("calibration text {}: {e}", p.display()).into()),
+    }
 }
 
 /// `--bake-type` without `--bake` is a mistake, except in `-i` (for a later `/bake`).
@@ -607,6 +617,9 @@ fn check_bake_type(b: &BakeArgs, interactive: bool) -> Result<()> {
     }
     if b.bake_calibration.is_some() && !b.bake && !interactive {
         return Err("--bake-calibration needs --bake (or, with -i, /bake)".into());
+    }
+    if let Some(p) = &b.bake_calibration {
+        check_text_file(p)?;
     }
     if b.bake_calibration.is_some() && b.bake_type() != runtime::lora::bake::BakeType::Same {
         return Err(format!(
@@ -628,6 +641,9 @@ fn merge(
 ) -> Result<()> {
     if lora.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
+    }
+    if let Some(p) = calibration_text {
+        check_text_file(p)?;
     }
     if calibration_text.is_some() && ty != runtime::lora::bake::BakeType::Same {
         return Err(format!(
@@ -683,32 +699,25 @@ fn kept_note_for(r: &runtime::lora::bake::BakeReport, advice: &str) -> String {
     } else {
         "the adapters' net change is about zero".into()
     };
-    if r.calibrated == 0 {
+    if r.calibrated == 0 && r.not_calibrated.is_empty() {
         return kept;
     }
-    let others: Vec<String> = r
-        .tensors
-        .iter()
-        .filter(|(_, ty)| {
-            use quant::GgmlType::{BF16, F16, F32};
-            // Floats are baked exactly; only other grids go without calibration.
-            !runtime::lora::bake::calibrates(*ty) && !matches!(ty, F32 | F16 | BF16)
-        })
-        .map(|(name, ty)| format!("{name} ({ty})"))
-        .collect();
-    let rest = if others.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; requantized without calibration (no fixed grid for their types here): {}",
-            others.join(", ")
-        )
-    };
-    format!(
-        "{kept}; {} of {} tensors requantized on their own grids over the calibration text{rest}",
+    let mut note = format!(
+        "{kept}; {} of {} tensors requantized on their own grids over the calibration text",
         r.calibrated,
         r.tensors.len()
-    )
+    );
+    if r.plain_rows > 0 {
+        note += &format!(
+            " ({} rows kept as plain requantization, closer on the calibration text)",
+            r.plain_rows
+        );
+    }
+    if !r.not_calibrated.is_empty() {
+        let names: Vec<String> = r.not_calibrated.iter().map(|(t, why)| format!("{t} ({why})")).collect();
+        note += &format!("; requantized without calibration: {}", names.join(", "));
+    }
+    note
 }
 
 /// `name:scale + name:scale`, or `none`.

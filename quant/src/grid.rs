@@ -1,12 +1,13 @@
 //! A quantized row's grid: the values each element can take while the block scales stay as
 //! they are. Requantizing on this grid ([`set_row_quants`]) rewrites only the quants, so a row
-//! whose target is unchanged comes back bit for bit, and a small change moves only the
-//! elements it must.
+//! whose target is unchanged comes back with the same values (the same bytes, except in a
+//! block whose scale is zero, where every quant gives the same value), and a small change
+//! moves only the elements it must.
 //!
 //! Element `i` takes `scale[i] · q + offset[i]` for an integer `q` in `lo..=hi`, with the
 //! scales and offsets of the dequantizers (`dequantize_row_*`, ggml-quants.c): Q4_0
 //! `d·(q − 8)`, Q5_0 `d·(q − 16)`, Q8_0 `d·q` (q in −127..=127, as ggml's quantizer writes
-//! them), Q4_K `d·sc_j·q − dmin·m_j`, Q6_K `d·sc_j·(q − 32)`.
+//! them; a −128 from another quantizer is read as it is but not written), Q4_K `d·sc_j·q − dmin·m_j`, Q6_K `d·sc_j·(q − 32)`.
 
 use crate::k_quants::common::get_scale_min_k4;
 use crate::k_quants::q4_k::BlockQ4_K;

@@ -184,20 +184,28 @@ impl Engine {
         Ok(report)
     }
 
-    /// Run the file's model with `active` on the fly over `text` (in chunks of up to
-    /// [`CALIBRATION_CHUNK`] tokens, each led by the BOS when the model adds one) and collect
-    /// what [`Engine::bake_calibrated`] needs: the inputs of the layers the adapters change.
+    /// Run the file's model with `active` on the fly over `text` (all of it, in chunks of up
+    /// to [`CALIBRATION_CHUNK`] tokens, each led by the BOS when the model adds one, as
+    /// llama-imatrix runs its text) and collect what [`Engine::bake_calibrated`] needs: the
+    /// inputs of the layers the adapters change.
     ///
     /// Errors: [`Error::InvalidOption`] when `text` has no tokens, [`Error::Lora`] for an
-    /// invalid active set, [`Error::Model`] from the forward pass.
+    /// invalid active set or one a bake refuses ([`crate::lora::bake::check_bakeable`]),
+    /// [`Error::Model`] from the forward pass.
     pub fn calibrate(
         &self,
         active: &[(AdapterHandle, f32)],
         text: &str,
     ) -> Result<crate::lora::calibrate::Calibration, Error> {
-        let bos = self.tokenize("")?;
-        let ids = self.tokenize(text)?;
-        let body = &ids[bos.len()..];
+        crate::lora::bake::check_bakeable(active)?;
+        let plan = LoraPlan::new(&self.base, active)?;
+        let bos: Vec<u32> = self
+            .tokenizer
+            .bos()
+            .filter(|_| self.tokenizer.adds_bos())
+            .into_iter()
+            .collect();
+        let body = self.tokenizer.encode(text, false)?;
         if body.is_empty() {
             return Err(Error::InvalidOption("the calibration text has no tokens".into()));
         }
@@ -206,7 +214,6 @@ impl Engine {
             .chunks(len)
             .map(|c| bos.iter().chain(c).copied().collect())
             .collect();
-        let plan = LoraPlan::new(&self.base, active)?;
         Ok(crate::lora::calibrate::Calibration::collect(
             &self.base, &plan, &chunks,
         )?)

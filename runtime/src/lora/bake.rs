@@ -57,23 +57,52 @@ pub struct BakeReport {
     /// Tensors requantized on their own grids over the calibration's inputs
     /// ([`bake_calibrated`]); the others in `tensors` were requantized as [`bake`] does.
     pub calibrated: usize,
+    /// Rows of those tensors for which plain requantization was closer on the calibration's
+    /// inputs, and kept.
+    pub plain_rows: usize,
+    /// Quantized tensors a calibrated bake requantized without the calibration, with why
+    /// (a type without a fixed grid here, inputs not seen or all zero).
+    pub not_calibrated: Vec<(String, String)>,
 }
 
 impl BakeReport {
-    /// A warning for the user when less than [`KEPT_WARN`] of the change was kept by a bake
-    /// without calibration.
+    /// A warning for the user when less than [`KEPT_WARN`] of the change was kept, unless
+    /// every quantized tensor was calibrated.
     pub fn warning(&self) -> Option<String> {
-        (self.kept < KEPT_WARN && self.calibrated == 0).then(|| {
+        (self.kept < KEPT_WARN && (self.calibrated == 0 || !self.not_calibrated.is_empty())).then(|| {
             format!(
                 "the baked weights keep {:.0}% of the adapters' change: requantizing to the tensors' own types \
                  rounds away what is small against their quantization step, so the baked model's logits can differ \
-                 from the on-the-fly ones by more than the base's quantization noise; a calibrated bake keeps them \
-                 closer, baking to Q8_0 or F16 keeps all of it (more memory), and applying the adapters on the fly \
-                 loses nothing",
+                 from the on-the-fly ones by more than the base's quantization noise; a calibrated bake chooses the \
+                 quants for the layers' outputs on real inputs, baking to Q8_0 or F16 keeps all of it (more memory), \
+                 and applying the adapters on the fly loses nothing",
                 100.0 * self.kept
             )
         })
     }
+}
+
+/// Refuse adapters a bake cannot fold in: those that change the input embedding or replace
+/// the head.
+///
+/// Errors: [`LoraError::Plan`] naming the adapter.
+pub fn check_bakeable(active: &[(AdapterHandle, f32)]) -> Result<(), LoraError> {
+    for (h, _) in active {
+        if h.adapter.embedding.is_some()
+            || h.adapter.embedding_replacement.is_some()
+            || h.adapter.head_replacement.is_some()
+        {
+            return Err(LoraError::Plan {
+                message: format!(
+                    "adapter {}: it changes the input embedding or the output head (an embedding LoRA or a \
+                     replacement embedding / head), which baking and merging do not support; run it on the fly \
+                     (without --bake)",
+                    h.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A copy of `model` with the adapters of `active` folded into the weights they target.
@@ -88,11 +117,14 @@ pub fn bake(model: &Model, active: &[(AdapterHandle, f32)], ty: BakeType) -> Res
 
 /// [`bake`], requantizing the tensors kept in their own type ([`BakeType::Same`]) on their
 /// original grids with GPTQ's column-by-column update over the inputs `calibration` saw
-/// ([`Calibration`]): slower, and the baked outputs stay closer to the on-the-fly ones.
-/// Tensors whose type has no fixed grid here ([`quant::grid::has_fixed_grid`]), or whose
-/// inputs the calibration did not see, are requantized as [`bake`] does.
+/// ([`Calibration`], see [`super::calibrate`]): slower, and on those inputs the baked layers'
+/// outputs are never further from the on-the-fly ones than a plain bake's. Quantized tensors
+/// of a type without a fixed grid here ([`calibrates`]), or whose inputs the calibration did
+/// not see or saw all zero, are requantized as [`bake`] does and listed in
+/// [`BakeReport::not_calibrated`].
 ///
-/// Errors: as for [`bake`].
+/// Errors: as for [`bake`]; [`LoraError::Plan`] for a type other than [`BakeType::Same`], or
+/// a calibration collected on other weights.
 pub fn bake_calibrated(
     model: &Model,
     active: &[(AdapterHandle, f32)],
@@ -108,18 +140,20 @@ fn bake_with(
     ty: BakeType,
     calibration: Option<&Calibration>,
 ) -> Result<(Model, BakeReport), LoraError> {
-    for (h, _) in active {
-        if h.adapter.embedding.is_some()
-            || h.adapter.embedding_replacement.is_some()
-            || h.adapter.head_replacement.is_some()
-        {
+    check_bakeable(active)?;
+    if let Some(c) = calibration {
+        if ty != BakeType::Same {
             return Err(LoraError::Plan {
                 message: format!(
-                    "adapter {}: it changes the input embedding or the output head (an embedding LoRA or a \
-                     replacement embedding / head), which baking and merging do not support; run it on the fly \
-                     (without --bake)",
-                    h.name
+                    "a calibration is for a bake into the tensors' own types, not {ty:?} (which keeps the adapters' change without it)"
                 ),
+            });
+        }
+        if c.weights_id != model.weights_id {
+            return Err(LoraError::Plan {
+                message: "the calibration was collected on other weights (another model, or a baked copy); \
+                          collect it on the model being baked"
+                    .into(),
             });
         }
     }
@@ -142,26 +176,47 @@ fn bake_with(
             BakeType::Q8_0 => GgmlType::Q8_0,
         };
         let gptq = match calibration {
-            Some(_) if ty != BakeType::Same => {
-                return Err(LoraError::Plan {
-                    message: format!(
-                        "a calibration is for a bake into the tensors' own types, not {ty:?} (which keeps the adapters' change without it)"
-                    ),
-                });
-            }
             Some(c) if calibrates(out_ty) => {
                 let key = c.input_of(lin.id);
                 if factor.as_ref().map(|f| f.0) != key {
                     factor = key.map(|k| (k, c.factor(lin.id, quant::SimdLevel::detect())));
                 }
-                factor.as_ref().and_then(|f| f.1.as_ref())
+                let f = factor.as_ref().and_then(|f| f.1.as_ref());
+                if f.is_none() {
+                    let why = if key.is_none() {
+                        "the calibration saw none of its inputs"
+                    } else {
+                        "its inputs over the calibration text were all zero, or not finite"
+                    };
+                    report.not_calibrated.push((lin.w.name.clone(), why.into()));
+                }
+                f
+            }
+            Some(_) if !matches!(out_ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => {
+                report
+                    .not_calibrated
+                    .push((lin.w.name.clone(), format!("no fixed grid for {out_ty} here")));
+                None
             }
             _ => None,
         };
+        if let Some(f) = gptq
+            && f.perm.len() != lin.w.n_in
+        {
+            return Err(LoraError::Plan {
+                message: format!(
+                    "`{}`: the calibration saw {} inputs, the weight has {}",
+                    lin.w.name,
+                    f.perm.len(),
+                    lin.w.n_in
+                ),
+            });
+        }
         report.calibrated += usize::from(gptq.is_some());
-        let (bytes, dot, norm) = bake_one(model, &lin.w, entries, out_ty, gptq)?;
-        kept += dot;
-        total += norm;
+        let (bytes, sums) = bake_one(model, &lin.w, entries, out_ty, gptq)?;
+        kept += sums.dot;
+        total += sums.norm;
+        report.plain_rows += sums.plain_rows;
         report.bytes += bytes.len();
         report.tensors.push((lin.w.name.clone(), out_ty));
         lin.w = lin.w.with_data(out_ty, bytes);
@@ -179,16 +234,16 @@ pub fn calibrates(ty: GgmlType) -> bool {
 /// Rows baked together: GPTQ updates them side by side, reading its factor once per group.
 const GROUP: usize = 16;
 
-/// The baked bytes of one weight, with Σ⟨W_baked − W, Δ⟩ and Σ‖Δ‖² over its rows (see
-/// [`BakeReport::kept`]). With `gptq` (the factor of [`Calibration::factor`]), `out_ty` is the weight's own type and the rows are
-/// requantized on their own grids.
+/// The baked bytes of one weight, with what [`Baked`] adds up. With `gptq` (the factor of
+/// [`Calibration::factor`]), `out_ty` is the weight's own type and the rows are requantized on
+/// their own grids (see [`super::calibrate`]).
 fn bake_one(
     model: &Model,
     w: &crate::model::WeightRef,
     entries: &[PlanEntry],
     out_ty: GgmlType,
     gptq: Option<&GptqFactor>,
-) -> Result<(Vec<u8>, f64, f64), LoraError> {
+) -> Result<(Vec<u8>, Baked), LoraError> {
     let m = model.matrix(w);
     let in_rb = m.row_bytes();
     let out_rb = out_ty.row_bytes(w.n_in).ok_or_else(|| LoraError::Plan {
@@ -213,10 +268,10 @@ fn bake_one(
     };
     let mut out = vec![0u8; out_rb * w.n_out];
     let n = w.n_in;
-    let groups: Vec<Result<(f64, f64), LoraError>> = out
+    let groups: Vec<Result<Baked, LoraError>> = out
         .par_chunks_mut(out_rb * GROUP)
         .enumerate()
-        .map(|(gi, dst)| -> Result<(f64, f64), LoraError> {
+        .map(|(gi, dst)| -> Result<Baked, LoraError> {
             let g = dst.len() / out_rb;
             // The dequantized rows W and their targets W + Δ, `[g, n]`.
             let (mut base, mut target) = (vec![0f32; g * n], vec![0f32; g * n]);
@@ -254,36 +309,68 @@ fn bake_one(
                     row.iter_mut().for_each(|x| *x *= f);
                 }
             }
+            // Rows kept as plain requantization (GPTQ's choice was further on the calibration).
+            let mut plain_rows = 0;
             match gptq {
                 Some(f) => {
-                    // The rows side by side (`[n, g]`) on the original grids.
+                    // Per row: the plain requantization, and the original grid with each block
+                    // whose target leaves its range taking the plain one's scales instead.
+                    let (bs, ts) = (w.ty.block_size(), w.ty.type_size());
                     let original = &m.data[gi * GROUP * in_rb..][..g * in_rb];
-                    dst.copy_from_slice(original);
+                    let mut plain = vec![0u8; g * in_rb];
+                    let mut working = original.to_vec();
                     let mut grid = GroupGrid {
                         scale: vec![0f32; g * n],
                         offset: vec![0f32; g * n],
                         range: (0, 0),
                     };
-                    let (mut s_row, mut o_row) = (vec![0f32; n], vec![0f32; n]);
-                    let mut wt = vec![0f32; g * n];
+                    let (mut s_row, mut o_row, mut p_row) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+                    let (mut wt, mut pt) = (vec![0f32; g * n], vec![0f32; g * n]);
                     for r in 0..g {
-                        grid.range =
-                            quant::grid::row_grid(w.ty, &original[r * in_rb..][..in_rb], &mut s_row, &mut o_row)
-                                .map_err(err)?;
+                        let t = &target[r * n..][..n];
+                        let plain_r = &mut plain[r * in_rb..][..in_rb];
+                        quant::quantize_row(w.ty, t, plain_r).map_err(err)?;
+                        quant::dequantize_row(w.ty, plain_r, &mut p_row).map_err(err)?;
+                        let work_r = &mut working[r * in_rb..][..in_rb];
+                        let (lo, hi) = quant::grid::row_grid(w.ty, work_r, &mut s_row, &mut o_row).map_err(err)?;
+                        for b in 0..n / bs {
+                            let outside = (b * bs..(b + 1) * bs).any(|i| {
+                                let (s, o) = (s_row[i], o_row[i]);
+                                if s == 0.0 {
+                                    t[i] != o
+                                } else {
+                                    let x = (t[i] - o) / s;
+                                    !(x >= lo as f32 - 0.5 && x <= hi as f32 + 0.5)
+                                }
+                            });
+                            if outside {
+                                work_r[b * ts..][..ts].copy_from_slice(&plain_r[b * ts..][..ts]);
+                            }
+                        }
+                        grid.range = quant::grid::row_grid(w.ty, work_r, &mut s_row, &mut o_row).map_err(err)?;
                         for (k, &c) in f.perm.iter().enumerate() {
                             grid.scale[k * g + r] = s_row[c];
                             grid.offset[k * g + r] = o_row[c];
-                            wt[k * g + r] = target[r * n + c];
+                            wt[k * g + r] = t[c];
+                            pt[k * g + r] = p_row[c];
                         }
                     }
                     let mut q = vec![0i32; g * n];
-                    super::calibrate::gptq_rows(&wt, &grid, f, g, &mut q, quant::SimdLevel::detect());
+                    let objective =
+                        super::calibrate::gptq_rows(&wt, &grid, &pt, f, g, &mut q, quant::SimdLevel::detect());
                     let mut q_row = vec![0i32; n];
                     for (r, dst) in dst.chunks_exact_mut(out_rb).enumerate() {
-                        for (k, &c) in f.perm.iter().enumerate() {
-                            q_row[c] = q[k * g + r];
+                        if objective[r][0] <= objective[r][1] {
+                            for (k, &c) in f.perm.iter().enumerate() {
+                                q_row[c] = q[k * g + r];
+                            }
+                            let work_r = &mut working[r * in_rb..][..in_rb];
+                            quant::grid::set_row_quants(w.ty, work_r, &q_row).map_err(err)?;
+                            dst.copy_from_slice(work_r);
+                        } else {
+                            dst.copy_from_slice(&plain[r * in_rb..][..in_rb]);
+                            plain_rows += 1;
                         }
-                        quant::grid::set_row_quants(w.ty, dst, &q_row).map_err(err)?;
                     }
                 }
                 None => {
@@ -308,16 +395,27 @@ fn bake_one(
                     norm += d * d;
                 }
             }
-            Ok((dot, norm))
+            Ok(Baked { dot, norm, plain_rows })
         })
         .collect();
     // In row order: the first row at fault is the one named, and the sums do not depend on
     // how the rows were shared out.
-    let (mut dot, mut norm) = (0f64, 0f64);
+    let mut sum = Baked::default();
     for r in groups {
-        let (d, n) = r?;
-        dot += d;
-        norm += n;
+        let r = r?;
+        sum.dot += r.dot;
+        sum.norm += r.norm;
+        sum.plain_rows += r.plain_rows;
     }
-    Ok((out, dot, norm))
+    Ok((out, sum))
+}
+
+/// What [`bake_one`] adds up over a weight's rows.
+#[derive(Default)]
+struct Baked {
+    /// Σ⟨W_baked − W, Δ⟩ and Σ‖Δ‖² (see [`BakeReport::kept`]).
+    dot: f64,
+    norm: f64,
+    /// Rows of a calibrated bake kept as plain requantization.
+    plain_rows: usize,
 }

@@ -9,9 +9,14 @@
 //! columns not yet rounded in proportion to how the inputs correlate: GPTQ's update (Frantar
 //! et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
 //! Transformers", Algorithm 1, `gptq.py` `fasterquant`), which minimises ‖(Ŵ − W')·X‖² for
-//! the layer's inputs `X` over calibration text, with `H = X·Xᵀ` damped by 1% of its mean
-//! diagonal as there. The inputs are collected with the adapters applied on the fly, so each
-//! layer sees what it will see once baked.
+//! the layer's inputs `X` over calibration text, with `H = X·Xᵀ` damped ([`DAMP`]). The
+//! inputs are collected with the adapters applied on the fly, so each layer sees what it will
+//! see once baked.
+//!
+//! A block whose target leaves its grid's range takes the scales that ggml's quantizer fits
+//! to the target instead, and a row for which plain requantization (ggml's quantizer, weight
+//! by weight) gives the smaller ‖(Ŵ − W')·X‖² keeps that: a calibrated bake is never further
+//! than a plain one on the calibration inputs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,10 +29,11 @@ use super::LoraPlan;
 use crate::model::{Logits, Model, ModelError};
 
 /// The damping: `H + λ·I` with λ this fraction of the mean of `diag(H)`. GPTQ uses 0.01 with
-/// far more calibration tokens than inputs; with fewer (512 tokens against gemma-3-270m's
+/// far more calibration tokens than inputs; with fewer (1032 tokens against gemma-3-270m's
 /// 2048 FFN inputs) `H` is singular and 0.01 follows the calibration text too closely: on
 /// gemma + jargon the baked model's mean KL from the on-the-fly one, over other text, was
-/// 1.07× the base's quantization noise at 0.01 and 0.84× at 0.1 (0.73× at 0.3, 0.78× at 1).
+/// 1.07× the base's quantization noise at 0.01 and 0.84× at 0.1 (0.73× at 0.3, 0.78× at 1;
+/// measured before blocks that leave their grid took fresh scales, which brought 0.1 to 0.55×).
 const DAMP: f32 = 0.1;
 
 /// Input statistics of a model's linear layers over calibration text: per layer input, the
@@ -43,6 +49,8 @@ pub struct Calibration {
     observed: HashMap<usize, usize>,
     /// Tokens run.
     tokens: usize,
+    /// The weights it was collected on ([`Model::weights_id`]).
+    pub(crate) weights_id: u64,
 }
 
 struct Gram {
@@ -53,15 +61,22 @@ struct Gram {
 impl Calibration {
     /// Run `model` with the adapters of `plan` on the fly over `chunks` (token ids; each chunk
     /// is one sequence from an empty cache) and collect the inputs of the linear layers the
-    /// plan's adapters change.
+    /// plan's adapters change, where the bake can use them (of a type
+    /// [`super::bake::calibrates`]). Each input keeps an `n_in²` matrix of f32 ([`Calibration::bytes`]).
     ///
     /// Errors: [`ModelError`] from the forward pass (a token id out of range).
     pub fn collect(model: &Model, plan: &LoraPlan, chunks: &[Vec<u32>]) -> Result<Calibration, ModelError> {
         let ids: Vec<usize> = model
             .linears()
+            .filter(|l| !plan.entries(l.id).is_empty() && super::bake::calibrates(l.w.ty))
             .map(|l| l.id)
-            .filter(|&id| !plan.entries(id).is_empty())
             .collect();
+        // The head's input is seen only when the head runs on every position.
+        let logits = if ids.contains(&model.output.id) {
+            Logits::All
+        } else {
+            Logits::None
+        };
         let mut group_of = HashMap::new();
         let mut observed = HashMap::new();
         let mut grams = Vec::new();
@@ -95,12 +110,13 @@ impl Calibration {
             grams,
             observed,
             tokens: 0,
+            weights_id: model.weights_id,
         });
         let mut m = model.clone();
         m.calibration = Some(cal.clone());
         for ids in chunks {
             let mut kv = m.new_kv_cache(ids.len());
-            m.forward_with(&mut kv, ids, Logits::None, plan)?;
+            m.forward_with(&mut kv, ids, logits, plan)?;
             tokens += ids.len();
         }
         drop(m);
@@ -114,7 +130,15 @@ impl Calibration {
         self.tokens
     }
 
-    /// Called by [`Model::linear`] for every product: add `x` (`[n_tok, n_in]`) to the Gram
+    /// Bytes of the collected statistics.
+    pub fn bytes(&self) -> usize {
+        self.grams
+            .iter()
+            .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).h.len() * 4)
+            .sum()
+    }
+
+    /// Called by the model's linear products (`Model::linear`, and the head's) for each one: add `x` (`[n_tok, n_in]`) to the Gram
     /// matrix of `id`'s input when it is observed.
     pub(crate) fn observe(&self, id: usize, x: &[f32], n_tok: usize) {
         let Some(&g) = self.observed.get(&id) else {
@@ -293,27 +317,44 @@ pub(crate) struct GroupGrid {
 
 /// GPTQ on a fixed grid for a group of `g` rows: `w` holds the rows' targets interleaved
 /// (`w[k·g + r]` is row `r`, input column `perm[k]`), `grid` their grids in the same layout,
-/// `f` the factor. Writes the chosen quants to `q` (same layout).
+/// `f` the factor. Writes the chosen quants to `q` (same layout). Returns, per row, the
+/// objective `(Ŵ − W')·H·(Ŵ − W')ᵀ` (with the damped `H`) of GPTQ's choice and of `plain`,
+/// other values for the same rows (same layout): the plain requantization.
 ///
 /// GPTQ's update (round column j, spread its error `e_j = (w̃_j − q_j) / U_jj` onto the later
 /// columns by row j of `U = V⁻¹`) in closed form: the column-j target after the updates is
-/// `w̃_j = w_j + Σ_{i<j} (w_i − q_i)·V_ij / V_jj`, so `V` serves without an inverse.
-pub(crate) fn gptq_rows(w: &[f32], grid: &GroupGrid, f: &GptqFactor, g: usize, q: &mut [i32], level: SimdLevel) {
+/// `w̃_j = w_j + Σ_{i<j} (w_i − q_i)·V_ij / V_jj`, so `V` serves without an inverse; and the
+/// objective of an error `e` is `‖Vᵀ·e‖²`, whose j-th term is that same sum plus `V_jj·e_j`.
+pub(crate) fn gptq_rows(
+    w: &[f32],
+    grid: &GroupGrid,
+    plain: &[f32],
+    f: &GptqFactor,
+    g: usize,
+    q: &mut [i32],
+    level: SimdLevel,
+) -> Vec<[f64; 2]> {
     let n = f.perm.len();
     let (lo, hi) = grid.range;
-    // `w − q` (in value) for the columns done, same layout.
+    // `w − q` (in value) for the columns done, and `w − plain`, same layout.
     let mut err = vec![0f32; n * g];
-    let mut acc = vec![0f32; g];
+    let err_plain: Vec<f32> = w.iter().zip(plain).map(|(a, b)| a - b).collect();
+    let (mut acc, mut acc_plain) = (vec![0f32; g], vec![0f32; g]);
+    let mut objective = vec![[0f64; 2]; g];
     on_level(level, || {
         for j in 0..n {
             let vj = &f.vt[j * n..][..n];
             acc.fill(0.0);
+            acc_plain.fill(0.0);
             for (i, &c) in vj[..j].iter().enumerate() {
                 for (a, &e) in acc.iter_mut().zip(&err[i * g..][..g]) {
                     *a += e * c;
                 }
+                for (a, &e) in acc_plain.iter_mut().zip(&err_plain[i * g..][..g]) {
+                    *a += e * c;
+                }
             }
-            let inv = 1.0 / vj[j];
+            let (vjj, inv) = (vj[j], 1.0 / vj[j]);
             for (r, &a) in acc.iter().enumerate() {
                 let k = j * g + r;
                 let (s, o) = (grid.scale[k], grid.offset[k]);
@@ -325,9 +366,12 @@ pub(crate) fn gptq_rows(w: &[f32], grid: &GroupGrid, f: &GptqFactor, g: usize, q
                 };
                 q[k] = qk;
                 err[k] = w[k] - (s * qk as f32 + o);
+                objective[r][0] += ((a + vjj * err[k]) as f64).powi(2);
+                objective[r][1] += ((acc_plain[r] + vjj * err_plain[k]) as f64).powi(2);
             }
         }
-    })
+    });
+    objective
 }
 
 #[cfg(test)]
@@ -434,6 +478,7 @@ mod tests {
             grams: vec![Mutex::new(Gram { n, h })],
             observed: HashMap::new(),
             tokens: n_tok,
+            weights_id: 0,
         };
         let f = cal.factor(0, SimdLevel::Scalar).unwrap();
         let step = 0.1f32;
@@ -453,12 +498,14 @@ mod tests {
             range: (0, 31),
         };
         let mut q = vec![0i32; g * n];
-        gptq_rows(&wt, &grid, &f, g, &mut q, SimdLevel::Scalar);
+        // The plain requantization: each weight rounded, in the same layout.
+        let plain: Vec<f32> = wt.iter().map(|&v| step * (v / step).round()).collect();
+        let objective = gptq_rows(&wt, &grid, &plain, &f, g, &mut q, SimdLevel::Scalar);
         // The same choices at every SIMD level.
         for level in SimdLevel::available() {
             let f = cal.factor(0, level).unwrap();
             let mut ql = vec![0i32; g * n];
-            gptq_rows(&wt, &grid, &f, g, &mut ql, level);
+            gptq_rows(&wt, &grid, &plain, &f, g, &mut ql, level);
             assert_eq!(ql, q, "{level:?}");
         }
         for r in 0..g {
@@ -468,6 +515,21 @@ mod tests {
                 gptq[c] = step * q[k * g + r] as f32 - 16.0 * step;
             }
             let rounded: Vec<f32> = t.iter().map(|&v| step * (v / step).round()).collect();
+            // The objectives returned are ‖(Ŵ − W')·X‖² plus the damping's λ·‖Ŵ − W'‖².
+            let lambda = DAMP as f64
+                * (0..n)
+                    .map(|i| cal.grams[0].lock().unwrap().h[i * n + i] as f64)
+                    .sum::<f64>()
+                / n as f64;
+            for (k, ours) in [(0, &gptq), (1, &rounded)] {
+                let sq: f64 = ours.iter().zip(t).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                let want = output_error(ours, t, &x, n) + lambda * sq;
+                let got = objective[r][k];
+                assert!(
+                    (got - want).abs() < 1e-3 * want,
+                    "row {r}, objective {k}: {got} vs {want}"
+                );
+            }
             for x in [&x, &fresh] {
                 let (e_gptq, e_round) = (output_error(&gptq, t, x, n), output_error(&rounded, t, x, n));
                 eprintln!("row {r}: GPTQ {e_gptq:.4} vs rounding {e_round:.4}");
@@ -495,6 +557,7 @@ mod tests {
             grams: vec![Mutex::new(Gram { n, h })],
             observed: HashMap::new(),
             tokens: 100,
+            weights_id: 0,
         };
         let f = cal.factor(3, SimdLevel::detect()).unwrap();
         assert!(cal.factor(4, SimdLevel::detect()).is_none());
@@ -506,7 +569,8 @@ mod tests {
             offset: vec![-1.2; n],
             range: (0, 15),
         };
-        gptq_rows(&wt, &grid, &f, 1, &mut q, SimdLevel::detect());
+        let objective = gptq_rows(&wt, &grid, &wt, &f, 1, &mut q, SimdLevel::detect());
+        assert!(objective[0][0] < 1e-9 && objective[0][1] == 0.0, "{objective:?}");
         let got: Vec<i32> = (0..n)
             .map(|c| q[f.perm.iter().position(|&p| p == c).unwrap()])
             .collect();
