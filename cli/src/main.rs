@@ -88,6 +88,9 @@ struct BakeArgs {
     /// on-the-fly one.
     #[arg(long, value_name = "TEXT")]
     bake_calibration: Option<PathBuf>,
+    /// The text of `bake_calibration`, read once before the model loads.
+    #[arg(skip)]
+    calibration_text: std::sync::OnceLock<String>,
 }
 
 impl BakeArgs {
@@ -152,7 +155,7 @@ struct GenerateArgs {
     /// Run many prompts on one loaded model, one JSON object a line: `prompt`, optional
     /// `adapters` ([{"path" or "name", "scale"}]) and `n`. Adapters switch between prompts
     /// without reloading anything; `--adapter` only loads (and names) adapters here.
-    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "interactive", "bake"])]
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "interactive", "bake", "bake_type", "bake_calibration"])]
     prompts: Option<PathBuf>,
 }
 
@@ -566,11 +569,16 @@ fn bake_as_asked(
     active: &[(runtime::lora::AdapterHandle, f32)],
     b: &BakeArgs,
 ) -> Result<(runtime::lora::bake::BakeReport, f64)> {
-    let cal = b
-        .bake_calibration
-        .as_ref()
-        .map(|path| calibration(engine, active, path))
-        .transpose()?;
+    let cal = match &b.bake_calibration {
+        Some(path) => {
+            let text = match b.calibration_text.get() {
+                Some(t) => t.clone(),
+                None => read_calibration_text(path)?,
+            };
+            Some(calibration(engine, active, path, &text)?)
+        }
+        None => None,
+    };
     let t0 = std::time::Instant::now();
     let r = match &cal {
         Some(c) => engine.bake_calibrated(active, b.bake_type(), c)?,
@@ -579,18 +587,16 @@ fn bake_as_asked(
     Ok((r, t0.elapsed().as_secs_f64() * 1e3))
 }
 
-/// The inputs of the layers `active` changes, over the text file at `path` (printing what it
-/// took).
+/// The inputs of the layers `active` changes, over `text` (read from `path`; printing what
+/// it took).
 fn calibration(
     engine: &Engine,
     active: &[(runtime::lora::AdapterHandle, f32)],
     path: &std::path::Path,
+    text: &str,
 ) -> Result<runtime::lora::calibrate::Calibration> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("calibration text {}: {e}", path.display()))?;
     let t0 = std::time::Instant::now();
-    let cal = engine
-        .calibrate(active, &text)
-        .map_err(|e| format!("calibration text {}: {e}", path.display()))?;
+    let cal = engine.calibrate(active, text)?;
     eprintln!(
         "calibrated over {} tokens of {} in {:.0} ms ({:.0} MB of input statistics)",
         cal.tokens(),
@@ -601,13 +607,14 @@ fn calibration(
     Ok(cal)
 }
 
-/// A calibration text that cannot be read is reported before the model loads.
-fn check_text_file(p: &std::path::Path) -> Result<()> {
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(format!("calibration text {}: not a file", p.display()).into()),
-        Err(e) => Err(format!("calibration text {}: {e}", p.display()).into()),
+/// The calibration text at `p`, read before the model loads: refused when it cannot be read
+/// or holds only white space.
+fn read_calibration_text(p: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("calibration text {}: {e}", p.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("calibration text {}: it is empty", p.display()).into());
     }
+    Ok(text)
 }
 
 /// `--bake-type` without `--bake` is a mistake, except in `-i` (for a later `/bake`).
@@ -619,7 +626,8 @@ fn check_bake_type(b: &BakeArgs, interactive: bool) -> Result<()> {
         return Err("--bake-calibration needs --bake (or, with -i, /bake)".into());
     }
     if let Some(p) = &b.bake_calibration {
-        check_text_file(p)?;
+        let text = read_calibration_text(p)?;
+        b.calibration_text.get_or_init(|| text);
     }
     if b.bake_calibration.is_some() && b.bake_type() != runtime::lora::bake::BakeType::Same {
         return Err(format!(
@@ -642,9 +650,7 @@ fn merge(
     if lora.adapters.is_empty() {
         return Err("merge needs at least one --adapter".into());
     }
-    if let Some(p) = calibration_text {
-        check_text_file(p)?;
-    }
+    let text = calibration_text.map(read_calibration_text).transpose()?;
     if calibration_text.is_some() && ty != runtime::lora::bake::BakeType::Same {
         return Err(format!(
             "--calibration is for a merge into the tensors' own types (--type same); {ty:?} keeps the adapters' change without it"
@@ -662,9 +668,10 @@ fn merge(
     }
     let engine = load(m, threads.threads, None, false)?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
-    let cal = calibration_text
-        .map(|p| calibration(engine.as_ref(), &active, p))
-        .transpose()?;
+    let cal = match (calibration_text, &text) {
+        (Some(p), Some(t)) => Some(calibration(engine.as_ref(), &active, p, t)?),
+        _ => None,
+    };
     let t0 = std::time::Instant::now();
     let (baked, report) = match &cal {
         Some(c) => runtime::lora::bake::bake_calibrated(engine.base_model(), &active, ty, c)?,
@@ -676,7 +683,14 @@ fn merge(
         "merged {} tensors in {:.0} ms; {}; wrote {} ({n} bytes)",
         report.tensors.len(),
         t0.elapsed().as_secs_f64() * 1e3,
-        kept_note_for(&report, "--calibration TEXT, or --type q8_0 or f16"),
+        kept_note_for(
+            &report,
+            if report.calibrated > 0 {
+                "--type q8_0 or f16"
+            } else {
+                "--calibration TEXT, or --type q8_0 or f16"
+            }
+        ),
         output.display()
     );
     Ok(())
@@ -685,7 +699,12 @@ fn merge(
 /// "kept N% of the adapters' change", after printing the bake's warning (if it has one) with
 /// the options that avoid the loss.
 fn kept_note(r: &runtime::lora::bake::BakeReport) -> String {
-    kept_note_for(r, "--bake-calibration TEXT, --bake-type q8_0 or f16, or no --bake")
+    let advice = if r.calibrated > 0 {
+        "--bake-type q8_0 or f16, or no --bake"
+    } else {
+        "--bake-calibration TEXT, --bake-type q8_0 or f16, or no --bake"
+    };
+    kept_note_for(r, advice)
 }
 
 /// [`kept_note`] with the command's own advice (`--bake-type ...`, or merge's `--type ...`).
@@ -713,9 +732,16 @@ fn kept_note_for(r: &runtime::lora::bake::BakeReport, advice: &str) -> String {
             r.plain_rows
         );
     }
-    if !r.not_calibrated.is_empty() {
-        let names: Vec<String> = r.not_calibrated.iter().map(|(t, why)| format!("{t} ({why})")).collect();
-        note += &format!("; requantized without calibration: {}", names.join(", "));
+    // Grouped by reason, in the order first met.
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (t, why) in &r.not_calibrated {
+        match by_reason.iter_mut().find(|(w, _)| w == why) {
+            Some((_, ts)) => ts.push(t),
+            None => by_reason.push((why, vec![t])),
+        }
+    }
+    for (why, ts) in by_reason {
+        note += &format!("; requantized without calibration ({why}): {}", ts.join(", "));
     }
     note
 }

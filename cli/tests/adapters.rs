@@ -805,8 +805,9 @@ fn calibrated_bake_and_merge() {
         "-n",
         "1",
     ]);
+    // A text that cannot be used is refused before the model and adapters load.
     assert!(
-        err.contains(&format!("calibration text {}", missing.display())),
+        err.contains(&format!("calibration text {}", missing.display())) && !err.contains("adapter "),
         "{err}"
     );
     let empty = dir.path().join("empty.txt");
@@ -824,5 +825,37 @@ fn calibrated_bake_and_merge() {
         "-n",
         "1",
     ]);
-    assert!(err.contains("the calibration text has no tokens"), "{err}");
+    assert!(err.contains("it is empty") && !err.contains("adapter "), "{err}");
+    // An adapter scale that overflows the activations is named, as on the fly, rather than
+    // leaving layers uncalibrated.
+    let huge = format!("{a}:100");
+    let err = fails(&[
+        "-m",
+        m,
+        "-a",
+        &huge,
+        "--bake",
+        "--bake-calibration",
+        text,
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]);
+    assert!(
+        err.contains("calibration chunk 0") && err.contains("not finite"),
+        "{err}"
+    );
+    let err = fails(&[
+        "merge",
+        "-m",
+        m,
+        "-a",
+        &huge,
+        "--calibration",
+        text,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("calibration chunk 0"), "{err}");
 }

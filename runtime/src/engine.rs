@@ -184,14 +184,15 @@ impl Engine {
         Ok(report)
     }
 
-    /// Run the file's model with `active` on the fly over `text` (all of it, in chunks of up
-    /// to [`CALIBRATION_CHUNK`] tokens, each led by the BOS when the model adds one, as
-    /// llama-imatrix runs its text) and collect what [`Engine::bake_calibrated`] needs: the
+    /// Run the file's model with `active` on the fly over `text` (all of it, special tokens
+    /// written in it recognized, in chunks of up to [`CALIBRATION_CHUNK`] tokens each led by
+    /// the BOS when the model adds one) and collect what [`Engine::bake_calibrated`] needs: the
     /// inputs of the layers the adapters change.
     ///
     /// Errors: [`Error::InvalidOption`] when `text` has no tokens, [`Error::Lora`] for an
-    /// invalid active set or one a bake refuses ([`crate::lora::bake::check_bakeable`]),
-    /// [`Error::Model`] from the forward pass.
+    /// invalid active set or one a same-type bake refuses ([`crate::lora::bake::check_bakeable`],
+    /// [`crate::lora::bake::check_bake_types`]), [`Error::Model`] from the forward pass (a
+    /// hidden state that is not finite: an adapter scale too large).
     pub fn calibrate(
         &self,
         active: &[(AdapterHandle, f32)],
@@ -199,6 +200,7 @@ impl Engine {
     ) -> Result<crate::lora::calibrate::Calibration, Error> {
         crate::lora::bake::check_bakeable(active)?;
         let plan = LoraPlan::new(&self.base, active)?;
+        crate::lora::bake::check_bake_types(&self.base, &plan, crate::lora::bake::BakeType::Same)?;
         let bos: Vec<u32> = self
             .tokenizer
             .bos()
@@ -222,7 +224,8 @@ impl Engine {
     /// [`Engine::bake`] requantizing on the tensors' own grids over `calibration`'s inputs
     /// (see [`crate::lora::bake::bake_calibrated`]).
     ///
-    /// Errors: as for [`Engine::bake`], and [`Error::Lora`] for a type other than `Same`.
+    /// Errors: as for [`Engine::bake`], and [`Error::Lora`] for a type other than `Same` or a
+    /// calibration collected on other weights.
     pub fn bake_calibrated(
         &self,
         active: &[(AdapterHandle, f32)],

@@ -560,6 +560,37 @@ fn calibrated_bake_sees_the_heads_inputs() {
 }
 
 #[test]
+fn calibration_text_and_warning() {
+    // A text without tokens is refused; the low-kept warning stays unless every quantized
+    // tensor was calibrated.
+    let path = fixtures_dir().join("tinyllama/tinyllama-a-q8_0.gguf");
+    let e = runtime::Engine::load(&path, &Default::default()).unwrap();
+    let h = e
+        .load_adapter(
+            fixtures_dir().join("adapters/tinyllama-a-lora"),
+            &AdapterOptions::default(),
+        )
+        .unwrap();
+    let err = e.calibrate(&[(h, 1.0)], "").unwrap_err().to_string();
+    assert!(err.contains("the calibration text has no tokens"), "{err}");
+    let low = runtime::lora::bake::BakeReport {
+        kept: 0.5,
+        ..Default::default()
+    };
+    assert!(low.warning().is_some());
+    let all = runtime::lora::bake::BakeReport {
+        calibrated: 3,
+        ..low.clone()
+    };
+    assert!(all.warning().is_none());
+    let some = runtime::lora::bake::BakeReport {
+        not_calibrated: vec![("blk.0.ffn_down.weight".into(), "no fixed grid for Q5_K here".into())],
+        ..all.clone()
+    };
+    assert!(some.warning().is_some());
+}
+
+#[test]
 fn calibrated_bake_of_no_change_is_the_original() {
     // At scale 0 the target is the original weight, on its own grid: a calibrated bake writes
     // the file's bytes back unchanged.

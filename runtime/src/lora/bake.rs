@@ -105,6 +105,45 @@ pub fn check_bakeable(active: &[(AdapterHandle, f32)]) -> Result<(), LoraError> 
     Ok(())
 }
 
+/// The type a weight of type `ty` is baked to with `bake`.
+fn out_type(bake: BakeType, ty: GgmlType, n_in: usize) -> GgmlType {
+    match bake {
+        BakeType::Same => ty,
+        BakeType::F16 => GgmlType::F16,
+        // A row that is not a whole number of Q8_0 blocks stays a float (in the report).
+        BakeType::Q8_0 if GgmlType::Q8_0.row_bytes(n_in).is_none() => GgmlType::F16,
+        BakeType::Q8_0 => GgmlType::Q8_0,
+    }
+}
+
+/// Refuse a bake of `plan`'s layers to `ty` that some layer's type cannot take (before any
+/// slow work).
+///
+/// Errors: [`LoraError::Plan`] naming the tensor: a type this runtime cannot requantize, or a
+/// row that is not a whole number of the baked type's blocks.
+pub fn check_bake_types(model: &Model, plan: &LoraPlan, ty: BakeType) -> Result<(), LoraError> {
+    for lin in model.linears().filter(|l| !plan.entries(l.id).is_empty()) {
+        let out_ty = out_type(ty, lin.w.ty, lin.w.n_in);
+        if out_ty.row_bytes(lin.w.n_in).is_none() {
+            return Err(LoraError::Plan {
+                message: format!(
+                    "`{}`: {} elements per row are not a whole number of {out_ty} blocks",
+                    lin.w.name, lin.w.n_in
+                ),
+            });
+        }
+        if !quant::can_quantize(out_ty) {
+            return Err(LoraError::Plan {
+                message: format!(
+                    "`{}`: cannot requantize to {out_ty}; bake with --bake-type f16 (or q8_0)",
+                    lin.w.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A copy of `model` with the adapters of `active` folded into the weights they target.
 ///
 /// Errors: [`LoraError::Plan`] for an adapter with an embedding LoRA or embedding replacement
@@ -158,6 +197,7 @@ fn bake_with(
         }
     }
     let plan = LoraPlan::new(model, active)?;
+    check_bake_types(model, &plan, ty)?;
     let mut baked = model.clone();
     let mut report = BakeReport::default();
     let (mut kept, mut total) = (0f64, 0f64);
@@ -168,13 +208,7 @@ fn bake_with(
         if entries.is_empty() {
             continue;
         }
-        let out_ty = match ty {
-            BakeType::Same => lin.w.ty,
-            BakeType::F16 => GgmlType::F16,
-            // A row that is not a whole number of Q8_0 blocks stays a float (in the report).
-            BakeType::Q8_0 if GgmlType::Q8_0.row_bytes(lin.w.n_in).is_none() => GgmlType::F16,
-            BakeType::Q8_0 => GgmlType::Q8_0,
-        };
+        let out_ty = out_type(ty, lin.w.ty, lin.w.n_in);
         let gptq = match calibration {
             Some(c) if calibrates(out_ty) => {
                 let key = c.input_of(lin.id);
@@ -186,7 +220,7 @@ fn bake_with(
                     let why = if key.is_none() {
                         "the calibration saw none of its inputs"
                     } else {
-                        "its inputs over the calibration text were all zero, or not finite"
+                        "its inputs over the calibration text were all zero"
                     };
                     report.not_calibrated.push((lin.w.name.clone(), why.into()));
                 }
@@ -252,14 +286,6 @@ fn bake_one(
             w.name, w.n_in
         ),
     })?;
-    if !quant::can_quantize(out_ty) && gptq.is_none() {
-        return Err(LoraError::Plan {
-            message: format!(
-                "`{}`: cannot requantize to {out_ty}; bake with --bake-type f16 (or q8_0)",
-                w.name
-            ),
-        });
-    }
     let err = |e: quant::QuantError| LoraError::Plan {
         message: format!("`{}`: {e}", w.name),
     };
@@ -360,7 +386,8 @@ fn bake_one(
                         super::calibrate::gptq_rows(&wt, &grid, &pt, f, g, &mut q, quant::SimdLevel::detect());
                     let mut q_row = vec![0i32; n];
                     for (r, dst) in dst.chunks_exact_mut(out_rb).enumerate() {
-                        if objective[r][0] <= objective[r][1] {
+                        let (ours, plain_o) = (objective[r][0], objective[r][1]);
+                        if ours <= plain_o || (plain_o.is_nan() && !ours.is_nan()) {
                             for (k, &c) in f.perm.iter().enumerate() {
                                 q_row[c] = q[k * g + r];
                             }

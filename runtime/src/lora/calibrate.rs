@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use quant::SimdLevel;
 
 use super::LoraPlan;
-use crate::model::{Logits, Model, ModelError};
+use crate::model::{Model, ModelError};
 
 /// The damping: `H + λ·I` with λ this fraction of the mean of `diag(H)`. GPTQ uses 0.01 with
 /// far more calibration tokens than inputs; with fewer (1032 tokens against gemma-3-270m's
@@ -53,6 +53,16 @@ pub struct Calibration {
     pub(crate) weights_id: u64,
 }
 
+impl std::fmt::Debug for Calibration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Calibration")
+            .field("tokens", &self.tokens)
+            .field("inputs", &self.grams.len())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
 struct Gram {
     n: usize,
     h: Vec<f32>,
@@ -71,12 +81,7 @@ impl Calibration {
             .filter(|l| !plan.entries(l.id).is_empty() && super::bake::calibrates(l.w.ty))
             .map(|l| l.id)
             .collect();
-        // The head's input is seen only when the head runs on every position.
-        let logits = if ids.contains(&model.output.id) {
-            Logits::All
-        } else {
-            Logits::None
-        };
+        let head = ids.contains(&model.output.id);
         let mut group_of = HashMap::new();
         let mut observed = HashMap::new();
         let mut grams = Vec::new();
@@ -114,9 +119,27 @@ impl Calibration {
         });
         let mut m = model.clone();
         m.calibration = Some(cal.clone());
-        for ids in chunks {
+        for (c, ids) in chunks.iter().enumerate() {
             let mut kv = m.new_kv_cache(ids.len());
-            m.forward_with(&mut kv, ids, logits, plan)?;
+            let x = m.forward_hidden(&mut kv, ids, plan)?;
+            // An overflow (a huge adapter scale) is named here, as generation names it, rather
+            // than leaving layers unseen.
+            let n_embd = model.config.n_embd;
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::NonFiniteLogits {
+                    what: format!(
+                        "hidden state {} at position {} of calibration chunk {c}",
+                        x[i],
+                        i / n_embd
+                    ),
+                    with_adapters: !plan.is_empty(),
+                });
+            }
+            if head {
+                // The head's input, as the head computes it, without the head's product.
+                let xn = crate::model::ops::rms_norm_to(&x, &model.output_norm, model.config.rms_eps);
+                cal.observe(model.output.id, &xn, ids.len());
+            }
             tokens += ids.len();
         }
         drop(m);
@@ -138,7 +161,8 @@ impl Calibration {
             .sum()
     }
 
-    /// Called by the model's linear products (`Model::linear`, and the head's) for each one: add `x` (`[n_tok, n_in]`) to the Gram
+    /// Called by the model's linear products (`Model::linear`) and by [`Calibration::collect`]
+    /// for the head, for each one: add `x` (`[n_tok, n_in]`) to the Gram
     /// matrix of `id`'s input when it is observed.
     pub(crate) fn observe(&self, id: usize, x: &[f32], n_tok: usize) {
         let Some(&g) = self.observed.get(&id) else {
@@ -184,6 +208,7 @@ impl Calibration {
             }
             h[a * n + a] += DAMP * mean_diag as f32;
         }
+        let damp = DAMP * mean_diag as f32;
         let v = reverse_cholesky(h, n, level)?;
         // Column j of V as row j.
         let mut vt = vec![0f32; n * n];
@@ -192,7 +217,7 @@ impl Calibration {
                 vt[j * n + i] = v[i * n + j];
             }
         }
-        Some(GptqFactor { perm, vt })
+        Some(GptqFactor { perm, vt, damp })
     }
 
     /// Which observed input `id` reads (the same for projections that share one), if any.
@@ -209,6 +234,8 @@ pub(crate) struct GptqFactor {
     /// `P·H·Pᵀ + λ·I = V·Vᵀ`: row `j` holds column `j` of `V`. GPTQ's factor, the upper
     /// Cholesky factor of `(P·H·Pᵀ + λ·I)⁻¹`, is `V⁻¹`; [`gptq_rows`] uses `V` itself.
     pub vt: Vec<f32>,
+    /// The damping λ.
+    pub damp: f32,
 }
 
 /// Run `f` compiled for `level`'s instruction set (AVX2 with FMA, or AVX-512), so that the
@@ -318,13 +345,15 @@ pub(crate) struct GroupGrid {
 /// GPTQ on a fixed grid for a group of `g` rows: `w` holds the rows' targets interleaved
 /// (`w[k·g + r]` is row `r`, input column `perm[k]`), `grid` their grids in the same layout,
 /// `f` the factor. Writes the chosen quants to `q` (same layout). Returns, per row, the
-/// objective `(Ŵ − W')·H·(Ŵ − W')ᵀ` (with the damped `H`) of GPTQ's choice and of `plain`,
-/// other values for the same rows (same layout): the plain requantization.
+/// objective `(Ŵ − W')·H·(Ŵ − W')ᵀ = Σ_t ((Ŵ − W')·x_t)²` over the calibration inputs of
+/// GPTQ's choice and of `plain`, other values for the same rows (same layout): the plain
+/// requantization.
 ///
 /// GPTQ's update (round column j, spread its error `e_j = (w̃_j − q_j) / U_jj` onto the later
 /// columns by row j of `U = V⁻¹`) in closed form: the column-j target after the updates is
 /// `w̃_j = w_j + Σ_{i<j} (w_i − q_i)·V_ij / V_jj`, so `V` serves without an inverse; and the
-/// objective of an error `e` is `‖Vᵀ·e‖²`, whose j-th term is that same sum plus `V_jj·e_j`.
+/// damped objective of an error `e` is `‖Vᵀ·e‖²`, whose j-th term is that same sum plus
+/// `V_jj·e_j`, less `λ·‖e‖²` for the undamped one.
 pub(crate) fn gptq_rows(
     w: &[f32],
     grid: &GroupGrid,
@@ -341,6 +370,7 @@ pub(crate) fn gptq_rows(
     let err_plain: Vec<f32> = w.iter().zip(plain).map(|(a, b)| a - b).collect();
     let (mut acc, mut acc_plain) = (vec![0f32; g], vec![0f32; g]);
     let mut objective = vec![[0f64; 2]; g];
+    let damp = f.damp as f64;
     on_level(level, || {
         for j in 0..n {
             let vj = &f.vt[j * n..][..n];
@@ -366,8 +396,9 @@ pub(crate) fn gptq_rows(
                 };
                 q[k] = qk;
                 err[k] = w[k] - (s * qk as f32 + o);
-                objective[r][0] += ((a + vjj * err[k]) as f64).powi(2);
-                objective[r][1] += ((acc_plain[r] + vjj * err_plain[k]) as f64).powi(2);
+                let (e, ep) = (err[k] as f64, err_plain[k] as f64);
+                objective[r][0] += ((a + vjj * err[k]) as f64).powi(2) - damp * e * e;
+                objective[r][1] += ((acc_plain[r] + vjj * err_plain[k]) as f64).powi(2) - damp * ep * ep;
             }
         }
     });
@@ -515,15 +546,9 @@ mod tests {
                 gptq[c] = step * q[k * g + r] as f32 - 16.0 * step;
             }
             let rounded: Vec<f32> = t.iter().map(|&v| step * (v / step).round()).collect();
-            // The objectives returned are ‖(Ŵ − W')·X‖² plus the damping's λ·‖Ŵ − W'‖².
-            let lambda = DAMP as f64
-                * (0..n)
-                    .map(|i| cal.grams[0].lock().unwrap().h[i * n + i] as f64)
-                    .sum::<f64>()
-                / n as f64;
+            // The objectives returned are ‖(Ŵ − W')·X‖² over the calibration inputs.
             for (k, ours) in [(0, &gptq), (1, &rounded)] {
-                let sq: f64 = ours.iter().zip(t).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-                let want = output_error(ours, t, &x, n) + lambda * sq;
+                let want = output_error(ours, t, &x, n);
                 let got = objective[r][k];
                 assert!(
                     (got - want).abs() < 1e-3 * want,
