@@ -460,6 +460,22 @@ mod tests {
         assert!(reverse_cholesky(bad, n, SimdLevel::Scalar).is_none());
     }
 
+    /// A calibration that saw the rows of `x` (`[n_tok, n]`) as the input of linear `id`.
+    fn calibration_over(id: usize, x: &[f32], n: usize) -> Calibration {
+        let cal = Calibration {
+            group_of: HashMap::from([(id, 0)]),
+            grams: vec![Mutex::new(Gram {
+                n,
+                h: vec![0f32; n * n],
+            })],
+            observed: HashMap::from([(id, 0)]),
+            tokens: x.len() / n,
+            weights_id: 0,
+        };
+        cal.observe(id, x, x.len() / n);
+        cal
+    }
+
     /// `Σ_t ((q − t)·x_t)²` for one row: the layer-output error GPTQ minimises.
     fn output_error(row: &[f32], target: &[f32], x: &[f32], n: usize) -> f64 {
         x.chunks_exact(n)
@@ -496,21 +512,7 @@ mod tests {
             x
         };
         let (x, fresh) = (inputs(n_tok), inputs(n_tok));
-        let mut h = vec![0f32; n * n];
-        for xt in x.chunks_exact(n) {
-            for a in 0..n {
-                for b in a..n {
-                    h[a * n + b] += xt[a] * xt[b];
-                }
-            }
-        }
-        let cal = Calibration {
-            group_of: HashMap::from([(0, 0)]),
-            grams: vec![Mutex::new(Gram { n, h })],
-            observed: HashMap::new(),
-            tokens: n_tok,
-            weights_id: 0,
-        };
+        let cal = calibration_over(0, &x, n);
         let f = cal.factor(0, SimdLevel::Scalar).unwrap();
         let step = 0.1f32;
         // Targets `[g, n]`: grid values plus a change under half a step.
@@ -568,22 +570,8 @@ mod tests {
         // Nothing to move: the quants are the grid's own.
         let n = 40;
         let mut rnd = rng(7);
-        let mut h = vec![0f32; n * n];
-        for _ in 0..100 {
-            let xt: Vec<f32> = (0..n).map(|_| rnd()).collect();
-            for a in 0..n {
-                for b in a..n {
-                    h[a * n + b] += xt[a] * xt[b];
-                }
-            }
-        }
-        let cal = Calibration {
-            group_of: HashMap::from([(3, 0)]),
-            grams: vec![Mutex::new(Gram { n, h })],
-            observed: HashMap::new(),
-            tokens: 100,
-            weights_id: 0,
-        };
+        let x: Vec<f32> = (0..100 * n).map(|_| rnd()).collect();
+        let cal = calibration_over(3, &x, n);
         let f = cal.factor(3, SimdLevel::detect()).unwrap();
         assert!(cal.factor(4, SimdLevel::detect()).is_none());
         let want: Vec<i32> = (0..n as i32).map(|i| (i * 5) % 16).collect();
