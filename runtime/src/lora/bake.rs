@@ -336,76 +336,18 @@ fn bake_one(
                 }
             }
             // Rows kept as plain requantization (GPTQ's choice was further on the calibration).
-            let mut plain_rows = 0;
-            match gptq {
+            let plain_rows = match gptq {
                 Some(f) => {
-                    // Per row: the plain requantization, and the original grid with each block
-                    // whose target leaves its range taking the plain one's scales instead.
-                    let (bs, ts) = (w.ty.block_size(), w.ty.type_size());
                     let original = &m.data[gi * GROUP * in_rb..][..g * in_rb];
-                    let mut plain = vec![0u8; g * in_rb];
-                    let mut working = original.to_vec();
-                    let mut grid = GroupGrid {
-                        scale: vec![0f32; g * n],
-                        offset: vec![0f32; g * n],
-                        range: (0, 0),
-                    };
-                    let (mut s_row, mut o_row, mut p_row) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-                    let (mut wt, mut pt) = (vec![0f32; g * n], vec![0f32; g * n]);
-                    for r in 0..g {
-                        let t = &target[r * n..][..n];
-                        let plain_r = &mut plain[r * in_rb..][..in_rb];
-                        quant::quantize_row(w.ty, t, plain_r).map_err(err)?;
-                        quant::dequantize_row(w.ty, plain_r, &mut p_row).map_err(err)?;
-                        let work_r = &mut working[r * in_rb..][..in_rb];
-                        let (lo, hi) = quant::grid::row_grid(w.ty, work_r, &mut s_row, &mut o_row).map_err(err)?;
-                        for b in 0..n / bs {
-                            let outside = (b * bs..(b + 1) * bs).any(|i| {
-                                let (s, o) = (s_row[i], o_row[i]);
-                                if s == 0.0 {
-                                    t[i] != o
-                                } else {
-                                    let x = (t[i] - o) / s;
-                                    !(x >= lo as f32 - 0.5 && x <= hi as f32 + 0.5)
-                                }
-                            });
-                            if outside {
-                                work_r[b * ts..][..ts].copy_from_slice(&plain_r[b * ts..][..ts]);
-                            }
-                        }
-                        grid.range = quant::grid::row_grid(w.ty, work_r, &mut s_row, &mut o_row).map_err(err)?;
-                        for (k, &c) in f.perm.iter().enumerate() {
-                            grid.scale[k * g + r] = s_row[c];
-                            grid.offset[k * g + r] = o_row[c];
-                            wt[k * g + r] = t[c];
-                            pt[k * g + r] = p_row[c];
-                        }
-                    }
-                    let mut q = vec![0i32; g * n];
-                    let objective =
-                        super::calibrate::gptq_rows(&wt, &grid, &pt, f, g, &mut q, quant::SimdLevel::detect());
-                    let mut q_row = vec![0i32; n];
-                    for (r, dst) in dst.chunks_exact_mut(out_rb).enumerate() {
-                        let (ours, plain_o) = (objective[r][0], objective[r][1]);
-                        if ours <= plain_o || (plain_o.is_nan() && !ours.is_nan()) {
-                            for (k, &c) in f.perm.iter().enumerate() {
-                                q_row[c] = q[k * g + r];
-                            }
-                            let work_r = &mut working[r * in_rb..][..in_rb];
-                            quant::grid::set_row_quants(w.ty, work_r, &q_row).map_err(err)?;
-                            dst.copy_from_slice(work_r);
-                        } else {
-                            dst.copy_from_slice(&plain[r * in_rb..][..in_rb]);
-                            plain_rows += 1;
-                        }
-                    }
+                    calibrated_rows(w.ty, original, &target, f, dst).map_err(err)?
                 }
                 None => {
                     for (row, dst) in target.chunks_exact(n).zip(dst.chunks_exact_mut(out_rb)) {
                         quant::quantize_row(out_ty, row, dst).map_err(err)?;
                     }
+                    0
                 }
-            }
+            };
             let (mut dot, mut norm) = (0f64, 0f64);
             let mut got = vec![0f32; n];
             for (r, dst) in dst.chunks_exact(out_rb).enumerate() {
@@ -435,6 +377,83 @@ fn bake_one(
         sum.plain_rows += r.plain_rows;
     }
     Ok((out, sum))
+}
+
+/// [`bake_one`]'s calibrated requantization of a group of rows of type `ty`: `original` their
+/// bytes, `target` their values `W + Δ` (`[g, n]`), `f` the factor, into `dst` (same bytes
+/// layout as `original`). Per row: the plain requantization, the original grid with each
+/// block whose target leaves its range taking the plain one's scales instead, GPTQ on that
+/// grid, and whichever of the two is closer on the calibration inputs. Returns the rows kept
+/// plain.
+fn calibrated_rows(
+    ty: GgmlType,
+    original: &[u8],
+    target: &[f32],
+    f: &GptqFactor,
+    dst: &mut [u8],
+) -> Result<usize, quant::QuantError> {
+    let n = f.perm.len();
+    let g = target.len() / n;
+    let rb = original.len() / g;
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let mut plain = vec![0u8; g * rb];
+    let mut working = original.to_vec();
+    let mut grid = GroupGrid {
+        scale: vec![0f32; g * n],
+        offset: vec![0f32; g * n],
+        range: (0, 0),
+    };
+    let (mut s_row, mut o_row, mut p_row) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    // The rows side by side, in GPTQ's column order (`[n, g]`).
+    let (mut wt, mut pt) = (vec![0f32; g * n], vec![0f32; g * n]);
+    for r in 0..g {
+        let t = &target[r * n..][..n];
+        let plain_r = &mut plain[r * rb..][..rb];
+        quant::quantize_row(ty, t, plain_r)?;
+        quant::dequantize_row(ty, plain_r, &mut p_row)?;
+        let work_r = &mut working[r * rb..][..rb];
+        let (lo, hi) = quant::grid::row_grid(ty, work_r, &mut s_row, &mut o_row)?;
+        for b in 0..n / bs {
+            let outside = (b * bs..(b + 1) * bs).any(|i| {
+                let (s, o) = (s_row[i], o_row[i]);
+                if s == 0.0 {
+                    t[i] != o
+                } else {
+                    let x = (t[i] - o) / s;
+                    !(x >= lo as f32 - 0.5 && x <= hi as f32 + 0.5)
+                }
+            });
+            if outside {
+                work_r[b * ts..][..ts].copy_from_slice(&plain_r[b * ts..][..ts]);
+            }
+        }
+        grid.range = quant::grid::row_grid(ty, work_r, &mut s_row, &mut o_row)?;
+        for (k, &c) in f.perm.iter().enumerate() {
+            grid.scale[k * g + r] = s_row[c];
+            grid.offset[k * g + r] = o_row[c];
+            wt[k * g + r] = t[c];
+            pt[k * g + r] = p_row[c];
+        }
+    }
+    let mut q = vec![0i32; g * n];
+    let objective = super::calibrate::gptq_rows(&wt, &grid, &pt, f, g, &mut q, quant::SimdLevel::detect());
+    let mut q_row = vec![0i32; n];
+    let mut plain_rows = 0;
+    for (r, dst) in dst.chunks_exact_mut(rb).enumerate() {
+        let (ours, plain_o) = (objective[r][0], objective[r][1]);
+        if ours <= plain_o || (plain_o.is_nan() && !ours.is_nan()) {
+            for (k, &c) in f.perm.iter().enumerate() {
+                q_row[c] = q[k * g + r];
+            }
+            let work_r = &mut working[r * rb..][..rb];
+            quant::grid::set_row_quants(ty, work_r, &q_row)?;
+            dst.copy_from_slice(work_r);
+        } else {
+            dst.copy_from_slice(&plain[r * rb..][..rb]);
+            plain_rows += 1;
+        }
+    }
+    Ok(plain_rows)
 }
 
 /// What [`bake_one`] adds up over a weight's rows.

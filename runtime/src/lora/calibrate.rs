@@ -74,7 +74,9 @@ impl Calibration {
     /// plan's adapters change, where the bake can use them (of a type
     /// [`super::bake::calibrates`]). Each input keeps an `n_in²` matrix of f32 ([`Calibration::bytes`]).
     ///
-    /// Errors: [`ModelError`] from the forward pass (a token id out of range).
+    /// Errors: [`ModelError`] from the forward pass (a token id out of range), and
+    /// [`ModelError::NonFiniteLogits`] for a hidden state that is not finite (an adapter scale
+    /// too large), naming the chunk and position.
     pub fn collect(model: &Model, plan: &LoraPlan, chunks: &[Vec<u32>]) -> Result<Calibration, ModelError> {
         let ids: Vec<usize> = model
             .linears()
@@ -200,15 +202,15 @@ impl Calibration {
         if mean_diag <= 0.0 || !mean_diag.is_finite() {
             return None;
         }
+        let damp = DAMP * mean_diag as f32;
         let mut h: Vec<f32> = vec![0f32; n * n];
         for a in 0..n {
             for b in 0..n {
                 let (i, j) = (perm[a].min(perm[b]), perm[a].max(perm[b]));
                 h[a * n + b] = gram.h[i * n + j];
             }
-            h[a * n + a] += DAMP * mean_diag as f32;
+            h[a * n + a] += damp;
         }
-        let damp = DAMP * mean_diag as f32;
         let v = reverse_cholesky(h, n, level)?;
         // Column j of V as row j.
         let mut vt = vec![0f32; n * n];
@@ -239,8 +241,8 @@ pub(crate) struct GptqFactor {
 }
 
 /// Run `f` compiled for `level`'s instruction set (AVX2 with FMA, or AVX-512), so that the
-/// loops it inlines are vectorized for it; plain code for the others. Nothing else changes:
-/// the float operations are the same, except that `mul_add` is one rounding with FMA.
+/// loops it inlines are vectorized for it; plain code for the others. Only the lanes change:
+/// the float operations stay separate multiplies and adds (Rust does not fuse them).
 #[inline(always)]
 fn on_level<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
