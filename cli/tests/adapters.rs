@@ -697,6 +697,23 @@ fn adapter_names_warnings_and_misuse() {
     assert!(err.contains("not finite") && err.contains("adapter scale"), "{err}");
 }
 
+/// Model `m` with adapter `spec`, baked with calibration text `text`, one token.
+fn bake_args<'a>(m: &'a str, spec: &'a str, text: &'a str) -> [&'a str; 11] {
+    [
+        "-m",
+        m,
+        "-a",
+        spec,
+        "--bake",
+        "--bake-calibration",
+        text,
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+    ]
+}
+
 #[test]
 fn calibrated_bake_and_merge() {
     // The tiny llama's Q8_0 weights are calibrated over a text file; its F16 ffn_down is baked
@@ -714,19 +731,7 @@ fn calibrated_bake_and_merge() {
     )
     .unwrap();
     let text = text.to_str().unwrap();
-    let (_, err) = ok(&[
-        "-m",
-        m,
-        "-a",
-        a,
-        "--bake",
-        "--bake-calibration",
-        text,
-        "-p",
-        "Hi",
-        "-n",
-        "2",
-    ]);
+    let (_, err) = ok(&bake_args(m, a, text));
     assert!(err.contains("calibrated over ") && err.contains(" tokens of "), "{err}");
     assert!(
         err.contains("baked 28 tensors") && err.contains("24 of 28 tensors requantized on their own grids"),
@@ -791,20 +796,10 @@ fn calibrated_bake_and_merge() {
         err.contains("--calibration is for a merge into the tensors' own types"),
         "{err}"
     );
+    // The same with adapter `spec` and `text`: the error.
+    let bake_fails = |spec: &str, text: &str| fails(&bake_args(m, spec, text));
     let missing = dir.path().join("missing.txt");
-    let err = fails(&[
-        "-m",
-        m,
-        "-a",
-        a,
-        "--bake",
-        "--bake-calibration",
-        missing.to_str().unwrap(),
-        "-p",
-        "Hi",
-        "-n",
-        "1",
-    ]);
+    let err = bake_fails(a, missing.to_str().unwrap());
     // A text that cannot be used is refused before the model and adapters load.
     assert!(
         err.contains(&format!("calibration text {}", missing.display())) && !err.contains("adapter "),
@@ -812,36 +807,12 @@ fn calibrated_bake_and_merge() {
     );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let err = fails(&[
-        "-m",
-        m,
-        "-a",
-        a,
-        "--bake",
-        "--bake-calibration",
-        empty.to_str().unwrap(),
-        "-p",
-        "Hi",
-        "-n",
-        "1",
-    ]);
+    let err = bake_fails(a, empty.to_str().unwrap());
     assert!(err.contains("it is empty") && !err.contains("adapter "), "{err}");
     // An adapter scale that overflows the activations is named, as on the fly, rather than
     // leaving layers uncalibrated.
     let huge = format!("{a}:100");
-    let err = fails(&[
-        "-m",
-        m,
-        "-a",
-        &huge,
-        "--bake",
-        "--bake-calibration",
-        text,
-        "-p",
-        "Hi",
-        "-n",
-        "1",
-    ]);
+    let err = bake_fails(&huge, text);
     assert!(
         err.contains("calibration chunk 0") && err.contains("not finite"),
         "{err}"
