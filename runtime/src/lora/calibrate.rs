@@ -42,8 +42,8 @@ const DAMP: f32 = 0.1;
 pub struct Calibration {
     /// Linear id → index of its input's Gram matrix in `grams`.
     group_of: HashMap<usize, usize>,
-    /// Per input: `n_in` and `H` (upper triangle, row-major `[n_in, n_in]`, f32 as in GPTQ:
-    /// `n_in²` · 4 bytes, 16 MB for a 2048-wide input).
+    /// Per input: `n_in` and `H` (its upper triangle, packed by rows ([`Gram::row_start`]), f32
+    /// as in GPTQ: `n_in·(n_in + 1)/2` · 4 bytes, 8 MB for a 2048-wide input).
     grams: Vec<Mutex<Gram>>,
     /// Linear id whose calls are observed → its input's index.
     observed: HashMap<usize, usize>,
@@ -68,11 +68,33 @@ struct Gram {
     h: Vec<f32>,
 }
 
+impl Gram {
+    /// An all-zero `H` for `n` inputs.
+    fn zeros(n: usize) -> Gram {
+        Gram {
+            n,
+            h: vec![0f32; n * (n + 1) / 2],
+        }
+    }
+
+    /// Where row `a` of the upper triangle (`H_ab` for `b ≥ a`) starts in `h`.
+    fn row_start(&self, a: usize) -> usize {
+        a * self.n - a * a.saturating_sub(1) / 2
+    }
+
+    /// `H_ij`.
+    fn at(&self, i: usize, j: usize) -> f32 {
+        let (a, b) = (i.min(j), i.max(j));
+        self.h[self.row_start(a) + b - a]
+    }
+}
+
 impl Calibration {
     /// Run `model` with the adapters of `plan` on the fly over `chunks` (token ids; each chunk
     /// is one sequence from an empty cache) and collect the inputs of the linear layers the
     /// plan's adapters change, where the bake can use them (of a type
-    /// [`super::bake::calibrates`]). Each input keeps an `n_in²` matrix of f32 ([`Calibration::bytes`]).
+    /// [`super::bake::calibrates`]). Each input keeps the upper triangle of an `n_in × n_in`
+    /// matrix of f32 ([`Calibration::bytes`]).
     ///
     /// Errors: [`ModelError`] from the forward pass (a token id out of range), and
     /// [`ModelError::NonFiniteLogits`] for a hidden state that is not finite (an adapter scale
@@ -103,10 +125,7 @@ impl Calibration {
             }
             let g = grams.len();
             let n = set[0].w.n_in;
-            grams.push(Mutex::new(Gram {
-                n,
-                h: vec![0f32; n * n],
-            }));
+            grams.push(Mutex::new(Gram::zeros(n)));
             observed.insert(set[0].id, g);
             for lin in set {
                 group_of.insert(lin.id, g);
@@ -173,9 +192,15 @@ impl Calibration {
         let mut gram = self.grams[g].lock().unwrap_or_else(|e| e.into_inner());
         let n = gram.n;
         let level = SimdLevel::detect();
-        gram.h.par_chunks_mut(n).enumerate().for_each(|(a, h_row)| {
-            // Upper triangle only.
-            let h_row = &mut h_row[a..];
+        // The upper triangle's rows, `H_ab` for b ≥ a.
+        let mut rows: Vec<&mut [f32]> = Vec::with_capacity(n);
+        let mut rest = &mut gram.h[..];
+        for a in 0..n {
+            let (row, r) = std::mem::take(&mut rest).split_at_mut(n - a);
+            rows.push(row);
+            rest = r;
+        }
+        rows.into_par_iter().enumerate().for_each(|(a, h_row)| {
             on_level(level, || {
                 for xt in x.chunks_exact(n).take(n_tok) {
                     let xa = xt[a];
@@ -195,7 +220,7 @@ impl Calibration {
         let &g = self.group_of.get(&id)?;
         let gram = self.grams[g].lock().unwrap_or_else(|e| e.into_inner());
         let n = gram.n;
-        let diag = |i: usize| gram.h[i * n + i] as f64;
+        let diag = |i: usize| gram.at(i, i) as f64;
         let mut perm: Vec<usize> = (0..n).collect();
         perm.sort_by(|&a, &b| diag(b).total_cmp(&diag(a)));
         let mean_diag = (0..n).map(diag).sum::<f64>() / n as f64;
@@ -206,8 +231,7 @@ impl Calibration {
         let mut h: Vec<f32> = vec![0f32; n * n];
         for a in 0..n {
             for b in 0..n {
-                let (i, j) = (perm[a].min(perm[b]), perm[a].max(perm[b]));
-                h[a * n + b] = gram.h[i * n + j];
+                h[a * n + b] = gram.at(perm[a], perm[b]);
             }
             h[a * n + a] += damp;
         }
@@ -466,10 +490,7 @@ mod tests {
     fn calibration_over(id: usize, x: &[f32], n: usize) -> Calibration {
         let cal = Calibration {
             group_of: HashMap::from([(id, 0)]),
-            grams: vec![Mutex::new(Gram {
-                n,
-                h: vec![0f32; n * n],
-            })],
+            grams: vec![Mutex::new(Gram::zeros(n))],
             observed: HashMap::from([(id, 0)]),
             tokens: x.len() / n,
             weights_id: 0,
