@@ -683,14 +683,7 @@ fn merge(
         "merged {} tensors in {:.0} ms; {}; wrote {} ({n} bytes)",
         report.tensors.len(),
         t0.elapsed().as_secs_f64() * 1e3,
-        kept_note_for(
-            &report,
-            if report.calibrated > 0 {
-                "--type q8_0 or f16"
-            } else {
-                "--calibration TEXT, or --type q8_0 or f16"
-            }
-        ),
+        kept_note_for(&report, "--calibration", "--type q8_0 or f16"),
         output.display()
     );
     Ok(())
@@ -699,18 +692,18 @@ fn merge(
 /// "kept N% of the adapters' change", after printing the bake's warning (if it has one) with
 /// the options that avoid the loss.
 fn kept_note(r: &runtime::lora::bake::BakeReport) -> String {
-    let advice = if r.calibrated > 0 {
-        "--bake-type q8_0 or f16, or no --bake"
-    } else {
-        "--bake-calibration TEXT, --bake-type q8_0 or f16, or no --bake"
-    };
-    kept_note_for(r, advice)
+    kept_note_for(r, "--bake-calibration", "--bake-type q8_0 or f16, or no --bake")
 }
 
-/// [`kept_note`] with the command's own advice (`--bake-type ...`, or merge's `--type ...`).
-fn kept_note_for(r: &runtime::lora::bake::BakeReport, advice: &str) -> String {
+/// [`kept_note`] with the command's own options: its calibration option (suggested unless
+/// the bake was calibrated) and its other advice (`--bake-type ...`, or merge's `--type ...`).
+fn kept_note_for(r: &runtime::lora::bake::BakeReport, calibration_option: &str, advice: &str) -> String {
     if let Some(w) = r.warning() {
-        eprintln!("warning: {w} ({advice})");
+        if r.calibrated > 0 {
+            eprintln!("warning: {w} ({advice})");
+        } else {
+            eprintln!("warning: {w} ({calibration_option} TEXT, {advice})");
+        }
     }
     // Adapters that cancel out leave almost no change to keep: the ratio says nothing then.
     let kept = if (0.0..=1.5).contains(&r.kept) {

@@ -61,8 +61,8 @@ pub struct LoadOptions {
     pub tokenizer_json: Option<PathBuf>,
     /// Compute as the float reference does ([`Model::float_reference`]): dequantized weights
     /// times unquantized f32 activations, f32 attention with an f32 key/value cache and f32
-    /// GELU, as transformers + PEFT on the dequantized model (logits within 3e-5 of theirs). Several times slower; off by
-    /// default (llama.cpp's quantized dot products).
+    /// GELU, as transformers + PEFT on the dequantized model (logits within 3e-5 of theirs).
+    /// Several times slower; off by default (llama.cpp's quantized dot products).
     pub float_reference: bool,
 }
 

@@ -124,14 +124,7 @@ fn out_type(bake: BakeType, ty: GgmlType, n_in: usize) -> GgmlType {
 pub fn check_bake_types(model: &Model, plan: &LoraPlan, ty: BakeType) -> Result<(), LoraError> {
     for lin in model.linears().filter(|l| !plan.entries(l.id).is_empty()) {
         let out_ty = out_type(ty, lin.w.ty, lin.w.n_in);
-        if out_ty.row_bytes(lin.w.n_in).is_none() {
-            return Err(LoraError::Plan {
-                message: format!(
-                    "`{}`: {} elements per row are not a whole number of {out_ty} blocks",
-                    lin.w.name, lin.w.n_in
-                ),
-            });
-        }
+        baked_row_bytes(&lin.w, out_ty)?;
         if !quant::can_quantize(out_ty) {
             return Err(LoraError::Plan {
                 message: format!(
@@ -142,6 +135,18 @@ pub fn check_bake_types(model: &Model, plan: &LoraPlan, ty: BakeType) -> Result<
         }
     }
     Ok(())
+}
+
+/// Bytes of one row of `w` baked as `out_ty`.
+///
+/// Errors: [`LoraError::Plan`] when the row is not a whole number of `out_ty` blocks.
+fn baked_row_bytes(w: &crate::model::WeightRef, out_ty: GgmlType) -> Result<usize, LoraError> {
+    out_ty.row_bytes(w.n_in).ok_or_else(|| LoraError::Plan {
+        message: format!(
+            "`{}`: {} elements per row are not a whole number of {out_ty} blocks",
+            w.name, w.n_in
+        ),
+    })
 }
 
 /// A copy of `model` with the adapters of `active` folded into the weights they target.
@@ -280,12 +285,7 @@ fn bake_one(
 ) -> Result<(Vec<u8>, Baked), LoraError> {
     let m = model.matrix(w);
     let in_rb = m.row_bytes();
-    let out_rb = out_ty.row_bytes(w.n_in).ok_or_else(|| LoraError::Plan {
-        message: format!(
-            "`{}`: {} elements per row are not a whole number of {out_ty} blocks",
-            w.name, w.n_in
-        ),
-    })?;
+    let out_rb = baked_row_bytes(w, out_ty)?;
     let err = |e: quant::QuantError| LoraError::Plan {
         message: format!("`{}`: {e}", w.name),
     };
@@ -397,7 +397,8 @@ fn calibrated_rows(
     let rb = original.len() / g;
     let (bs, ts) = (ty.block_size(), ty.type_size());
     let mut plain = vec![0u8; g * rb];
-    let mut working = original.to_vec();
+    // The grids GPTQ works on, built in `dst` from the original rows.
+    dst.copy_from_slice(original);
     let mut grid = GroupGrid {
         scale: vec![0f32; g * n],
         offset: vec![0f32; g * n],
@@ -411,8 +412,10 @@ fn calibrated_rows(
         let plain_r = &mut plain[r * rb..][..rb];
         quant::quantize_row(ty, t, plain_r)?;
         quant::dequantize_row(ty, plain_r, &mut p_row)?;
-        let work_r = &mut working[r * rb..][..rb];
-        let (lo, hi) = quant::grid::row_grid(ty, work_r, &mut s_row, &mut o_row)?;
+        let grid_r = &mut dst[r * rb..][..rb];
+        grid.range = quant::grid::row_grid(ty, grid_r, &mut s_row, &mut o_row)?;
+        let (lo, hi) = grid.range;
+        let mut refit = false;
         for b in 0..n / bs {
             let outside = (b * bs..(b + 1) * bs).any(|i| {
                 let (s, o) = (s_row[i], o_row[i]);
@@ -424,10 +427,13 @@ fn calibrated_rows(
                 }
             });
             if outside {
-                work_r[b * ts..][..ts].copy_from_slice(&plain_r[b * ts..][..ts]);
+                grid_r[b * ts..][..ts].copy_from_slice(&plain_r[b * ts..][..ts]);
+                refit = true;
             }
         }
-        grid.range = quant::grid::row_grid(ty, work_r, &mut s_row, &mut o_row)?;
+        if refit {
+            quant::grid::row_grid(ty, grid_r, &mut s_row, &mut o_row)?;
+        }
         for (k, &c) in f.perm.iter().enumerate() {
             grid.scale[k * g + r] = s_row[c];
             grid.offset[k * g + r] = o_row[c];
@@ -445,9 +451,7 @@ fn calibrated_rows(
             for (k, &c) in f.perm.iter().enumerate() {
                 q_row[c] = q[k * g + r];
             }
-            let work_r = &mut working[r * rb..][..rb];
-            quant::grid::set_row_quants(ty, work_r, &q_row)?;
-            dst.copy_from_slice(work_r);
+            quant::grid::set_row_quants(ty, dst, &q_row)?;
         } else {
             dst.copy_from_slice(&plain[r * rb..][..rb]);
             plain_rows += 1;

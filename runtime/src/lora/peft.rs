@@ -968,18 +968,15 @@ pub(crate) fn describe_st_error(e: &safetensors::SafeTensorError, bytes: &[u8]) 
 fn header_length_note(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
     if matches!(e, safetensors::SafeTensorError::MetadataIncompleteBuffer) {
         // The size the header implies: 8 + its length + where the last tensor's data ends.
-        let need = (|| -> Option<u64> {
-            let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-            let header: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(bytes.get(8..8usize.checked_add(n as usize)?)?).ok()?;
+        let need = st_header(bytes).and_then(|(n, header)| {
             let end = header
                 .iter()
                 .filter(|(k, _)| *k != "__metadata__")
                 .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
                 .max()
                 .unwrap_or(0);
-            8u64.checked_add(n)?.checked_add(end)
-        })();
+            8u64.checked_add(n as u64)?.checked_add(end)
+        });
         let have = bytes.len() as u64;
         return match need {
             Some(need) if need > have => {
@@ -1005,13 +1002,19 @@ fn header_length_note(e: &safetensors::SafeTensorError, bytes: &[u8]) -> String 
     }
 }
 
+/// A safetensors file's header length (its first 8 bytes, little-endian) and its JSON header,
+/// read leniently for error messages; `None` when either cannot be read.
+fn st_header(bytes: &[u8]) -> Option<(usize, serde_json::Map<String, serde_json::Value>)> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    Some((n, header))
+}
+
 /// For a safetensors header the `safetensors` crate rejects as `TensorInvalidInfo`: which
 /// tensor's data size disagrees with its dtype and shape, and how. `None` when the header
 /// cannot be read here or no tensor is found wrong.
 fn size_mismatch(bytes: &[u8]) -> Option<String> {
-    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let (_, header) = st_header(bytes)?;
     for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
         let dtype = info.get("dtype")?.as_str()?;
         let width: u64 = match dtype {
