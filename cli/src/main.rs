@@ -176,10 +176,23 @@ struct RunArgs {
     bake: BakeArgs,
     /// Compute in f32 as transformers + PEFT do on the dequantized model: dequantized weights
     /// times unquantized activations, attention (with an f32 key/value cache) and GELU in f32.
-    /// Several times slower; by default the
-    /// activations are quantized to 8 bits for the dot products, as in llama.cpp.
-    #[arg(long)]
+    /// Several times slower; by default the activations are quantized to 8 bits for the dot
+    /// products, as in llama.cpp (in decode with a second 8-bit pass, see --q8-decode).
+    #[arg(long, conflicts_with = "q8_decode")]
     exact: bool,
+    #[command(flatten)]
+    decode: DecodeArgs,
+}
+
+/// How decoding quantizes the activations.
+#[derive(Args, Debug, Default)]
+struct DecodeArgs {
+    /// Decode with the activations quantized once to 8 bits, as llama.cpp does: faster, less
+    /// exact. By default each generated token's layer products add a second 8-bit pass over
+    /// what the first one rounded off, so generation follows the float model closely
+    /// (prompt batches are quantized once either way).
+    #[arg(long)]
+    q8_decode: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +281,8 @@ enum Command {
         /// Print {"pp_tokens_per_s", "tg_tokens_per_s", ...}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        decode: DecodeArgs,
     },
     /// The largest logits at the last position of a prompt.
     Logits {
@@ -312,7 +327,15 @@ fn main() -> ExitCode {
             n_depth,
             reps,
             json,
-        }) => bench(&model, &threads, &lora, &bake, [n_prompt, n_gen, n_depth], reps, json),
+            decode,
+        }) => bench(
+            (&model, &threads, &decode),
+            &lora,
+            &bake,
+            [n_prompt, n_gen, n_depth],
+            reps,
+            json,
+        ),
         Some(Command::Merge {
             model,
             threads,
@@ -340,14 +363,26 @@ fn main() -> ExitCode {
 }
 
 /// Set the thread count and load the model with its tokenizer, for computing as `--exact`
-/// says.
+/// and `--q8-decode` say.
 fn load_run(r: &RunArgs) -> Result<std::sync::Arc<Engine>> {
-    load(&r.model, r.threads.threads, r.tokenizer.tokenizer.as_ref(), r.exact)
+    load(
+        &r.model,
+        r.threads.threads,
+        r.tokenizer.tokenizer.as_ref(),
+        r.exact,
+        &r.decode,
+    )
 }
 
 /// Set the thread count (if given) and load the model (with the tokenizer.json `tok`, if
-/// given, and the float reference path if `exact`).
-fn load(m: &ModelArgs, threads: Option<usize>, tok: Option<&PathBuf>, exact: bool) -> Result<std::sync::Arc<Engine>> {
+/// given, the float reference path if `exact`, decoding as `decode` says).
+fn load(
+    m: &ModelArgs,
+    threads: Option<usize>,
+    tok: Option<&PathBuf>,
+    exact: bool,
+    decode: &DecodeArgs,
+) -> Result<std::sync::Arc<Engine>> {
     if let Some(n) = threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
@@ -362,6 +397,7 @@ fn load(m: &ModelArgs, threads: Option<usize>, tok: Option<&PathBuf>, exact: boo
         &LoadOptions {
             tokenizer_json: tok.cloned(),
             float_reference: exact,
+            q8_decode: decode.q8_decode,
         },
     )?;
     Ok(engine)
@@ -666,7 +702,7 @@ fn merge(
         )
         .into());
     }
-    let engine = load(m, threads.threads, None, false)?;
+    let engine = load(m, threads.threads, None, false, &DecodeArgs::default())?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
     let cal = match (calibration_text, &text) {
         (Some(p), Some(t)) => Some(calibration(engine.as_ref(), &active, p, t)?),
@@ -1168,7 +1204,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
 }
 
 fn tokenize(m: &ModelArgs, tok: &TokenizerArgs, text: &str, json: bool) -> Result<()> {
-    let engine = load(m, None, tok.tokenizer.as_ref(), false)?;
+    let engine = load(m, None, tok.tokenizer.as_ref(), false, &DecodeArgs::default())?;
     let ids = engine.tokenize(text)?;
     if json {
         write_stdout(&format!("{}\n", json!({ "tokens": ids })))
@@ -1230,8 +1266,7 @@ fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
 
 /// `lora-run bench`; `sizes` is `[n_prompt, n_gen, n_depth]`.
 fn bench(
-    m: &ModelArgs,
-    threads: &ThreadArgs,
+    (m, threads, decode): (&ModelArgs, &ThreadArgs, &DecodeArgs),
     lora: &AdapterArgs,
     bake: &BakeArgs,
     [n_prompt, n_gen, n_depth]: [usize; 3],
@@ -1242,7 +1277,7 @@ fn bench(
     if reps == 0 || n_prompt.checked_add(n_gen).is_none_or(|n| n == 0) {
         return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
     }
-    let engine = load(m, threads.threads, None, false)?;
+    let engine = load(m, threads.threads, None, false, decode)?;
     let n_ctx_train = engine.model().config.n_ctx_train;
     // Each test runs on its own cache after the depth: the larger one must fit.
     if n_prompt.max(n_gen).checked_add(n_depth).is_none_or(|n| n > n_ctx_train) {

@@ -35,7 +35,7 @@ pub mod types;
 mod x86_util;
 
 pub use error::QuantError;
-pub use matmul::{Epilogue, QMatrix, RowEpilogue, matmul, matmul_dequantized, matmul_epilogue, matvec};
+pub use matmul::{Activations, Epilogue, QMatrix, RowEpilogue, matmul, matmul_dequantized, matmul_epilogue, matvec};
 pub use row::{can_quantize, dequantize_row, quantize_row, vec_dot};
 pub use simd::SimdLevel;
 pub use types::{GgmlType, QK_K};
@@ -80,6 +80,16 @@ pub trait VecDot: Block {
     ///
     /// Contract: `x.len() * Self::QK == y.len() * Self::Act::QK`.
     fn vec_dot(level: SimdLevel, x: &[Self], y: &[Self::Act]) -> f32;
+
+    /// `vec_dot(x, y) + vec_dot(x, r)`: the dot product of one weight row with an activation
+    /// row and its remainder ([`matmul::Activations::Residual`]). Formats with a kernel that
+    /// unpacks each weight block once for both override it (agreeing with this default to
+    /// f32 rounding); the default makes the two calls.
+    ///
+    /// Contract: as [`VecDot::vec_dot`], for `y` and `r` alike.
+    fn vec_dot_residual(level: SimdLevel, x: &[Self], y: &[Self::Act], r: &[Self::Act]) -> f32 {
+        Self::vec_dot(level, x, y) + Self::vec_dot(level, x, r)
+    }
 
     /// The dot products of one weight row `x` with up to [`MULTI_TOKENS`] activation rows
     /// `ys[t]` into `out[t]`, each bit-identical to [`VecDot::vec_dot`] of that pair. Formats

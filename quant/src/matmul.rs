@@ -3,7 +3,8 @@
 //!
 //! As ggml's `mul_mat`: the activations are first quantized to the weight type's
 //! `vec_dot_type` (Q8_0, Q8_1, Q8_K, or the float type itself), then every output element is
-//! one fused `vec_dot` of a weight row with an activation row.
+//! one fused `vec_dot` of a weight row with an activation row. [`Activations::Residual`] adds
+//! a second activation row that quantizes what the first one missed.
 
 use rayon::prelude::*;
 
@@ -76,7 +77,24 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result
 
 /// [`matmul`] with an explicit kernel level (for tests and benchmarks).
 pub fn matmul_at(level: SimdLevel, w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &mut [f32]) -> Result<(), QuantError> {
-    matmul_epilogue_at(level, w, x, n_tok, y, None)
+    matmul_epilogue_at(level, w, x, n_tok, y, None, Activations::VecDotType)
+}
+
+/// How a matmul quantizes its f32 activations for the integer dot products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activations {
+    /// One row of the weight format's `vec_dot_type` per token (Q8_0, Q8_1 or Q8_K: 8-bit
+    /// integers and a scale per block), as ggml-cpu does. The rounding error is up to half a
+    /// step of each block's scale (amax / 127, over 32 or 256 values).
+    #[default]
+    VecDotType,
+    /// That row plus a second one of the same type quantizing the remainder
+    /// `r = x − dequant(q(x))`, each dotted with the weight row and the two products added:
+    /// `y = W·dequant(q(x)) + W·dequant(q(r))`. The remainder is at most half a step, so its
+    /// own rounding error is about 1/254 of the first one's (8 more bits for the activations);
+    /// twice the dot products. For formats whose `vec_dot_type` is f32 the remainder is zero
+    /// and not computed.
+    Residual,
 }
 
 /// Work fused into a matmul's parallel pass: lets callers add a cheap per-row term (a LoRA
@@ -95,28 +113,31 @@ pub trait RowEpilogue: Sync {
 /// An optional [`RowEpilogue`] as the matmul entries take it.
 pub type Epilogue<'e> = &'e dyn RowEpilogue;
 
-/// [`matmul`] with an optional [`Epilogue`].
+/// [`matmul`] with an optional [`Epilogue`] and a choice of [`Activations`].
 pub fn matmul_epilogue(
     w: &QMatrix<'_>,
     x: &[f32],
     n_tok: usize,
     y: &mut [f32],
     epilogue: Option<Epilogue<'_>>,
+    acts: Activations,
 ) -> Result<(), QuantError> {
-    matmul_epilogue_at(SimdLevel::detect(), w, x, n_tok, y, epilogue)
+    matmul_epilogue_at(SimdLevel::detect(), w, x, n_tok, y, epilogue, acts)
 }
 
-fn matmul_epilogue_at(
+/// [`matmul_epilogue`] with an explicit kernel level (for tests and benchmarks).
+pub fn matmul_epilogue_at(
     level: SimdLevel,
     w: &QMatrix<'_>,
     x: &[f32],
     n_tok: usize,
     y: &mut [f32],
     epilogue: Option<Epilogue<'_>>,
+    acts: Activations,
 ) -> Result<(), QuantError> {
     check_matmul_shapes(w, x, n_tok, y)?;
     let ty = w.ty;
-    with_weight_block!(ty, B => matmul_typed::<B>(level, w, x, n_tok, y, epilogue),
+    with_weight_block!(ty, B => matmul_typed::<B>(level, w, x, n_tok, y, epilogue, acts),
         else return Err(QuantError::UnsupportedType { ty, op: "matmul" }));
     Ok(())
 }
@@ -148,28 +169,46 @@ fn check_matmul_shapes(w: &QMatrix<'_>, x: &[f32], n_tok: usize, y: &[f32]) -> R
 /// Quantize `n_tok` rows of `n_in` activations into `A` blocks, row after row, with ggml-cpu's
 /// activation quantizer ([`QuantizeRef::quantize_row_act`]).
 pub fn quantize_activations<A: QuantizeRef>(x: &[f32], n_in: usize) -> Vec<A> {
-    quantize_rows(x, n_in).0
+    quantize_rows(x, n_in, false).0
 }
 
 /// [`quantize_activations`], and the rows whose inputs are not all finite (found in the same
-/// parallel pass over each row).
-fn quantize_rows<A: QuantizeRef>(x: &[f32], n_in: usize) -> (Vec<A>, Vec<usize>) {
+/// parallel pass over each row). With `residual`, also the [`Activations::Residual`] rows: each
+/// row's remainder `x − dequant(q(x))`, quantized in the same way (else empty).
+fn quantize_rows<A: QuantizeRef>(x: &[f32], n_in: usize, residual: bool) -> (Vec<A>, Vec<A>, Vec<usize>) {
     let per_row = n_in / A::QK;
     let n_tok = x.len() / n_in.max(1);
     let mut act = vec![A::zeroed(); per_row * n_tok];
+    let mut res = vec![A::zeroed(); if residual { per_row * n_tok } else { 0 }];
     if per_row == 0 {
-        return (act, Vec::new());
+        return (act, res, Vec::new());
     }
-    let finite: Vec<bool> = act
-        .par_chunks_mut(per_row)
-        .zip(x.par_chunks(n_in))
-        .map(|(a, xr)| {
-            A::quantize_row_act(xr, a);
-            all_finite(xr)
-        })
-        .collect();
+    // One row: quantize it (and its remainder, into `r`), and say whether it is all finite.
+    let row = |rem: &mut Vec<f32>, a: &mut [A], r: Option<&mut [A]>, xr: &[f32]| {
+        A::quantize_row_act(xr, a);
+        if let Some(r) = r {
+            rem.resize(n_in, 0.0);
+            A::dequantize_row(a, rem);
+            for (rem, &x) in rem.iter_mut().zip(xr) {
+                *rem = x - *rem;
+            }
+            A::quantize_row_act(rem, r);
+        }
+        all_finite(xr)
+    };
+    let rows = act.par_chunks_mut(per_row);
+    let finite: Vec<bool> = if residual {
+        rows.zip(res.par_chunks_mut(per_row))
+            .zip(x.par_chunks(n_in))
+            .map_init(Vec::new, |rem, ((a, r), xr)| row(rem, a, Some(r), xr))
+            .collect()
+    } else {
+        rows.zip(x.par_chunks(n_in))
+            .map_init(Vec::new, |rem, (a, xr)| row(rem, a, None, xr))
+            .collect()
+    };
     let not_finite = (0..n_tok).filter(|&t| !finite[t]).collect();
-    (act, not_finite)
+    (act, res, not_finite)
 }
 
 fn matmul_typed<B: VecDot>(
@@ -179,6 +218,7 @@ fn matmul_typed<B: VecDot>(
     n_tok: usize,
     y: &mut [f32],
     epilogue: Option<Epilogue<'_>>,
+    acts: Activations,
 ) {
     let (n_in, n_out) = (w.n_in, w.n_out);
     if n_out == 0 || n_tok == 0 {
@@ -190,26 +230,27 @@ fn matmul_typed<B: VecDot>(
     // The 8-bit activations would turn a NaN or infinity into ordinary numbers: a token whose
     // inputs are not all finite gets NaN outputs instead, so that it shows (ggml's kernels give
     // it garbage).
-    let (act, not_finite) = quantize_rows::<B::Act>(x, n_in);
+    let residual = acts == Activations::Residual && <B::Act as Block>::TYPE != GgmlType::F32;
+    let (act, res, not_finite) = quantize_rows::<B::Act>(x, n_in, residual);
     let poison = |y: &mut [f32]| {
         for &t in &not_finite {
             y[t * n_out..][..n_out].fill(f32::NAN);
         }
     };
-    let dot = |o: usize, t: usize| -> f32 {
-        B::vec_dot(
-            level,
-            &wb[o * w_per_row..][..w_per_row],
-            &act[t * a_per_row..][..a_per_row],
-        )
-    };
+    let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
     if n_tok == 1 {
+        let dot = |o: usize| -> f32 {
+            match residual {
+                true => B::vec_dot_residual(level, w_row(o), &act, &res),
+                false => B::vec_dot(level, w_row(o), &act),
+            }
+        };
         y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, ys)| {
             if let Some(f) = epilogue {
                 f.begin_task();
             }
             for (i, yo) in ys.iter_mut().enumerate() {
-                *yo = dot(c * ROWS_PER_TASK + i, 0);
+                *yo = dot(c * ROWS_PER_TASK + i);
             }
             if let Some(f) = epilogue {
                 f.apply(0, c * ROWS_PER_TASK, ys);
@@ -218,24 +259,26 @@ fn matmul_typed<B: VecDot>(
         poison(y);
         return;
     }
-    // tmp: [n_out, n_tok], so each task owns a contiguous run of output rows; each weight row
-    // is read once and dotted with every token while it is in cache.
-    let mut tmp = vec![0f32; n_out * n_tok];
-    let all_rows: Vec<&[B::Act]> = (0..n_tok).map(|t| &act[t * a_per_row..][..a_per_row]).collect();
-    let w_row = |o: usize| &wb[o * w_per_row..][..w_per_row];
-    // Weight rows in fours against all tokens: through the packed kernel where the format has
-    // one at this level (activations packed once here), else the format's four-row kernel. A
-    // last group of fewer than four rows repeats its last row, into scratch outputs.
+    // tmp: [n_out, rows], so each task owns a contiguous run of output rows; each weight row
+    // is read once and dotted with every activation row while it is in cache. With a residual
+    // the activation rows are the tokens' first quantizations, then their remainders.
+    let act = if residual { [act, res].concat() } else { act };
+    let n_rows = act.len() / a_per_row;
+    let mut tmp = vec![0f32; n_out * n_rows];
+    let all_rows: Vec<&[B::Act]> = act.chunks_exact(a_per_row).collect();
+    // Weight rows in fours against all activation rows: through the packed kernel where the
+    // format has one at this level (activations packed once here), else the format's four-row
+    // kernel. A last group of fewer than four rows repeats its last row, into scratch outputs.
     #[cfg(target_arch = "x86_64")]
     let packed = crate::packed::pack_activations::<B>(level, &act, a_per_row);
-    tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
+    tmp.par_chunks_mut(ROWS_PER_TASK * n_rows)
         .enumerate()
         .for_each(|(c, chunk)| {
             let mut scratch = Vec::new();
-            for (i, rows) in chunk.chunks_mut(4 * n_tok).enumerate() {
-                let k = rows.len() / n_tok;
-                scratch.resize((4 - k) * n_tok, 0.0);
-                let mut it = rows.chunks_mut(n_tok).chain(scratch.chunks_mut(n_tok));
+            for (i, rows) in chunk.chunks_mut(4 * n_rows).enumerate() {
+                let k = rows.len() / n_rows;
+                scratch.resize((4 - k) * n_rows, 0.0);
+                let mut it = rows.chunks_mut(n_rows).chain(scratch.chunks_mut(n_rows));
                 let outs = std::array::from_fn(|_| it.next().unwrap_or_default());
                 let xs = std::array::from_fn(|r| w_row(c * ROWS_PER_TASK + 4 * i + r.min(k - 1)));
                 #[cfg(target_arch = "x86_64")]
@@ -246,6 +289,16 @@ fn matmul_typed<B: VecDot>(
                 B::vec_dot_four_rows(level, xs, &all_rows, outs);
             }
         });
+    if residual {
+        // Each output row's n_tok remainder products onto its first products.
+        tmp = tmp
+            .chunks_exact(n_rows)
+            .flat_map(|r| {
+                let (first, rest) = r.split_at(n_tok);
+                first.iter().zip(rest).map(|(a, b)| a + b)
+            })
+            .collect();
+    }
     transpose_to_tokens(&tmp, n_out, n_tok, y);
     if let Some(f) = epilogue {
         // A whole token row per call: the epilogue's per-call work (e.g. fetching a LoRA's
@@ -461,6 +514,112 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// [`Activations::Residual`]: at every SIMD level (the fused kernels) and in batches it
+    /// agrees with the scalar reference (two plain dot products per output) to f32 rounding;
+    /// its error from the float product (dequantized weights times f32 activations) is under
+    /// 1/20 of one 8-bit row's; with f32 activations it changes nothing.
+    #[test]
+    fn residual_activations() {
+        let mut st = 0x0DDB_1A5E_5BAD_5EEDu64;
+        let mut rnd = move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let shapes = [
+            (GgmlType::Q5_0, 544),
+            (GgmlType::Q5_0, 32),
+            (GgmlType::Q8_0, 544),
+            (GgmlType::Q4_0, 544),
+            (GgmlType::IQ4_NL, 544),
+            (GgmlType::Q4_K, 512),
+            (GgmlType::Q5_K, 512),
+            (GgmlType::Q6_K, 512),
+            (GgmlType::F16, 96),
+            (GgmlType::F32, 96),
+        ];
+        let (n_out, n_tok) = (9, 3);
+        for (ty, n_in) in shapes {
+            let data = if ty == GgmlType::IQ4_NL {
+                // No quantizer here: random nibbles, each block's f16 scale 1/64.
+                let mut data = vec![0u8; ty.row_bytes(n_in).unwrap() * n_out];
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = match i % 18 {
+                        0 => 0x00,
+                        1 => 0x24,
+                        _ => ((rnd() + 0.5) * 256.0) as u8,
+                    };
+                }
+                data
+            } else {
+                quantized(ty, n_in, n_out, |_, _| rnd())
+            };
+            let w = QMatrix {
+                ty,
+                data: &data,
+                n_out,
+                n_in,
+            };
+            // Activations with a few large values, as a transformer's have.
+            let x: Vec<f32> = (0..n_tok * n_in)
+                .map(|i| rnd() * if i % 37 == 5 { 40.0 } else { 2.0 })
+                .collect();
+            let run = |level, x: &[f32], n_tok, acts| {
+                let mut y = vec![0f32; n_tok * n_out];
+                matmul_epilogue_at(level, &w, x, n_tok, &mut y, None, acts).unwrap();
+                y
+            };
+            let mut float = vec![0f32; n_tok * n_out];
+            matmul_dequantized(&w, &x, n_tok, &mut float, None).unwrap();
+            let mut wf = vec![0f32; n_in * n_out];
+            for (o, row) in wf.chunks_mut(n_in).enumerate() {
+                crate::dequantize_row(ty, &data[o * w.row_bytes()..][..w.row_bytes()], row).unwrap();
+            }
+            // Per output, Σ|w·x|: the scale of f32 rounding in its dot product.
+            let terms = |t: usize, o: usize| -> f32 {
+                let xr = &x[t * n_in..][..n_in];
+                wf[o * n_in..][..n_in].iter().zip(xr).map(|(a, b)| (a * b).abs()).sum()
+            };
+            let reference: Vec<f32> = (0..n_tok)
+                .flat_map(|t| run(SimdLevel::Scalar, &x[t * n_in..][..n_in], 1, Activations::Residual))
+                .collect();
+            for level in SimdLevel::available() {
+                let batch = run(level, &x, n_tok, Activations::Residual);
+                for t in 0..n_tok {
+                    let one = run(level, &x[t * n_in..][..n_in], 1, Activations::Residual);
+                    for o in 0..n_out {
+                        let want = reference[t * n_out + o];
+                        let tol = 1e-5 * terms(t, o);
+                        for (what, got) in [("one token", one[o]), ("batch", batch[t * n_out + o])] {
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{ty} {level:?} {what}: token {t} row {o}: {got} against the scalar {want}"
+                            );
+                        }
+                    }
+                }
+            }
+            let single = run(SimdLevel::Scalar, &x, n_tok, Activations::VecDotType);
+            let err = |y: &[f32]| -> f64 {
+                y.iter()
+                    .zip(&float)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            };
+            let (e_res, e_single) = (err(&reference), err(&single));
+            if ty == GgmlType::F32 {
+                assert_eq!(reference, single, "{ty}: f32 activations have no remainder");
+            } else {
+                assert!(
+                    e_res < e_single / 20.0,
+                    "{ty}: error from the float product {e_res} with the remainder, {e_single} without"
+                );
             }
         }
     }

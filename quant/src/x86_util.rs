@@ -4,6 +4,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::q8_0::BlockQ8_0;
+
 /// Horizontal sum of 8 floats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -132,4 +134,23 @@ pub fn load_i8_32(p: &[i8; 32]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn fp16_to_f32(h: half::f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// One step of an AVX-512 residual dot product ([`crate::VecDot::vec_dot_residual`]) for a
+/// format whose two blocks unpack into 64 signed bytes `qx` with scales `dx0`, `dx1`, against
+/// Q8_0 activations: `acc` plus the pair's products with the activation blocks `y[..2]` and
+/// with their remainder blocks `r[..2]`, each scaled as in the format's `vec_dot` (|qx| times
+/// the activation with qx's sign, through `vpdpbusd`). The weights are unpacked once for both.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub fn residual_pair_512(acc: __m512, qx: __m512i, (dx0, dx1): (f32, f32), y: &[BlockQ8_0], r: &[BlockQ8_0]) -> __m512 {
+    let ax = _mm512_abs_epi8(qx);
+    let neg = _mm512_movepi8_mask(qx);
+    let step = |acc: __m512, b: &[BlockQ8_0]| {
+        let q = join_256(load_i8_32(&b[0].qs), load_i8_32(&b[1].qs));
+        let sq = _mm512_mask_sub_epi8(q, neg, _mm512_setzero_si512(), q);
+        let d = scales_2x8(dx0 * fp16_to_f32(b[0].d), dx1 * fp16_to_f32(b[1].d));
+        _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(ax, sq)), acc)
+    };
+    step(step(acc, y), r)
 }

@@ -64,6 +64,11 @@ pub struct LoadOptions {
     /// GELU, as transformers + PEFT on the dequantized model (logits within 3e-5 of theirs).
     /// Several times slower; off by default (llama.cpp's quantized dot products).
     pub float_reference: bool,
+    /// Decode with the activations quantized once to 8 bits, as llama.cpp does
+    /// ([`quant::Activations::VecDotType`] for [`Model::decode_activations`]): faster, less
+    /// exact. Off by default: each decoded token's layer products add the quantized remainder
+    /// ([`quant::Activations::Residual`]).
+    pub q8_decode: bool,
 }
 
 /// A loaded model, its tokenizer and its set of loaded adapters. Share it through `Arc` and
@@ -107,6 +112,9 @@ impl Engine {
         let file = Arc::new(GgufFile::open(path).map_err(|e| in_file(e.into()))?);
         let mut model = Model::from_file(file.clone()).map_err(|e| in_file(e.into()))?;
         model.float_reference = opts.float_reference;
+        if opts.q8_decode {
+            model.decode_activations = quant::Activations::VecDotType;
+        }
         let tokenizer = match &opts.tokenizer_json {
             Some(p) => Tokenizer::from_file(p)?,
             None => Tokenizer::from_gguf(file.metadata()).map_err(|e| in_file(e.into()))?,

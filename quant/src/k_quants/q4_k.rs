@@ -87,6 +87,14 @@ impl VecDot for BlockQ4_K {
         }
     }
 
+    fn vec_dot_residual(level: SimdLevel, x: &[Self], y: &[Self::Act], r: &[Self::Act]) -> f32 {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 if level.is_available() => unsafe { x86::vec_dot_residual_avx512(x, y, r) },
+            _ => Self::vec_dot(level, x, y) + Self::vec_dot(level, x, r),
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn vec_dot_multi(level: SimdLevel, x: &[Self], ys: &[&[BlockQ8_K]], out: &mut [f32]) {
         crate::multi_avx2_or_each(level, x, ys, out, x86::vec_dot_multi_avx2)
@@ -475,6 +483,50 @@ pub(crate) mod x86 {
             }
             let sumi = _mm512_add_epi32(sumi0, sumi1);
             acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        }
+        _mm512_reduce_add_ps(acc) + hsum_float_4(acc_m)
+    }
+
+    /// [`super::VecDot::vec_dot_residual`] as [`vec_dot_avx512`] computes each product, with
+    /// each block's scales, mins and nibbles unpacked once for the activation row `y` and its
+    /// remainder `r`.
+    ///
+    /// # Safety
+    /// Requires AVX-512 F/BW/VL/DQ + VNNI (and AVX2, FMA, F16C).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn vec_dot_residual_avx512(x: &[BlockQ4_K], y: &[BlockQ8_K], r: &[BlockQ8_K]) -> f32 {
+        let m4 = _mm512_set1_epi8(0xF);
+        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
+        let shuffles = [
+            scale_pair_shuffle(0),
+            scale_pair_shuffle(1),
+            scale_pair_shuffle(2),
+            scale_pair_shuffle(3),
+        ];
+        let mut acc = _mm512_setzero_ps();
+        let mut acc_m = _mm_setzero_ps();
+        for ((bx, by), br) in x.iter().zip(y).zip(r) {
+            let (dx, dminx) = (bx.d.to_f32(), bx.dmin.to_f32());
+            let ms = mins_and_scales(bx);
+            for b in [by, br] {
+                let prod = mins_dot_bsums(ms, b);
+                acc_m = _mm_fmadd_ps(_mm_set1_ps(-b.d * dminx), _mm_cvtepi32_ps(prod), acc_m);
+            }
+            let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
+            let q4 = bx.qs.as_ptr();
+            let mut sumy = _mm512_setzero_si512();
+            let mut sumr = _mm512_setzero_si512();
+            for k in 0..4 {
+                let bits = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(q4.add(32 * k) as *const __m256i) });
+                let q = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
+                let sc = _mm512_shuffle_epi8(scales, shuffles[k]);
+                let a = unsafe { _mm512_loadu_si512(by.qs.as_ptr().add(64 * k) as *const _) };
+                sumy = _mm512_dpwssd_epi32(sumy, _mm512_maddubs_epi16(q, a), sc);
+                let a = unsafe { _mm512_loadu_si512(br.qs.as_ptr().add(64 * k) as *const _) };
+                sumr = _mm512_dpwssd_epi32(sumr, _mm512_maddubs_epi16(q, a), sc);
+            }
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(by.d * dx), _mm512_cvtepi32_ps(sumy), acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(br.d * dx), _mm512_cvtepi32_ps(sumr), acc);
         }
         _mm512_reduce_add_ps(acc) + hsum_float_4(acc_m)
     }
