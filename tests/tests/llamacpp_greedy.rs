@@ -1,12 +1,17 @@
-//! Greedy decoding against llama.cpp's own tokens (`../shared/fixtures/llamacpp`): the first
-//! 16 generated tokens equal, or up to the first step whose top-two gap was under 0.05.
+//! Greedy decoding with llama.cpp's numerics (`LoadOptions::q8_decode`: 8-bit activations in
+//! decode too) against llama.cpp's own tokens (`../shared/fixtures/llamacpp`): the first 16
+//! generated tokens equal, or up to the first step whose top-two gap was under 0.05.
 
-use lora_run_tests::{GEMMA, QWEN, clear_steps, engine, llamacpp_reference};
-use runtime::{GenerateOptions, SamplingOptions};
+use lora_run_tests::{GEMMA, QWEN, clear_steps, llamacpp_reference, model};
+use runtime::{Engine, GenerateOptions, LoadOptions, SamplingOptions};
 
-fn check(key: &str, model: &str) {
+fn check(key: &str, name: &str) {
     let reference = llamacpp_reference();
-    let e = engine(model);
+    let opts = LoadOptions {
+        q8_decode: true,
+        ..Default::default()
+    };
+    let e = Engine::load(model(name), &opts).unwrap();
     for g in reference[key]["greedy"].as_array().unwrap() {
         let prompt = g["prompt"].as_str().unwrap();
         let want: Vec<u32> = g["tokens"]
