@@ -153,7 +153,7 @@ pub(crate) mod x86 {
 
     /// [`super::VecDot::vec_dot_residual`] with VNNI: each pair of weight blocks unpacked as in
     /// [`vec_dot_avx512`], then dotted with the activation pair and the remainder pair
-    /// ([`residual_pair_512`]). An odd last block goes through the AVX2 kernel twice.
+    /// ([`residual_dot_512`]). An odd last block goes through the AVX2 kernel for each.
     ///
     /// # Safety
     /// Requires AVX-512 F/BW/VL/DQ + VNNI.
@@ -162,22 +162,14 @@ pub(crate) mod x86 {
         // SAFETY: the table is 16 readable bytes.
         let values = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i) });
         let unpack = |xs: &[BlockIQ4_NL]| {
-            _mm512_shuffle_epi8(
-                values,
-                join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs)),
+            let idx = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            (
+                _mm512_shuffle_epi8(values, idx),
+                fp16_to_f32(xs[0].d),
+                fp16_to_f32(xs[1].d),
             )
         };
-        let mut acc = _mm512_setzero_ps();
-        for ((xs, ys), rs) in x.chunks_exact(2).zip(y.chunks_exact(2)).zip(r.chunks_exact(2)) {
-            acc = residual_pair_512(acc, unpack(xs), (fp16_to_f32(xs[0].d), fp16_to_f32(xs[1].d)), ys, rs);
-        }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        let n = x.len();
-        if n % 2 == 1 {
-            let (x, y, r) = (&x[n - 1..], &y[n - 1..n], &r[n - 1..n]);
-            sum += unsafe { vec_dot_avx2(x, y) + vec_dot_avx2(x, r) };
-        }
-        sum
+        residual_dot_512(x, y, r, unpack, |x, y| unsafe { vec_dot_avx2(x, y) })
     }
 
     /// Two blocks as [`crate::packed`]'s kernel takes them: their table values as signed bytes.

@@ -412,6 +412,33 @@ mod tests {
         data
     }
 
+    /// A xorshift generator of floats in −0.5..0.5.
+    fn xorshift(mut st: u64) -> impl FnMut() -> f32 {
+        move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+    }
+
+    /// `n_out` rows of `n_in` random weights of `ty`: quantized from `rnd()` values, or for
+    /// IQ4_NL (no quantizer here) random nibbles with each block's f16 scale 1/64.
+    fn random_weights(ty: GgmlType, n_in: usize, n_out: usize, rnd: &mut impl FnMut() -> f32) -> Vec<u8> {
+        if ty != GgmlType::IQ4_NL {
+            return quantized(ty, n_in, n_out, |_, _| rnd());
+        }
+        let mut data = vec![0u8; ty.row_bytes(n_in).unwrap() * n_out];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = match i % 18 {
+                0 => 0x00,
+                1 => 0x24,
+                _ => ((rnd() + 0.5) * 256.0) as u8,
+            };
+        }
+        data
+    }
+
     /// A token with a NaN or an infinity among its inputs gives NaN outputs (the 8-bit
     /// activations would hide it); the other tokens are untouched.
     #[test]
@@ -454,13 +481,7 @@ mod tests {
     /// and without either.
     #[test]
     fn batched_equals_token_by_token() {
-        let mut st = 0x1234_5678_9ABC_DEF1u64;
-        let mut rnd = move || {
-            st ^= st << 13;
-            st ^= st >> 7;
-            st ^= st << 17;
-            (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rnd = xorshift(0x1234_5678_9ABC_DEF1);
         // 512 inputs are an even number of 32-element blocks, 544 an odd one, 32 a single one.
         let shapes = [
             (GgmlType::Q5_0, 512),
@@ -476,20 +497,7 @@ mod tests {
         ];
         for (ty, n_in) in shapes {
             for n_out in [1, 7, 33] {
-                let data = if ty == GgmlType::IQ4_NL {
-                    // No quantizer here: random nibbles, each block's f16 scale 1/64.
-                    let mut data = vec![0u8; ty.row_bytes(n_in).unwrap() * n_out];
-                    for (i, b) in data.iter_mut().enumerate() {
-                        *b = match i % 18 {
-                            0 => 0x00,
-                            1 => 0x24,
-                            _ => ((rnd() + 0.5) * 256.0) as u8,
-                        };
-                    }
-                    data
-                } else {
-                    quantized(ty, n_in, n_out, |_, _| rnd())
-                };
+                let data = random_weights(ty, n_in, n_out, &mut rnd);
                 let w = QMatrix {
                     ty,
                     data: &data,
@@ -524,13 +532,7 @@ mod tests {
     /// 1/20 of one 8-bit row's; with f32 activations it changes nothing.
     #[test]
     fn residual_activations() {
-        let mut st = 0x0DDB_1A5E_5BAD_5EEDu64;
-        let mut rnd = move || {
-            st ^= st << 13;
-            st ^= st >> 7;
-            st ^= st << 17;
-            (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rnd = xorshift(0x0DDB_1A5E_5BAD_5EED);
         let shapes = [
             (GgmlType::Q5_0, 544),
             (GgmlType::Q5_0, 32),
@@ -545,20 +547,7 @@ mod tests {
         ];
         let (n_out, n_tok) = (9, 3);
         for (ty, n_in) in shapes {
-            let data = if ty == GgmlType::IQ4_NL {
-                // No quantizer here: random nibbles, each block's f16 scale 1/64.
-                let mut data = vec![0u8; ty.row_bytes(n_in).unwrap() * n_out];
-                for (i, b) in data.iter_mut().enumerate() {
-                    *b = match i % 18 {
-                        0 => 0x00,
-                        1 => 0x24,
-                        _ => ((rnd() + 0.5) * 256.0) as u8,
-                    };
-                }
-                data
-            } else {
-                quantized(ty, n_in, n_out, |_, _| rnd())
-            };
+            let data = random_weights(ty, n_in, n_out, &mut rnd);
             let w = QMatrix {
                 ty,
                 data: &data,

@@ -185,7 +185,7 @@ pub(crate) mod x86 {
 
     /// [`super::VecDot::vec_dot_residual`] with VNNI: each pair of weight blocks unpacked as in
     /// [`vec_dot_avx512`], then dotted with the activation pair and the remainder pair
-    /// ([`residual_pair_512`]). An odd last block goes through the AVX2 kernel twice.
+    /// ([`residual_dot_512`]). An odd last block goes through the AVX2 kernel for each.
     ///
     /// # Safety
     /// Requires AVX-512 F/BW/VL/DQ + VNNI.
@@ -193,22 +193,10 @@ pub(crate) mod x86 {
     pub unsafe fn vec_dot_residual_avx512(x: &[BlockQ4_0], y: &[BlockQ8_0], r: &[BlockQ8_0]) -> f32 {
         let off = _mm512_set1_epi8(8);
         let unpack = |xs: &[BlockQ4_0]| {
-            _mm512_sub_epi8(
-                join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs)),
-                off,
-            )
+            let q = join_256(bytes_from_nibbles_32(&xs[0].qs), bytes_from_nibbles_32(&xs[1].qs));
+            (_mm512_sub_epi8(q, off), fp16_to_f32(xs[0].d), fp16_to_f32(xs[1].d))
         };
-        let mut acc = _mm512_setzero_ps();
-        for ((xs, ys), rs) in x.chunks_exact(2).zip(y.chunks_exact(2)).zip(r.chunks_exact(2)) {
-            acc = residual_pair_512(acc, unpack(xs), (fp16_to_f32(xs[0].d), fp16_to_f32(xs[1].d)), ys, rs);
-        }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        let n = x.len();
-        if n % 2 == 1 {
-            let (x, y, r) = (&x[n - 1..], &y[n - 1..n], &r[n - 1..n]);
-            sum += unsafe { vec_dot_avx2(x, y) + vec_dot_avx2(x, r) };
-        }
-        sum
+        residual_dot_512(x, y, r, unpack, |x, y| unsafe { vec_dot_avx2(x, y) })
     }
 
     /// One block as [`crate::packed`]'s AVX2 kernel takes it: the nibbles q as they are (bias 8).

@@ -203,25 +203,15 @@ pub(crate) mod x86 {
 
     /// [`super::VecDot::vec_dot_residual`] with VNNI: each pair of weight blocks unpacked as in
     /// [`vec_dot_avx512`], then dotted with the activation pair and the remainder pair
-    /// ([`residual_pair_512`]). An odd last block goes through the AVX2 kernel twice.
+    /// ([`residual_dot_512`]). An odd last block goes through the AVX2 kernel for each.
     ///
     /// # Safety
     /// Requires AVX-512 F/BW/VL/DQ + VNNI.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn vec_dot_residual_avx512(x: &[BlockQ5_0], y: &[BlockQ8_0], r: &[BlockQ8_0]) -> f32 {
         let hi = _mm512_set1_epi8(0xF0u8 as i8);
-        let unpack = |xs: &[BlockQ5_0]| unpack_pair(&xs[0], &xs[1], hi).0;
-        let mut acc = _mm512_setzero_ps();
-        for ((xs, ys), rs) in x.chunks_exact(2).zip(y.chunks_exact(2)).zip(r.chunks_exact(2)) {
-            acc = residual_pair_512(acc, unpack(xs), (fp16_to_f32(xs[0].d), fp16_to_f32(xs[1].d)), ys, rs);
-        }
-        let mut sum = _mm512_reduce_add_ps(acc);
-        let n = x.len();
-        if n % 2 == 1 {
-            let (x, y, r) = (&x[n - 1..], &y[n - 1..n], &r[n - 1..n]);
-            sum += unsafe { vec_dot_avx2(x, y) + vec_dot_avx2(x, r) };
-        }
-        sum
+        let unpack = |xs: &[BlockQ5_0]| unpack_pair(&xs[0], &xs[1], hi);
+        residual_dot_512(x, y, r, unpack, |x, y| unsafe { vec_dot_avx2(x, y) })
     }
 
     /// Two Q5_0 blocks as 64 signed bytes (q − 16, as in [`vec_dot_avx512`]) and their scales.

@@ -154,3 +154,30 @@ pub fn residual_pair_512(acc: __m512, qx: __m512i, (dx0, dx1): (f32, f32), y: &[
     };
     step(step(acc, y), r)
 }
+
+/// An AVX-512 residual dot product ([`crate::VecDot::vec_dot_residual`]) for a format whose
+/// weight blocks pair up into 64 signed bytes and two scales (`unpack`), against Q8_0
+/// activations `y` and their remainders `r`: the pairs through [`residual_pair_512`], an odd
+/// last block through `one` (the format's AVX2 `vec_dot`) for each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+pub fn residual_dot_512<B>(
+    x: &[B],
+    y: &[BlockQ8_0],
+    r: &[BlockQ8_0],
+    unpack: impl Fn(&[B]) -> (__m512i, f32, f32),
+    one: impl Fn(&[B], &[BlockQ8_0]) -> f32,
+) -> f32 {
+    let mut acc = _mm512_setzero_ps();
+    for ((xs, ys), rs) in x.chunks_exact(2).zip(y.chunks_exact(2)).zip(r.chunks_exact(2)) {
+        let (qx, d0, d1) = unpack(xs);
+        acc = residual_pair_512(acc, qx, (d0, d1), ys, rs);
+    }
+    let mut sum = _mm512_reduce_add_ps(acc);
+    let n = x.len();
+    if n % 2 == 1 {
+        let last = &x[n - 1..];
+        sum += one(last, &y[n - 1..n]) + one(last, &r[n - 1..n]);
+    }
+    sum
+}
