@@ -186,6 +186,8 @@ fn options_a_command_does_not_use_are_refused() {
         "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --exact",
         "merge -m {m} -a models/jargon-bf16 -o /tmp/x.gguf --q8-decode",
         "tokenize -m {m} --text hi --q8-decode",
+        "logits -m {m} -p Hi --q8-decode",
+        "perplexity -m {m} -f README.md --q8-decode",
         "-m {m} --prompts models/demo.jsonl -p Hi",
         "-m {m} --prompts models/demo.jsonl -i",
         "-m {m} --prompts models/demo.jsonl -a models/jargon-bf16 --bake",

@@ -86,7 +86,9 @@ pub trait VecDot: Block {
     /// unpacks each weight block once for both override it (agreeing with this default to
     /// f32 rounding); the default makes the two calls.
     ///
-    /// Contract: as [`VecDot::vec_dot`], for `y` and `r` alike.
+    /// Contract: as [`VecDot::vec_dot`], for `y` and `r` alike; 8-bit activation quants
+    /// within −127..=127, as the activation quantizers give them (the fused kernels take the
+    /// weight's absolute value and the activation's sign, which −128 would break).
     fn vec_dot_residual(level: SimdLevel, x: &[Self], y: &[Self::Act], r: &[Self::Act]) -> f32 {
         Self::vec_dot(level, x, y) + Self::vec_dot(level, x, r)
     }

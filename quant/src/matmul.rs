@@ -262,10 +262,13 @@ fn matmul_typed<B: VecDot>(
     // tmp: [n_out, rows], so each task owns a contiguous run of output rows; each weight row
     // is read once and dotted with every activation row while it is in cache. With a residual
     // the activation rows are the tokens' first quantizations, then their remainders.
-    let act = if residual { [act, res].concat() } else { act };
-    let n_rows = act.len() / a_per_row;
+    let (act, n_rows) = if residual {
+        ([act, res].concat(), 2 * n_tok)
+    } else {
+        (act, n_tok)
+    };
     let mut tmp = vec![0f32; n_out * n_rows];
-    let all_rows: Vec<&[B::Act]> = act.chunks_exact(a_per_row).collect();
+    let all_rows: Vec<&[B::Act]> = (0..n_rows).map(|t| &act[t * a_per_row..][..a_per_row]).collect();
     // Weight rows in fours against all activation rows: through the packed kernel where the
     // format has one at this level (activations packed once here), else the format's four-row
     // kernel. A last group of fewer than four rows repeats its last row, into scratch outputs.
@@ -609,6 +612,20 @@ mod tests {
                     e_res < e_single / 20.0,
                     "{ty}: error from the float product {e_res} with the remainder, {e_single} without"
                 );
+            }
+        }
+        // Rows of zero width: zero outputs in both modes, one token or a batch.
+        for acts in [Activations::VecDotType, Activations::Residual] {
+            for n_tok in [1, 3] {
+                let w = QMatrix {
+                    ty: GgmlType::Q8_0,
+                    data: &[],
+                    n_out: 4,
+                    n_in: 0,
+                };
+                let mut y = vec![1f32; 4 * n_tok];
+                matmul_epilogue_at(SimdLevel::detect(), &w, &[], n_tok, &mut y, None, acts).unwrap();
+                assert!(y.iter().all(|&v| v == 0.0), "{acts:?} {n_tok}: {y:?}");
             }
         }
     }

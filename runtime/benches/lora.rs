@@ -11,7 +11,7 @@ use std::time::Instant;
 use runtime::Engine;
 use runtime::lora::bake::{BakeType, bake};
 use runtime::lora::{AdapterFormat, AdapterHandle, AdapterOptions, LoraAdapter, LoraPlan, LoraTarget};
-use runtime::model::{Logits, Model};
+use runtime::model::Model;
 
 fn models() -> PathBuf {
     std::env::var_os("LORA_RUN_MODELS")
@@ -78,7 +78,7 @@ fn decode_tps(m: &Model, plan: &LoraPlan, n: usize) -> f64 {
     let t0 = Instant::now();
     let mut t = 2u32;
     for i in 0..n {
-        let l = m.forward_with(&mut kv, &[t], Logits::Last, plan).unwrap();
+        let l = m.decode_with(&mut kv, t, plan).unwrap();
         t = (runtime::sampler::argmax(&l) + i as u32) % 1000 + 10;
     }
     n as f64 / t0.elapsed().as_secs_f64()

@@ -66,7 +66,7 @@ pub fn bench(
             kv.truncate(depth);
             let t0 = Instant::now();
             for &t in &gen_ids {
-                model.forward_with(&mut kv, &[t], Logits::Last, &plan)?;
+                model.decode_with(&mut kv, t, &plan)?;
             }
             let tps = n_gen as f64 / t0.elapsed().as_secs_f64();
             if rep > 0 {

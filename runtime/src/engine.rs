@@ -62,7 +62,8 @@ pub struct LoadOptions {
     /// Compute as the float reference does ([`Model::float_reference`]): dequantized weights
     /// times unquantized f32 activations, f32 attention with an f32 key/value cache and f32
     /// GELU, as transformers + PEFT on the dequantized model (logits within 3e-5 of theirs).
-    /// Several times slower; off by default (llama.cpp's quantized dot products).
+    /// Several times slower; off by default (quantized dot products, as llama.cpp's, see
+    /// [`LoadOptions::q8_decode`]).
     pub float_reference: bool,
     /// Decode with the activations quantized once to 8 bits, as llama.cpp does
     /// ([`quant::Activations::VecDotType`] for [`Model::decode_activations`]): faster, less
@@ -478,7 +479,7 @@ impl Session {
 
     /// Evaluate one more token after the cached ones; logits of it (`[n_vocab]`).
     pub fn eval_next(&mut self, token: u32, plan: &LoraPlan) -> Result<Vec<f32>, Error> {
-        let logits = self.model.forward_with(&mut self.kv, &[token], Logits::Last, plan)?;
+        let logits = self.model.decode_with(&mut self.kv, token, plan)?;
         self.cached.push(token);
         Ok(logits)
     }

@@ -37,16 +37,15 @@ fn handle(m: &Model, path: &std::path::Path) -> AdapterHandle {
     AdapterHandle::new(a.name.clone(), 1, a)
 }
 
-/// The greedy continuation of `prompt`: `n` tokens.
+/// The greedy continuation of `prompt`: `n` tokens, decoded as generation does
+/// ([`Model::decode_with`]).
 fn greedy(m: &Model, plan: &LoraPlan, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut kv = m.new_kv_cache(prompt.len() + n + 1);
     let mut logits = m.forward_with(&mut kv, prompt, Logits::Last, plan).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(top_k(&logits, 1)[0]);
-        logits = m
-            .forward_with(&mut kv, &out[out.len() - 1..], Logits::Last, plan)
-            .unwrap();
+        logits = m.decode_with(&mut kv, out[out.len() - 1], plan).unwrap();
     }
     out
 }
@@ -381,7 +380,7 @@ fn decode_kl(model_path: PathBuf, adapter_dir: &str, reference_file: &str, acts:
             let mut kv = m.new_kv_cache(ids.len() + 17);
             m.forward_with(&mut kv, &ids, Logits::Last, &plan).unwrap();
             for &t in &ids_of(&p["greedy"]["new_ids"])[..16] {
-                all.push(m.forward_with(&mut kv, &[t], Logits::Last, &plan).unwrap());
+                all.push(m.decode_with(&mut kv, t, &plan).unwrap());
             }
         }
         all
@@ -433,4 +432,39 @@ fn decode_with_the_remainder_is_closer_to_float() {
         eprintln!("{adapter_dir}: mean KL from float {res:.2e} with the remainder, {q8:.2e} with one Q8 row");
         assert!(res < at_most * q8, "{adapter_dir}: {res} against {q8}");
     }
+}
+
+/// With one 8-bit pass in decode (`LoadOptions::q8_decode`, the CLI's `--q8-decode`) a
+/// generated token's logits are bit for bit those of the same position in a prompt batch (the
+/// one-token and batch kernels agree); by default (the remainder added) they are not.
+#[test]
+fn q8_decode_computes_as_the_prompt_does() {
+    let p = &reference("gemma3-270m__jargon-bf16__1.0.json")["prompts"][0];
+    let ids = ids_of(&p["input_ids"]);
+    let n = ids.len();
+    let decoded_and_batched = |q8_decode: bool| -> (Vec<f32>, Vec<f32>) {
+        let opts = runtime::LoadOptions {
+            q8_decode,
+            ..Default::default()
+        };
+        let e = runtime::Engine::load(model(GEMMA), &opts).unwrap();
+        let m = e.model();
+        let want = match q8_decode {
+            true => quant::Activations::VecDotType,
+            false => quant::Activations::Residual,
+        };
+        assert_eq!(m.decode_activations, want);
+        let plan = LoraPlan::new(&m, &[(handle(&m, &adapter("gemma3-270m-jargon-bf16")), 1.0)]).unwrap();
+        let mut kv = m.new_kv_cache(n);
+        let all = m.forward_with(&mut kv, &ids, Logits::All, &plan).unwrap();
+        let mut kv = m.new_kv_cache(n);
+        m.forward_with(&mut kv, &ids[..n - 1], Logits::None, &plan).unwrap();
+        let step = m.decode_with(&mut kv, ids[n - 1], &plan).unwrap();
+        (step, all[(n - 1) * m.config.n_vocab..].to_vec())
+    };
+    let (step, batch) = decoded_and_batched(true);
+    assert!(step.iter().zip(&batch).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let (step, batch) = decoded_and_batched(false);
+    let diff = lora_run_tests::max_diff(&step, &batch);
+    assert!(diff > 1e-3, "the remainder changed nothing: {diff}");
 }

@@ -8,7 +8,13 @@
 use super::{AttnParams, KvCache, LoraPlan, Model, ModelError, ops};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
-pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+pub(super) fn forward(
+    m: &Model,
+    kv: &mut KvCache,
+    tokens: &[u32],
+    plan: &LoraPlan,
+    acts: quant::Activations,
+) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
     let mut x = m.embed_with(tokens, plan)?; // [n_tok, n_embd]
@@ -28,14 +34,14 @@ pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPl
             window: if swa { c.sliding_window } else { None },
         };
         let xn = ops::rms_norm_to(&x, &layer.attn_norm, c.rms_eps);
-        let mut attn = m.self_attention(kv, il, &xn, n, &params, plan)?;
+        let mut attn = m.self_attention(kv, il, &xn, n, &params, plan, acts)?;
         if let Some(w) = &layer.attn_post_norm {
             ops::rms_norm(&mut attn, w, c.rms_eps);
         }
         ops::add_assign(&mut x, &attn);
 
         let xn = ops::rms_norm_to(&x, &layer.ffn_norm, c.rms_eps);
-        let mut ffn = m.gated_ffn(il, &xn, n, geglu, plan)?;
+        let mut ffn = m.gated_ffn(il, &xn, n, geglu, plan, acts)?;
         if let Some(w) = &layer.ffn_post_norm {
             ops::rms_norm(&mut ffn, w, c.rms_eps);
         }

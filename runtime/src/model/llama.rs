@@ -7,8 +7,14 @@
 use super::{AttnParams, KvCache, LoraPlan, Model, ModelError, ops};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
-pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
-    pre_norm_forward(m, kv, tokens, plan)
+pub(super) fn forward(
+    m: &Model,
+    kv: &mut KvCache,
+    tokens: &[u32],
+    plan: &LoraPlan,
+    acts: quant::Activations,
+) -> Result<Vec<f32>, ModelError> {
+    pre_norm_forward(m, kv, tokens, plan, acts)
 }
 
 /// The pre-norm SwiGLU decoder shared by llama, qwen2 and qwen3; what differs between them
@@ -18,6 +24,7 @@ pub(super) fn pre_norm_forward(
     kv: &mut KvCache,
     tokens: &[u32],
     plan: &LoraPlan,
+    acts: quant::Activations,
 ) -> Result<Vec<f32>, ModelError> {
     let c = &m.config;
     let n = tokens.len();
@@ -32,11 +39,11 @@ pub(super) fn pre_norm_forward(
     };
     for (il, layer) in m.layers.iter().enumerate() {
         let xn = ops::rms_norm_to(&x, &layer.attn_norm, c.rms_eps);
-        let attn = m.self_attention(kv, il, &xn, n, &params, plan)?;
+        let attn = m.self_attention(kv, il, &xn, n, &params, plan, acts)?;
         ops::add_assign(&mut x, &attn);
 
         let xn = ops::rms_norm_to(&x, &layer.ffn_norm, c.rms_eps);
-        let ffn = m.gated_ffn(il, &xn, n, ops::swiglu, plan)?;
+        let ffn = m.gated_ffn(il, &xn, n, ops::swiglu, plan, acts)?;
         ops::add_assign(&mut x, &ffn);
     }
     Ok(x)

@@ -188,14 +188,16 @@ pub struct Model {
     /// with float references (transformers on the dequantized weights) and `--exact`.
     /// Off by default.
     pub float_reference: bool,
-    /// How single-token steps (decoding) quantize the activations of the layers' linear
-    /// products: [`quant::Activations::Residual`] by default, so that generation follows the
-    /// float model closely (8-bit activations move gemma-3-270m's logits by up to about 0.75,
-    /// enough to flip a greedy step whose top two are 0.4 apart; the remainder term cuts the
-    /// mean KL from the float model about five-fold on gemma and three-fold on qwen2.5-0.5B).
-    /// [`quant::Activations::VecDotType`] is llama.cpp's numerics, faster. Prompt batches and
-    /// the output head always take one 8-bit row: a batch's products are compute-bound (the
-    /// remainder would double them), and the head's error does not compound through layers.
+    /// How generated tokens ([`Model::decode_with`]) quantize the activations of the layers'
+    /// linear products: [`quant::Activations::Residual`] by default, so that generation
+    /// follows the float model closely (8-bit activations move gemma-3-270m's logits by up to
+    /// about 0.75, enough to flip a greedy step whose top two are 0.4 apart; the remainder
+    /// cuts the mean KL from the float model to 0.21× on gemma and 0.40× on qwen2.5-0.5B).
+    /// [`quant::Activations::VecDotType`] is llama.cpp's numerics, faster. Prompt evaluation
+    /// ([`Model::forward_with`], whatever its length) and the output head always quantize
+    /// once: a batch's products are compute-bound (the remainder would double them), and the
+    /// head's error does not compound through layers. A generated token's keys and values
+    /// therefore differ slightly from those of the same token evaluated in a prompt.
     pub decode_activations: quant::Activations,
     /// llama3 `rope_freqs` (`[n_rot / 2]`), dividing the rope frequencies.
     pub rope_freqs: Option<Vec<f32>>,
@@ -397,9 +399,17 @@ impl Model {
     }
 
     /// `y = W·x (+ LoRA deltas) (+ b)` for `n_tok` rows of `x` (`[n_tok, n_in]` →
-    /// `[n_tok, n_out]`), with the plan's adapters on this layer fused into the product.
-    pub fn linear(&self, lin: &Linear, x: &[f32], n_tok: usize, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
-        self.linear_of(self.matrix(&lin.w), lin, x, n_tok, plan)
+    /// `[n_tok, n_out]`), with the plan's adapters on this layer fused into the product and
+    /// the activations quantized as `acts` says (ignored on the float reference path).
+    pub fn linear(
+        &self,
+        lin: &Linear,
+        x: &[f32],
+        n_tok: usize,
+        plan: &LoraPlan,
+        acts: quant::Activations,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.linear_of(self.matrix(&lin.w), lin, x, n_tok, plan, acts)
     }
 
     /// [`Model::linear`] with the weight matrix `m` in place of `lin`'s own (a replacement
@@ -411,6 +421,7 @@ impl Model {
         x: &[f32],
         n_tok: usize,
         plan: &LoraPlan,
+        acts: quant::Activations,
     ) -> Result<Vec<f32>, ModelError> {
         if let Some(c) = &self.calibration {
             c.observe(lin.id, x, n_tok);
@@ -422,10 +433,6 @@ impl Model {
         if self.float_reference {
             quant::matmul_dequantized(&m, x, n_tok, &mut y, epi)?;
         } else {
-            let acts = match n_tok == 1 && lin.id != self.output.id {
-                true => self.decode_activations,
-                false => quant::Activations::VecDotType,
-            };
             quant::matmul_epilogue(&m, x, n_tok, &mut y, epi, acts)?;
         }
         if let Some(b) = &lin.bias {
@@ -484,7 +491,9 @@ impl Model {
         self.forward_with(kv, tokens, logits, &LoraPlan::default())
     }
 
-    /// [`Model::forward`] with the adapters of `plan` applied on the fly.
+    /// [`Model::forward`] with the adapters of `plan` applied on the fly: prompt evaluation,
+    /// each product's activations quantized once ([`quant::Activations::VecDotType`], as
+    /// llama.cpp does).
     pub fn forward_with(
         &self,
         kv: &mut KvCache,
@@ -492,19 +501,50 @@ impl Model {
         logits: Logits,
         plan: &LoraPlan,
     ) -> Result<Vec<f32>, ModelError> {
+        self.forward_as(kv, tokens, logits, plan, quant::Activations::VecDotType)
+    }
+
+    /// One generated token after the cached ones: its logits (`[n_vocab]`), with the layers'
+    /// products quantizing their activations as [`Model::decode_activations`] says (the
+    /// remainder added, by default). Errors as [`Model::forward`].
+    pub fn decode_with(&self, kv: &mut KvCache, token: u32, plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+        self.forward_as(kv, &[token], Logits::Last, plan, self.decode_activations)
+    }
+
+    /// [`Model::forward_with`] with the layers' products quantizing as `acts` says (the head's
+    /// always once).
+    fn forward_as(
+        &self,
+        kv: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        plan: &LoraPlan,
+        acts: quant::Activations,
+    ) -> Result<Vec<f32>, ModelError> {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
         on_pool(|| {
-            let x = self.forward_hidden(kv, tokens, plan)?;
+            let x = self.hidden_as(kv, tokens, plan, acts)?;
             self.head(x, tokens.len(), logits, plan)
         })
     }
 
-    /// Like [`Model::forward`], but returns the hidden states after the last block
+    /// Like [`Model::forward_with`], but returns the hidden states after the last block
     /// (`[n_tok, n_embd]`, before the final norm); [`Model::logits_of`] turns rows of them into
     /// logits.
     pub fn forward_hidden(&self, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
+        self.hidden_as(kv, tokens, plan, quant::Activations::VecDotType)
+    }
+
+    /// [`Model::forward_hidden`] with the layers' products quantizing as `acts` says.
+    fn hidden_as(
+        &self,
+        kv: &mut KvCache,
+        tokens: &[u32],
+        plan: &LoraPlan,
+        acts: quant::Activations,
+    ) -> Result<Vec<f32>, ModelError> {
         on_pool(|| {
             let needed = kv.len() + tokens.len();
             if needed > kv.n_ctx() {
@@ -515,10 +555,10 @@ impl Model {
                 });
             }
             let x = match self.config.arch {
-                Arch::Llama => llama::forward(self, kv, tokens, plan)?,
-                Arch::Qwen2 => qwen2::forward(self, kv, tokens, plan)?,
-                Arch::Qwen3 => qwen3::forward(self, kv, tokens, plan)?,
-                Arch::Gemma3 => gemma3::forward(self, kv, tokens, plan)?,
+                Arch::Llama => llama::forward(self, kv, tokens, plan, acts)?,
+                Arch::Qwen2 => qwen2::forward(self, kv, tokens, plan, acts)?,
+                Arch::Qwen3 => qwen3::forward(self, kv, tokens, plan, acts)?,
+                Arch::Gemma3 => gemma3::forward(self, kv, tokens, plan, acts)?,
             };
             kv.advance(tokens.len());
             Ok(x)
@@ -559,9 +599,9 @@ impl Model {
                     n_out: self.output.w.n_out,
                     n_in: self.output.w.n_in,
                 };
-                self.linear_of(m, &self.output, &xn, n, plan)?
+                self.linear_of(m, &self.output, &xn, n, plan, quant::Activations::VecDotType)?
             }
-            None => self.linear(&self.output, &xn, n, plan)?,
+            None => self.linear(&self.output, &xn, n, plan, quant::Activations::VecDotType)?,
         };
         if n == 1
             && let Some(i) = out.iter().position(|v| !v.is_finite())
@@ -696,12 +736,13 @@ impl Model {
         n_tok: usize,
         p: &AttnParams,
         plan: &LoraPlan,
+        acts: quant::Activations,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let layer = &self.layers[il];
-        let mut q = self.linear(&layer.wq, xn, n_tok, plan)?; // [n_tok, n_head, head_dim]
-        let mut k = self.linear(&layer.wk, xn, n_tok, plan)?; // [n_tok, n_head_kv, head_dim]
-        let v = self.linear(&layer.wv, xn, n_tok, plan)?; // [n_tok, n_head_kv, head_dim_v]
+        let mut q = self.linear(&layer.wq, xn, n_tok, plan, acts)?; // [n_tok, n_head, head_dim]
+        let mut k = self.linear(&layer.wk, xn, n_tok, plan, acts)?; // [n_tok, n_head_kv, head_dim]
+        let v = self.linear(&layer.wv, xn, n_tok, plan, acts)?; // [n_tok, n_head_kv, head_dim_v]
         if let Some(w) = &layer.attn_q_norm {
             ops::rms_norm(&mut q, w, c.rms_eps);
         }
@@ -747,7 +788,7 @@ impl Model {
             KvLayer::F16(kc, vc) if self.float_reference => flash_tiled::attention_tiled(tiled, &q, kc, vc, &shape),
             KvLayer::F16(kc, vc) => ops::attention(&q, kc, vc, &shape),
         }; // [n_tok, n_head, head_dim_v]
-        self.linear(&layer.wo, &attn, n_tok, plan)
+        self.linear(&layer.wo, &attn, n_tok, plan, acts)
     }
 
     /// The gated feed-forward block on the normed input `xn`: `down(act(gate·x) ⊙ up·x)`.
@@ -758,12 +799,13 @@ impl Model {
         n_tok: usize,
         act: fn(&[f32], &[f32], &mut [f32], usize),
         plan: &LoraPlan,
+        acts: quant::Activations,
     ) -> Result<Vec<f32>, ModelError> {
         let layer = &self.layers[il];
-        let g = self.linear(&layer.ffn_gate, xn, n_tok, plan)?; // [n_tok, n_ff]
-        let u = self.linear(&layer.ffn_up, xn, n_tok, plan)?; // [n_tok, n_ff]
+        let g = self.linear(&layer.ffn_gate, xn, n_tok, plan, acts)?; // [n_tok, n_ff]
+        let u = self.linear(&layer.ffn_up, xn, n_tok, plan, acts)?; // [n_tok, n_ff]
         let mut h = vec![0f32; g.len()];
         act(&g, &u, &mut h, layer.ffn_up.w.n_out);
-        self.linear(&layer.ffn_down, &h, n_tok, plan) // [n_tok, n_embd]
+        self.linear(&layer.ffn_down, &h, n_tok, plan, acts) // [n_tok, n_embd]
     }
 }

@@ -6,6 +6,12 @@
 use super::{KvCache, LoraPlan, Model, ModelError};
 
 /// Hidden states `[n_tok, n_embd]` after the last block.
-pub(super) fn forward(m: &Model, kv: &mut KvCache, tokens: &[u32], plan: &LoraPlan) -> Result<Vec<f32>, ModelError> {
-    super::llama::pre_norm_forward(m, kv, tokens, plan)
+pub(super) fn forward(
+    m: &Model,
+    kv: &mut KvCache,
+    tokens: &[u32],
+    plan: &LoraPlan,
+    acts: quant::Activations,
+) -> Result<Vec<f32>, ModelError> {
+    super::llama::pre_norm_forward(m, kv, tokens, plan, acts)
 }
