@@ -108,12 +108,8 @@ fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType
 struct GenerateArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Decode with the activations quantized once to 8 bits, as llama.cpp does: faster, less
-    /// exact. By default each generated token's layer products add a second 8-bit pass over
-    /// what the first one rounded off, so generation follows the float model closely (the
-    /// prompt is quantized once either way).
-    #[arg(long, conflicts_with = "exact")]
-    q8_decode: bool,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// The prompt.
     #[arg(short, long, allow_hyphen_values = true)]
     prompt: Option<String>,
@@ -186,6 +182,32 @@ struct RunArgs {
     /// products, as in llama.cpp (in decode with a second 8-bit pass, see --q8-decode).
     #[arg(long)]
     exact: bool,
+}
+
+/// How generated tokens quantize their activations for the dot products.
+#[derive(Args, Debug, Default)]
+struct DecodeArgs {
+    /// Decode with the activations quantized once to 8 bits, as llama.cpp does: faster, less
+    /// exact. The default on CPUs without AVX-512 VNNI.
+    #[arg(long, conflicts_with_all = ["exact", "residual_decode"])]
+    q8_decode: bool,
+    /// Decode with a second 8-bit pass over what the first one rounded off, added to each
+    /// layer product, so that generation follows the float model closely. The default on
+    /// CPUs with AVX-512 VNNI (fused kernels, about 11–22% slower decode); elsewhere it costs
+    /// two full dot products. The prompt is quantized once either way.
+    #[arg(long, conflicts_with = "exact")]
+    residual_decode: bool,
+}
+
+impl DecodeArgs {
+    /// The choice for [`LoadOptions::decode_activations`]: `None` is the CPU's default.
+    fn activations(&self) -> Option<quant::Activations> {
+        match (self.q8_decode, self.residual_decode) {
+            (true, _) => Some(quant::Activations::VecDotType),
+            (_, true) => Some(quant::Activations::Residual),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,8 +298,11 @@ enum Command {
         json: bool,
         /// Decode with one 8-bit pass over the activations, as llama.cpp (see the main
         /// command's --q8-decode).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "residual_decode")]
         q8_decode: bool,
+        /// Decode with the remainder pass (see the main command's --residual-decode).
+        #[arg(long)]
+        residual_decode: bool,
     },
     /// The largest logits at the last position of a prompt.
     Logits {
@@ -323,8 +348,13 @@ fn main() -> ExitCode {
             reps,
             json,
             q8_decode,
+            residual_decode,
         }) => bench(
-            (&model, &threads, q8_decode),
+            (&model, &threads),
+            &DecodeArgs {
+                q8_decode,
+                residual_decode,
+            },
             &lora,
             &bake,
             [n_prompt, n_gen, n_depth],
@@ -358,25 +388,25 @@ fn main() -> ExitCode {
 }
 
 /// Set the thread count and load the model with its tokenizer, for computing as `--exact`
-/// and `q8_decode` (`--q8-decode`) say.
-fn load_run(r: &RunArgs, q8_decode: bool) -> Result<std::sync::Arc<Engine>> {
+/// and `decode` say.
+fn load_run(r: &RunArgs, decode: &DecodeArgs) -> Result<std::sync::Arc<Engine>> {
     load(
         &r.model,
         r.threads.threads,
         r.tokenizer.tokenizer.as_ref(),
         r.exact,
-        q8_decode,
+        decode,
     )
 }
 
 /// Set the thread count (if given) and load the model (with the tokenizer.json `tok`, if
-/// given, the float reference path if `exact`, one 8-bit pass in decode if `q8_decode`).
+/// given, the float reference path if `exact`, decoding as `decode` says).
 fn load(
     m: &ModelArgs,
     threads: Option<usize>,
     tok: Option<&PathBuf>,
     exact: bool,
-    q8_decode: bool,
+    decode: &DecodeArgs,
 ) -> Result<std::sync::Arc<Engine>> {
     if let Some(n) = threads {
         if n == 0 {
@@ -392,7 +422,7 @@ fn load(
         &LoadOptions {
             tokenizer_json: tok.cloned(),
             float_reference: exact,
-            q8_decode,
+            decode_activations: decode.activations(),
         },
     )?;
     Ok(engine)
@@ -697,7 +727,7 @@ fn merge(
         )
         .into());
     }
-    let engine = load(m, threads.threads, None, false, false)?;
+    let engine = load(m, threads.threads, None, false, &DecodeArgs::default())?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
     let cal = match (calibration_text, &text) {
         (Some(p), Some(t)) => Some(calibration(engine.as_ref(), &active, p, t)?),
@@ -784,7 +814,7 @@ const INTERACTIVE_HELP: &str = "/adapters, /use NAME|PATH[:SCALE] ..., /none, /b
 /// `-i`: prompts from stdin, commands to switch adapters.
 fn interactive(a: &GenerateArgs) -> Result<()> {
     use std::io::BufRead;
-    let engine = load_run(&a.run, a.q8_decode)?;
+    let engine = load_run(&a.run, &a.decode)?;
     // `baked`: what is baked into the weights now (the active set again after /unbake).
     let (mut active, mut baked) =
         load_adapters_baked(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::ApplyThenMore)?;
@@ -1094,7 +1124,7 @@ fn run_prompts(a: &GenerateArgs, file: &std::path::Path) -> Result<()> {
     if lines.is_empty() {
         return Err(format!("{}: no prompts in the file", file.display()).into());
     }
-    let engine = load_run(&a.run, a.q8_decode)?;
+    let engine = load_run(&a.run, &a.decode)?;
     load_adapters(&engine, &a.run.lora, None, AdapterUse::LoadOnly)?;
     let n_ctx = context(&engine, &a.run.ctx, 4096);
     // Resolve every line's adapters and check every prompt fits before running any.
@@ -1174,7 +1204,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let Some(prompt) = &a.prompt else {
         return Err("no prompt: pass --prompt TEXT or --prompts FILE.jsonl (or a subcommand; see --help)".into());
     };
-    let engine = load_run(&a.run, a.q8_decode)?;
+    let engine = load_run(&a.run, &a.decode)?;
     let active = load_adapters(&engine, &a.run.lora, Some(&a.run.bake), AdapterUse::Apply)?;
     let text = user_prompt(&engine, a, prompt)?;
     let opts = generate_options(a, n_predict(a.n_predict), active);
@@ -1199,7 +1229,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
 }
 
 fn tokenize(m: &ModelArgs, tok: &TokenizerArgs, text: &str, json: bool) -> Result<()> {
-    let engine = load(m, None, tok.tokenizer.as_ref(), false, false)?;
+    let engine = load(m, None, tok.tokenizer.as_ref(), false, &DecodeArgs::default())?;
     let ids = engine.tokenize(text)?;
     if json {
         write_stdout(&format!("{}\n", json!({ "tokens": ids })))
@@ -1216,7 +1246,7 @@ fn tokenize(m: &ModelArgs, tok: &TokenizerArgs, text: &str, json: bool) -> Resul
 fn perplexity(r: &RunArgs, file: &std::path::Path, chunks: Option<usize>, json: bool) -> Result<()> {
     check_bake_type(&r.bake, false)?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let engine = load_run(r, false)?;
+    let engine = load_run(r, &DecodeArgs::default())?;
     let active = load_adapters(&engine, &r.lora, Some(&r.bake), AdapterUse::Apply)?;
     // llama.cpp's perplexity default context.
     let n_ctx = context(&engine, &r.ctx, 512);
@@ -1238,7 +1268,7 @@ fn perplexity(r: &RunArgs, file: &std::path::Path, chunks: Option<usize>, json: 
 
 fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
     check_bake_type(&r.bake, false)?;
-    let engine = load_run(r, false)?;
+    let engine = load_run(r, &DecodeArgs::default())?;
     let active = load_adapters(&engine, &r.lora, Some(&r.bake), AdapterUse::Apply)?;
     let mut session = engine.session(context(&engine, &r.ctx, 4096));
     let logits = session.logits(prompt, &active)?;
@@ -1261,7 +1291,8 @@ fn logits(r: &RunArgs, prompt: &str, top: usize, json: bool) -> Result<()> {
 
 /// `lora-run bench`; `sizes` is `[n_prompt, n_gen, n_depth]`.
 fn bench(
-    (m, threads, q8_decode): (&ModelArgs, &ThreadArgs, bool),
+    (m, threads): (&ModelArgs, &ThreadArgs),
+    decode: &DecodeArgs,
     lora: &AdapterArgs,
     bake: &BakeArgs,
     [n_prompt, n_gen, n_depth]: [usize; 3],
@@ -1272,7 +1303,7 @@ fn bench(
     if reps == 0 || n_prompt.checked_add(n_gen).is_none_or(|n| n == 0) {
         return Err("bench needs -r ≥ 1 and a non-zero -p or -n".into());
     }
-    let engine = load(m, threads.threads, None, false, q8_decode)?;
+    let engine = load(m, threads.threads, None, false, decode)?;
     let n_ctx_train = engine.model().config.n_ctx_train;
     // Each test runs on its own cache after the depth: the larger one must fit.
     if n_prompt.max(n_gen).checked_add(n_depth).is_none_or(|n| n > n_ctx_train) {

@@ -188,6 +188,7 @@ fn options_a_command_does_not_use_are_refused() {
         "tokenize -m {m} --text hi --q8-decode",
         "logits -m {m} -p Hi --q8-decode",
         "perplexity -m {m} -f README.md --q8-decode",
+        "logits -m {m} -p Hi --residual-decode",
         "-m {m} --prompts models/demo.jsonl -p Hi",
         "-m {m} --prompts models/demo.jsonl -i",
         "-m {m} --prompts models/demo.jsonl -a models/jargon-bf16 --bake",
@@ -400,12 +401,13 @@ fn adapter_scale_and_bake_on_the_command_line() {
 }
 
 /// On "def add(a, b):" with the demo (bf16 jargon) adapter the reference's margins are 4.0,
-/// 4.9, 0.51, 0.43, 2.3, 6.7, 0.59, 0.56, then 0.067: its first 8 tokens are clear. The default
-/// path (prompt at 8-bit activations, decode adding the quantized remainder) and `--exact`
-/// (as transformers + PEFT) follow it. `--q8-decode` is llama.cpp's numerics: there 8-bit
-/// activations move the logits by up to about 0.75, and on this CPU it takes ` str` for ` a` at
-/// step 3, as llama.cpp's `--lora` does; it is shown, not asserted (it depends on the kernels).
-/// `--exact` with `--q8-decode` is refused.
+/// 4.9, 0.51, 0.43, 2.3, 6.7, 0.59, 0.56, then 0.067: its first 8 tokens are clear.
+/// `--residual-decode` (prompt at 8-bit activations, decode adding the quantized remainder;
+/// the default on this CPU) and `--exact` (as transformers + PEFT) follow it. `--q8-decode` is
+/// llama.cpp's numerics: there 8-bit activations move the logits by up to about 0.75, and on
+/// this CPU it takes ` str` for ` a` at step 3, as llama.cpp's `--lora` does; it is shown, not
+/// asserted (it depends on the kernels). The default is the CPU's choice.
+/// Two of `--exact`, `--q8-decode` and `--residual-decode` are refused.
 #[test]
 fn default_and_exact_follow_peft() {
     let (mp, ap) = (model(GEMMA), fixtures_dir().join("adapters/gemma3-270m-jargon-bf16"));
@@ -429,16 +431,26 @@ fn default_and_exact_follow_peft() {
     };
     let run = |extra: &[&'static str]| -> Vec<u64> { ids(&serde_json::from_str(&ok(&args(extra)).0).unwrap()) };
     let want = ref_ids("gemma3-270m__jargon-bf16__1.0.json", 3);
-    assert_eq!(run(&[])[..8], want[..8], "default path");
+    let residual = run(&["--residual-decode"]);
+    assert_eq!(residual[..8], want[..8], "--residual-decode");
     assert_eq!(run(&["--exact"])[..8], want[..8], "--exact");
     let q8 = run(&["--q8-decode"]);
     let same = q8.iter().zip(&want).take_while(|(a, b)| a == b).count();
     eprintln!("--q8-decode: {same} of 8 tokens as the reference");
-    let err = fails(&args(&["--exact", "--q8-decode"]));
-    assert!(
-        err.contains("--q8-decode") && err.contains("cannot be used with"),
-        "{err}"
-    );
+    // The default is the CPU's: the remainder with AVX-512 VNNI (this CI machine), else one pass.
+    let default = match quant::Activations::decode_default() {
+        quant::Activations::Residual => residual,
+        quant::Activations::VecDotType => q8,
+    };
+    assert_eq!(run(&[]), default, "default path");
+    for both in [
+        ["--exact", "--q8-decode"],
+        ["--exact", "--residual-decode"],
+        ["--q8-decode", "--residual-decode"],
+    ] {
+        let err = fails(&args(&both));
+        assert!(err.contains("cannot be used with"), "{both:?}: {err}");
+    }
 }
 
 /// A scale so large that the baked weights overflow is refused, naming the tensor and row,

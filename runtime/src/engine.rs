@@ -63,13 +63,13 @@ pub struct LoadOptions {
     /// times unquantized f32 activations, f32 attention with an f32 key/value cache and f32
     /// GELU, as transformers + PEFT on the dequantized model (logits within 3e-5 of theirs).
     /// Several times slower; off by default (quantized dot products, as llama.cpp's, see
-    /// [`LoadOptions::q8_decode`]).
+    /// [`LoadOptions::decode_activations`]).
     pub float_reference: bool,
-    /// Decode with the activations quantized once to 8 bits, as llama.cpp does
-    /// ([`quant::Activations::VecDotType`] for [`Model::decode_activations`]): faster, less
-    /// exact. Off by default: each decoded token's layer products add the quantized remainder
-    /// ([`quant::Activations::Residual`]).
-    pub q8_decode: bool,
+    /// How generated tokens quantize their activations ([`Model::decode_activations`]):
+    /// `None` for this CPU's default ([`quant::Activations::decode_default`]: the quantized
+    /// remainder added where AVX-512 VNNI makes it cheap, one 8-bit pass elsewhere);
+    /// `Some(VecDotType)` decodes as llama.cpp does, `Some(Residual)` adds the remainder.
+    pub decode_activations: Option<quant::Activations>,
 }
 
 /// A loaded model, its tokenizer and its set of loaded adapters. Share it through `Arc` and
@@ -113,8 +113,8 @@ impl Engine {
         let file = Arc::new(GgufFile::open(path).map_err(|e| in_file(e.into()))?);
         let mut model = Model::from_file(file.clone()).map_err(|e| in_file(e.into()))?;
         model.float_reference = opts.float_reference;
-        if opts.q8_decode {
-            model.decode_activations = quant::Activations::VecDotType;
+        if let Some(acts) = opts.decode_activations {
+            model.decode_activations = acts;
         }
         let tokenizer = match &opts.tokenizer_json {
             Some(p) => Tokenizer::from_file(p)?,

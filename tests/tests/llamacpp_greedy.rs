@@ -1,5 +1,5 @@
-//! Greedy decoding with llama.cpp's numerics (`LoadOptions::q8_decode`: 8-bit activations in
-//! decode too) against llama.cpp's own tokens (`../shared/fixtures/llamacpp`): the first 16
+//! Greedy decoding with llama.cpp's numerics (`LoadOptions::decode_activations` one 8-bit
+//! pass, as `--q8-decode`) against llama.cpp's own tokens (`../shared/fixtures/llamacpp`): the first 16
 //! generated tokens equal, or up to the first step whose top-two gap was under 0.05.
 
 use lora_run_tests::{GEMMA, QWEN, clear_steps, llamacpp_reference, model};
@@ -8,7 +8,7 @@ use runtime::{Engine, GenerateOptions, LoadOptions, SamplingOptions};
 fn check(key: &str, name: &str) {
     let reference = llamacpp_reference();
     let opts = LoadOptions {
-        q8_decode: true,
+        decode_activations: Some(quant::Activations::VecDotType),
         ..Default::default()
     };
     let e = Engine::load(model(name), &opts).unwrap();
