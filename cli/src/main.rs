@@ -179,7 +179,8 @@ struct RunArgs {
     /// Compute in f32 as transformers + PEFT do on the dequantized model: dequantized weights
     /// times unquantized activations, attention (with an f32 key/value cache) and GELU in f32.
     /// Several times slower; by default the activations are quantized to 8 bits for the dot
-    /// products, as in llama.cpp (in decode with a second 8-bit pass, see --q8-decode).
+    /// products, as in llama.cpp (generation on CPUs with AVX-512 VNNI adds a second 8-bit
+    /// pass over the remainder).
     #[arg(long)]
     exact: bool,
 }
@@ -293,7 +294,7 @@ enum Command {
         /// Repetitions.
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
-        /// Print {"pp_tokens_per_s", "tg_tokens_per_s", ...}.
+        /// Print {"pp_tokens_per_s", "tg_tokens_per_s", "decode": "q8" or "q8+remainder", ...}.
         #[arg(long)]
         json: bool,
         /// Decode with one 8-bit pass over the activations, as llama.cpp (see the main
@@ -1315,12 +1316,17 @@ fn bench(
     let active = load_adapters(&engine, lora, Some(bake), AdapterUse::Apply)?;
     let r = runtime::bench::bench(&engine, n_prompt, n_gen, n_depth, reps.max(1), &active)?;
     let threads = rayon::current_num_threads();
+    // Which numerics the tg test decoded with (the default depends on the CPU).
+    let decode = match engine.model().decode_activations {
+        quant::Activations::VecDotType => "q8",
+        quant::Activations::Residual => "q8+remainder",
+    };
     if json {
         write_stdout(&format!(
             "{}\n",
             json!({
                 "model": m.model, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "n_depth": n_depth,
-                "pp_tokens_per_s": r.pp_tps, "tg_tokens_per_s": r.tg_tps,
+                "pp_tokens_per_s": r.pp_tps, "tg_tokens_per_s": r.tg_tps, "decode": decode,
             })
         ))
     } else {
@@ -1334,7 +1340,7 @@ fn bench(
             line += &format!(" | pp{n_prompt}{at} {:.1} tok/s", r.pp_tps);
         }
         if n_gen > 0 {
-            line += &format!(" | tg{n_gen}{at} {:.1} tok/s", r.tg_tps);
+            line += &format!(" | tg{n_gen}{at} {:.1} tok/s (decode {decode})", r.tg_tps);
         }
         write_stdout(&format!("{line}\n"))
     }

@@ -239,6 +239,16 @@ fn bench_at_depth() {
         out.status.success() && text.contains("tg2 @ d5") && !text.contains("pp"),
         "{text}"
     );
+    // Which decode ran: the CPU's default, or as asked.
+    let default = match quant::Activations::decode_default() {
+        quant::Activations::Residual => "q8+remainder",
+        quant::Activations::VecDotType => "q8",
+    };
+    assert_eq!(j["decode"], default);
+    for (flag, says) in [("--q8-decode", "q8"), ("--residual-decode", "q8+remainder")] {
+        let j = json_of(&["bench", "-m", m, "-p", "0", "-n", "1", "-r", "1", "--json", flag]);
+        assert_eq!(j["decode"], says, "{flag}");
+    }
     let out = lora_run(&["bench", "-m", m, "-p", "8", "-n", "2", "-d", "32761"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

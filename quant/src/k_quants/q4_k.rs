@@ -445,46 +445,7 @@ pub(crate) mod x86 {
     /// Requires AVX-512 F/BW/VL/DQ + VNNI (and AVX2, FMA, F16C).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn vec_dot_avx512(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
-        let m4 = _mm512_set1_epi8(0xF);
-        // Word masks: the upper 256 bits of a zmm.
-        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
-        let shuffles = [
-            scale_pair_shuffle(0),
-            scale_pair_shuffle(1),
-            scale_pair_shuffle(2),
-            scale_pair_shuffle(3),
-        ];
-        let mut acc = _mm512_setzero_ps();
-        let mut acc_m = _mm_setzero_ps();
-        for (bx, by) in x.iter().zip(y) {
-            let d = by.d * bx.d.to_f32();
-            let dmin = -by.d * bx.dmin.to_f32();
-            let ms = mins_and_scales(bx);
-            let prod = mins_dot_bsums(ms, by);
-            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
-
-            let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
-            let q4 = bx.qs.as_ptr();
-            let q8 = by.qs.as_ptr();
-            // Two accumulators halve the vpdpwssd dependency chain.
-            let mut sumi0 = _mm512_setzero_si512();
-            let mut sumi1 = _mm512_setzero_si512();
-            for k in 0..4 {
-                let bits = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(q4.add(32 * k) as *const __m256i) });
-                let q = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
-                let a = unsafe { _mm512_loadu_si512(q8.add(64 * k) as *const _) };
-                let p16 = _mm512_maddubs_epi16(q, a);
-                let sc = _mm512_shuffle_epi8(scales, shuffles[k]);
-                if k % 2 == 0 {
-                    sumi0 = _mm512_dpwssd_epi32(sumi0, p16, sc);
-                } else {
-                    sumi1 = _mm512_dpwssd_epi32(sumi1, p16, sc);
-                }
-            }
-            let sumi = _mm512_add_epi32(sumi0, sumi1);
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
-        }
-        _mm512_reduce_add_ps(acc) + hsum_float_4(acc_m)
+        dot_rows_avx512(x, [y])
     }
 
     /// [`super::VecDot::vec_dot_residual`] as [`vec_dot_avx512`] computes each product, with
@@ -495,7 +456,16 @@ pub(crate) mod x86 {
     /// Requires AVX-512 F/BW/VL/DQ + VNNI (and AVX2, FMA, F16C).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn vec_dot_residual_avx512(x: &[BlockQ4_K], y: &[BlockQ8_K], r: &[BlockQ8_K]) -> f32 {
+        dot_rows_avx512(x, [y, r])
+    }
+
+    /// The sum over `ys` of [`vec_dot_avx512`]'s product of `x` with each activation row, each
+    /// weight block unpacked once for all of them (with one row, exactly that kernel).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn dot_rows_avx512<const N: usize>(x: &[BlockQ4_K], ys: [&[BlockQ8_K]; N]) -> f32 {
         let m4 = _mm512_set1_epi8(0xF);
+        // Word masks: the upper 256 bits of a zmm.
         const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
         let shuffles = [
             scale_pair_shuffle(0),
@@ -503,30 +473,33 @@ pub(crate) mod x86 {
             scale_pair_shuffle(2),
             scale_pair_shuffle(3),
         ];
+        let n = ys.iter().fold(x.len(), |n, y| n.min(y.len()));
         let mut acc = _mm512_setzero_ps();
         let mut acc_m = _mm_setzero_ps();
-        for ((bx, by), br) in x.iter().zip(y).zip(r) {
+        for (i, bx) in x[..n].iter().enumerate() {
             let (dx, dminx) = (bx.d.to_f32(), bx.dmin.to_f32());
             let ms = mins_and_scales(bx);
-            for b in [by, br] {
-                let prod = mins_dot_bsums(ms, b);
-                acc_m = _mm_fmadd_ps(_mm_set1_ps(-b.d * dminx), _mm_cvtepi32_ps(prod), acc_m);
+            for y in &ys {
+                let prod = mins_dot_bsums(ms, &y[i]);
+                acc_m = _mm_fmadd_ps(_mm_set1_ps(-y[i].d * dminx), _mm_cvtepi32_ps(prod), acc_m);
             }
             let scales = _mm512_broadcast_i32x4(_mm256_castsi256_si128(ms));
             let q4 = bx.qs.as_ptr();
-            let mut sumy = _mm512_setzero_si512();
-            let mut sumr = _mm512_setzero_si512();
+            // Two accumulators per row halve the vpdpwssd dependency chain.
+            let mut sums = [[_mm512_setzero_si512(); 2]; N];
             for k in 0..4 {
                 let bits = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(q4.add(32 * k) as *const __m256i) });
                 let q = _mm512_and_si512(_mm512_mask_srli_epi16(bits, UPPER_WORDS, bits, 4), m4);
                 let sc = _mm512_shuffle_epi8(scales, shuffles[k]);
-                let a = unsafe { _mm512_loadu_si512(by.qs.as_ptr().add(64 * k) as *const _) };
-                sumy = _mm512_dpwssd_epi32(sumy, _mm512_maddubs_epi16(q, a), sc);
-                let a = unsafe { _mm512_loadu_si512(br.qs.as_ptr().add(64 * k) as *const _) };
-                sumr = _mm512_dpwssd_epi32(sumr, _mm512_maddubs_epi16(q, a), sc);
+                for (sum, y) in sums.iter_mut().zip(&ys) {
+                    let a = unsafe { _mm512_loadu_si512(y[i].qs.as_ptr().add(64 * k) as *const _) };
+                    sum[k % 2] = _mm512_dpwssd_epi32(sum[k % 2], _mm512_maddubs_epi16(q, a), sc);
+                }
             }
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(by.d * dx), _mm512_cvtepi32_ps(sumy), acc);
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(br.d * dx), _mm512_cvtepi32_ps(sumr), acc);
+            for (sum, y) in sums.iter().zip(&ys) {
+                let sumi = _mm512_add_epi32(sum[0], sum[1]);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * dx), _mm512_cvtepi32_ps(sumi), acc);
+            }
         }
         _mm512_reduce_add_ps(acc) + hsum_float_4(acc_m)
     }

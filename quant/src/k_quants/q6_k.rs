@@ -377,51 +377,7 @@ pub(crate) mod x86 {
     /// Requires AVX-512 F/BW/VL/DQ + VNNI (and AVX2, FMA, F16C).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn vec_dot_avx512(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
-        const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
-        let m4 = _mm512_set1_epi8(0xF);
-        let m30 = _mm512_set1_epi8(0x30);
-        // Word permutations putting scale 4t + k in every word of 128-bit lane k.
-        let idx = [
-            scale_lane_index(0),
-            scale_lane_index(1),
-            scale_lane_index(2),
-            scale_lane_index(3),
-        ];
-        let mut sumf = 0f32;
-        for (bx, by) in x.iter().zip(y) {
-            let d = by.d * bx.d.to_f32();
-            let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i) });
-            // vpermw below only reads words 0..16, so the upper half may stay undefined.
-            let sc512 = _mm512_castsi256_si512(sc16);
-            let ql = bx.ql.as_ptr();
-            let qh = bx.qh.as_ptr();
-            let q8 = by.qs.as_ptr();
-            let mut sumi0 = _mm512_setzero_si512();
-            let mut sumi1 = _mm512_setzero_si512();
-            for n in 0..2 {
-                let qlv = unsafe { _mm512_loadu_si512(ql.add(64 * n) as *const _) };
-                let qhb = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(qh.add(32 * n) as *const __m256i) });
-                // Lower half: qh; upper half: qh >> 2. Bits 4-5 of each byte are then the top
-                // bits of elements l+64 / l+96, and bits 0-1 (shifted up by 4) of l / l+32.
-                let qhs = _mm512_mask_srli_epi16(qhb, UPPER_WORDS, qhb, 2);
-                let ha = _mm512_and_si512(_mm512_slli_epi16(qhs, 4), m30);
-                let hb = _mm512_and_si512(qhs, m30);
-                let xa = _mm512_or_si512(_mm512_and_si512(qlv, m4), ha);
-                let xb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qlv, 4), m4), hb);
-                let q8a = unsafe { _mm512_loadu_si512(q8.add(128 * n) as *const _) };
-                let q8b = unsafe { _mm512_loadu_si512(q8.add(128 * n + 64) as *const _) };
-                let pa = _mm512_maddubs_epi16(xa, q8a);
-                let pb = _mm512_maddubs_epi16(xb, q8b);
-                sumi0 = _mm512_dpwssd_epi32(sumi0, pa, _mm512_permutexvar_epi16(idx[2 * n], sc512));
-                sumi1 = _mm512_dpwssd_epi32(sumi1, pb, _mm512_permutexvar_epi16(idx[2 * n + 1], sc512));
-            }
-            let sumi = _mm512_add_epi32(sumi0, sumi1);
-            let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
-            let offset = _mm256_slli_epi32(offset_term(sc16, by), 5);
-            // One exact integer per block before going to float, as in the AVX2 kernel.
-            sumf += d * hsum_i32_8(_mm256_sub_epi32(sumi, offset)) as f32;
-        }
-        sumf
+        dot_rows_avx512(x, [y])
     }
 
     /// [`super::VecDot::vec_dot_residual`] as [`vec_dot_avx512`] computes each product, with
@@ -432,46 +388,59 @@ pub(crate) mod x86 {
     /// Requires AVX-512 F/BW/VL/DQ + VNNI (and AVX2, FMA, F16C).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub unsafe fn vec_dot_residual_avx512(x: &[BlockQ6_K], y: &[BlockQ8_K], r: &[BlockQ8_K]) -> f32 {
+        dot_rows_avx512(x, [y, r])
+    }
+
+    /// The sum over `ys` of [`vec_dot_avx512`]'s product of `x` with each activation row, each
+    /// weight block unpacked once for all of them (with one row, exactly that kernel).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    fn dot_rows_avx512<const N: usize>(x: &[BlockQ6_K], ys: [&[BlockQ8_K]; N]) -> f32 {
         const UPPER_WORDS: __mmask32 = 0xFFFF_0000;
         let m4 = _mm512_set1_epi8(0xF);
         let m30 = _mm512_set1_epi8(0x30);
+        // Word permutations putting scale 4t + k in every word of 128-bit lane k.
         let idx = [
             scale_lane_index(0),
             scale_lane_index(1),
             scale_lane_index(2),
             scale_lane_index(3),
         ];
+        let n = ys.iter().fold(x.len(), |n, y| n.min(y.len()));
         let mut sumf = 0f32;
-        for ((bx, by), br) in x.iter().zip(y).zip(r) {
+        for (i, bx) in x[..n].iter().enumerate() {
             let dx = bx.d.to_f32();
             let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i) });
+            // vpermw below only reads words 0..16, so the upper half may stay undefined.
             let sc512 = _mm512_castsi256_si512(sc16);
             let (ql, qh) = (bx.ql.as_ptr(), bx.qh.as_ptr());
-            let mut sums = [_mm512_setzero_si512(); 2];
-            for n in 0..2 {
-                let qlv = unsafe { _mm512_loadu_si512(ql.add(64 * n) as *const _) };
-                let qhb = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(qh.add(32 * n) as *const __m256i) });
+            let mut sums = [[_mm512_setzero_si512(); 2]; N];
+            for h in 0..2 {
+                let qlv = unsafe { _mm512_loadu_si512(ql.add(64 * h) as *const _) };
+                let qhb = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(qh.add(32 * h) as *const __m256i) });
+                // Lower half: qh; upper half: qh >> 2. Bits 4-5 of each byte are then the top
+                // bits of elements l+64 / l+96, and bits 0-1 (shifted up by 4) of l / l+32.
                 let qhs = _mm512_mask_srli_epi16(qhb, UPPER_WORDS, qhb, 2);
                 let ha = _mm512_and_si512(_mm512_slli_epi16(qhs, 4), m30);
                 let hb = _mm512_and_si512(qhs, m30);
                 let xa = _mm512_or_si512(_mm512_and_si512(qlv, m4), ha);
                 let xb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qlv, 4), m4), hb);
-                let (sa, sb) = (
-                    _mm512_permutexvar_epi16(idx[2 * n], sc512),
-                    _mm512_permutexvar_epi16(idx[2 * n + 1], sc512),
-                );
-                for (sum, b) in sums.iter_mut().zip([by, br]) {
-                    let q8 = b.qs.as_ptr();
-                    let q8a = unsafe { _mm512_loadu_si512(q8.add(128 * n) as *const _) };
-                    let q8b = unsafe { _mm512_loadu_si512(q8.add(128 * n + 64) as *const _) };
-                    *sum = _mm512_dpwssd_epi32(*sum, _mm512_maddubs_epi16(xa, q8a), sa);
-                    *sum = _mm512_dpwssd_epi32(*sum, _mm512_maddubs_epi16(xb, q8b), sb);
+                let sa = _mm512_permutexvar_epi16(idx[2 * h], sc512);
+                let sb = _mm512_permutexvar_epi16(idx[2 * h + 1], sc512);
+                for (sum, y) in sums.iter_mut().zip(&ys) {
+                    let q8 = y[i].qs.as_ptr();
+                    let q8a = unsafe { _mm512_loadu_si512(q8.add(128 * h) as *const _) };
+                    let q8b = unsafe { _mm512_loadu_si512(q8.add(128 * h + 64) as *const _) };
+                    sum[0] = _mm512_dpwssd_epi32(sum[0], _mm512_maddubs_epi16(xa, q8a), sa);
+                    sum[1] = _mm512_dpwssd_epi32(sum[1], _mm512_maddubs_epi16(xb, q8b), sb);
                 }
             }
-            for (sum, b) in sums.into_iter().zip([by, br]) {
-                let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sum), _mm512_extracti64x4_epi64(sum, 1));
-                let offset = _mm256_slli_epi32(offset_term(sc16, b), 5);
-                sumf += b.d * dx * hsum_i32_8(_mm256_sub_epi32(sumi, offset)) as f32;
+            for (sum, y) in sums.iter().zip(&ys) {
+                let sumi = _mm512_add_epi32(sum[0], sum[1]);
+                let sumi = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+                let offset = _mm256_slli_epi32(offset_term(sc16, &y[i]), 5);
+                // One exact integer per block before going to float, as in the AVX2 kernel.
+                sumf += y[i].d * dx * hsum_i32_8(_mm256_sub_epi32(sumi, offset)) as f32;
             }
         }
         sumf
