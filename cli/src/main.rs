@@ -105,6 +105,7 @@ fn parse_bake_type(s: &str) -> std::result::Result<runtime::lora::bake::BakeType
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("numerics").args(["exact", "q8_decode", "residual_decode"]).multiple(false)))]
 struct GenerateArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -190,13 +191,13 @@ struct RunArgs {
 struct DecodeArgs {
     /// Decode with the activations quantized once to 8 bits, as llama.cpp does: faster, less
     /// exact. The default on CPUs without AVX-512 VNNI.
-    #[arg(long, conflicts_with_all = ["exact", "residual_decode"])]
+    #[arg(long, conflicts_with = "residual_decode")]
     q8_decode: bool,
     /// Decode with a second 8-bit pass over what the first one rounded off, added to each
     /// layer product, so that generation follows the float model closely. The default on
     /// CPUs with AVX-512 VNNI (fused kernels, about 11–22% slower decode); elsewhere it costs
     /// two full dot products. The prompt is quantized once either way.
-    #[arg(long, conflicts_with = "exact")]
+    #[arg(long)]
     residual_decode: bool,
 }
 
@@ -297,13 +298,8 @@ enum Command {
         /// Print {"pp_tokens_per_s", "tg_tokens_per_s", "decode": "q8" or "q8+remainder", ...}.
         #[arg(long)]
         json: bool,
-        /// Decode with one 8-bit pass over the activations, as llama.cpp (see the main
-        /// command's --q8-decode).
-        #[arg(long, conflicts_with = "residual_decode")]
-        q8_decode: bool,
-        /// Decode with the remainder pass (see the main command's --residual-decode).
-        #[arg(long)]
-        residual_decode: bool,
+        #[command(flatten)]
+        decode: DecodeArgs,
     },
     /// The largest logits at the last position of a prompt.
     Logits {
@@ -348,14 +344,10 @@ fn main() -> ExitCode {
             n_depth,
             reps,
             json,
-            q8_decode,
-            residual_decode,
+            decode,
         }) => bench(
             (&model, &threads),
-            &DecodeArgs {
-                q8_decode,
-                residual_decode,
-            },
+            &decode,
             &lora,
             &bake,
             [n_prompt, n_gen, n_depth],
@@ -730,10 +722,10 @@ fn merge(
     }
     let engine = load(m, threads.threads, None, false, &DecodeArgs::default())?;
     let active = load_adapters(engine.as_ref(), lora, None, AdapterUse::Apply)?;
-    let cal = match (calibration_text, &text) {
-        (Some(p), Some(t)) => Some(calibration(engine.as_ref(), &active, p, t)?),
-        _ => None,
-    };
+    let cal = calibration_text
+        .zip(text.as_deref())
+        .map(|(p, t)| calibration(engine.as_ref(), &active, p, t))
+        .transpose()?;
     let t0 = std::time::Instant::now();
     let (baked, report) = match &cal {
         Some(c) => runtime::lora::bake::bake_calibrated(engine.base_model(), &active, ty, c)?,

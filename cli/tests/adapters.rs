@@ -765,7 +765,7 @@ fn calibrated_bake_and_merge() {
         "{err}"
     );
     let out = dir.path().join("merged.gguf");
-    let (_, err) = ok(&[
+    let merge = [
         "merge",
         "-m",
         m,
@@ -775,7 +775,8 @@ fn calibrated_bake_and_merge() {
         text,
         "-o",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let (_, err) = ok(&merge);
     assert!(err.contains("24 of 28 tensors requantized on their own grids"), "{err}");
     // The merged file loads and runs.
     ok(&["-m", out.to_str().unwrap(), "-p", "Hi", "-n", "2"]);
@@ -783,38 +784,12 @@ fn calibrated_bake_and_merge() {
     // What cannot be honoured is refused, naming the option.
     let err = fails(&["-m", m, "-a", a, "--bake-calibration", text, "-p", "Hi", "-n", "1"]);
     assert!(err.contains("--bake-calibration needs --bake"), "{err}");
-    let err = fails(&[
-        "-m",
-        m,
-        "-a",
-        a,
-        "--bake",
-        "--bake-type",
-        "f16",
-        "--bake-calibration",
-        text,
-        "-p",
-        "Hi",
-        "-n",
-        "1",
-    ]);
+    let err = fails(&[&bake_args(m, a, text)[..], &["--bake-type", "f16"]].concat());
     assert!(
         err.contains("--bake-calibration is for a bake into the tensors' own types"),
         "{err}"
     );
-    let err = fails(&[
-        "merge",
-        "-m",
-        m,
-        "-a",
-        a,
-        "--type",
-        "q8_0",
-        "--calibration",
-        text,
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let err = fails(&[&merge[..], &["--type", "q8_0"]].concat());
     assert!(
         err.contains("--calibration is for a merge into the tensors' own types"),
         "{err}"

@@ -90,7 +90,7 @@ pub trait VecDot: Block {
     /// within −127..=127, as the activation quantizers give them (the fused kernels take the
     /// weight's absolute value and the activation's sign, which −128 would break).
     fn vec_dot_residual(level: SimdLevel, x: &[Self], y: &[Self::Act], r: &[Self::Act]) -> f32 {
-        Self::vec_dot(level, x, y) + Self::vec_dot(level, x, r)
+        residual_each(level, x, y, r)
     }
 
     /// The dot products of one weight row `x` with up to [`MULTI_TOKENS`] activation rows
@@ -136,6 +136,34 @@ pub fn four_rows_each<B: VecDot>(level: SimdLevel, xs: [&[B]; 4], ys: &[&[B::Act
         for (y, vals) in ys.chunks(MULTI_TOKENS).zip(out.chunks_mut(MULTI_TOKENS)) {
             B::vec_dot_multi(level, x, y, &mut vals[..y.len()]);
         }
+    }
+}
+
+/// [`VecDot::vec_dot_residual`] as two [`VecDot::vec_dot`] calls: `vec_dot(x, y) + vec_dot(x, r)`.
+pub fn residual_each<B: VecDot>(level: SimdLevel, x: &[B], y: &[B::Act], r: &[B::Act]) -> f32 {
+    B::vec_dot(level, x, y) + B::vec_dot(level, x, r)
+}
+
+/// A fused residual kernel ([`VecDot::vec_dot_residual`]'s shape) for one SIMD level.
+#[cfg(target_arch = "x86_64")]
+pub(crate) type ResidualKernel<B> = unsafe fn(&[B], &[<B as VecDot>::Act], &[<B as VecDot>::Act]) -> f32;
+
+/// The [`VecDot::vec_dot_residual`] of formats with a fused AVX-512 kernel: `avx512` where
+/// `level` is AVX-512 and available on this CPU, else [`residual_each`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn residual_avx512_or_each<B: VecDot>(
+    level: SimdLevel,
+    x: &[B],
+    y: &[B::Act],
+    r: &[B::Act],
+    avx512: ResidualKernel<B>,
+) -> f32 {
+    if level == SimdLevel::Avx512 && level.is_available() {
+        // SAFETY: the kernel needs AVX-512 F/BW/VL/DQ + VNNI (with AVX2, FMA, F16C), which the
+        // level stands for, checked here.
+        unsafe { avx512(x, y, r) }
+    } else {
+        residual_each(level, x, y, r)
     }
 }
 

@@ -101,12 +101,9 @@ impl VecDot for BlockQ5_0 {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn vec_dot_residual(level: SimdLevel, x: &[Self], y: &[Self::Act], r: &[Self::Act]) -> f32 {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 if level.is_available() => unsafe { x86::vec_dot_residual_avx512(x, y, r) },
-            _ => Self::vec_dot(level, x, y) + Self::vec_dot(level, x, r),
-        }
+        crate::residual_avx512_or_each(level, x, y, r, x86::vec_dot_residual_avx512)
     }
 
     #[cfg(target_arch = "x86_64")]

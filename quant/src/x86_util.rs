@@ -136,29 +136,12 @@ pub fn fp16_to_f32(h: half::f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
 }
 
-/// One step of an AVX-512 residual dot product ([`crate::VecDot::vec_dot_residual`]) for a
-/// format whose two blocks unpack into 64 signed bytes `qx` with scales `dx0`, `dx1`, against
-/// Q8_0 activations: `acc` plus the pair's products with the activation blocks `y[..2]` and
-/// with their remainder blocks `r[..2]`, each scaled as in the format's `vec_dot` (|qx| times
-/// the activation with qx's sign, through `vpdpbusd`). The weights are unpacked once for both.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub fn residual_pair_512(acc: __m512, qx: __m512i, (dx0, dx1): (f32, f32), y: &[BlockQ8_0], r: &[BlockQ8_0]) -> __m512 {
-    let ax = _mm512_abs_epi8(qx);
-    let neg = _mm512_movepi8_mask(qx);
-    let step = |acc: __m512, b: &[BlockQ8_0]| {
-        let q = join_256(load_i8_32(&b[0].qs), load_i8_32(&b[1].qs));
-        let sq = _mm512_mask_sub_epi8(q, neg, _mm512_setzero_si512(), q);
-        let d = scales_2x8(dx0 * fp16_to_f32(b[0].d), dx1 * fp16_to_f32(b[1].d));
-        _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(ax, sq)), acc)
-    };
-    step(step(acc, y), r)
-}
-
 /// An AVX-512 residual dot product ([`crate::VecDot::vec_dot_residual`]) for a format whose
 /// weight blocks pair up into 64 signed bytes and two scales (`unpack`), against Q8_0
-/// activations `y` and their remainders `r`: the pairs through [`residual_pair_512`], an odd
-/// last block through `one` (the format's AVX2 `vec_dot`) for each.
+/// activations `y` and their remainders `r`. Each pair is unpacked once and dotted with the
+/// activation pair and the remainder pair, each scaled as in the format's `vec_dot` (|qx|
+/// times the activation with qx's sign, through `vpdpbusd`); an odd last block goes through
+/// `one` (the format's AVX2 `vec_dot`) for each.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 pub fn residual_dot_512<B>(
@@ -170,8 +153,15 @@ pub fn residual_dot_512<B>(
 ) -> f32 {
     let mut acc = _mm512_setzero_ps();
     for ((xs, ys), rs) in x.chunks_exact(2).zip(y.chunks_exact(2)).zip(r.chunks_exact(2)) {
-        let (qx, d0, d1) = unpack(xs);
-        acc = residual_pair_512(acc, qx, (d0, d1), ys, rs);
+        let (qx, dx0, dx1) = unpack(xs);
+        let ax = _mm512_abs_epi8(qx);
+        let neg = _mm512_movepi8_mask(qx);
+        for b in [ys, rs] {
+            let q = join_256(load_i8_32(&b[0].qs), load_i8_32(&b[1].qs));
+            let sq = _mm512_mask_sub_epi8(q, neg, _mm512_setzero_si512(), q);
+            let d = scales_2x8(dx0 * fp16_to_f32(b[0].d), dx1 * fp16_to_f32(b[1].d));
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(mul_sum_us8_pairs_i32_512(ax, sq)), acc);
+        }
     }
     let mut sum = _mm512_reduce_add_ps(acc);
     let n = x.len();

@@ -1,4 +1,7 @@
-//! Llama 2/3, Mistral, TinyLlama, SmolLM (llama.cpp `llm_build_llama`).
+//! Llama 2/3, Mistral, TinyLlama, SmolLM (llama.cpp `llm_build_llama`), and the
+//! architectures that share its block:
+//! - Qwen2 / Qwen2.5 (`llm_build_qwen2`): Q/K/V with biases, NeoX rope;
+//! - Qwen3 (`llm_build_qwen3`): per-head Q/K RMS norms before NeoX rope, no biases.
 //!
 //! embed → per layer: RMS norm → attention (normal rope, divided by `rope_freqs` for llama3,
 //! scores · 1/√head_dim) → residual → RMS norm → SwiGLU FFN (`down(silu(gate·x) ⊙ up·x)`) →
@@ -6,20 +9,10 @@
 
 use super::{AttnParams, KvCache, LoraPlan, Model, ModelError, ops};
 
-/// Hidden states `[n_tok, n_embd]` after the last block.
+/// Hidden states `[n_tok, n_embd]` after the last block of the pre-norm SwiGLU decoder shared
+/// by llama, qwen2 and qwen3; what differs between them (rope layout, Q/K/V biases, Q/K norms)
+/// is in the loaded weights and the config.
 pub(super) fn forward(
-    m: &Model,
-    kv: &mut KvCache,
-    tokens: &[u32],
-    plan: &LoraPlan,
-    acts: quant::Activations,
-) -> Result<Vec<f32>, ModelError> {
-    pre_norm_forward(m, kv, tokens, plan, acts)
-}
-
-/// The pre-norm SwiGLU decoder shared by llama, qwen2 and qwen3; what differs between them
-/// (rope layout, Q/K/V biases, Q/K norms) is in the loaded weights and the config.
-pub(super) fn pre_norm_forward(
     m: &Model,
     kv: &mut KvCache,
     tokens: &[u32],

@@ -1,5 +1,5 @@
 //! Models: typed weights built from GGUF tensor names, and one readable forward pass per
-//! architecture (`llama.rs`, `qwen2.rs`, `qwen3.rs`, `gemma3.rs`).
+//! block design (`llama.rs` for llama, qwen2 and qwen3; `gemma3.rs`).
 //!
 //! Loading is a total function from a [`GgufFile`] to a [`Model`] or a [`ModelError`] naming
 //! the missing key or tensor; the forward pass never looks a name up. Weights stay in the
@@ -12,8 +12,6 @@ mod gemma3;
 pub mod kv_cache;
 mod llama;
 pub mod ops;
-mod qwen2;
-mod qwen3;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -556,9 +554,7 @@ impl Model {
                 });
             }
             let x = match self.config.arch {
-                Arch::Llama => llama::forward(self, kv, tokens, plan, acts)?,
-                Arch::Qwen2 => qwen2::forward(self, kv, tokens, plan, acts)?,
-                Arch::Qwen3 => qwen3::forward(self, kv, tokens, plan, acts)?,
+                Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => llama::forward(self, kv, tokens, plan, acts)?,
                 Arch::Gemma3 => gemma3::forward(self, kv, tokens, plan, acts)?,
             };
             kv.advance(tokens.len());
